@@ -1,0 +1,205 @@
+"""EchoClip mining: per group, the highest-entropy step among the verified-correct rollouts.
+
+All of it is scatter/gather over a flat (row, step) index, on the inputs' device, with no Python loop over
+rows, steps or tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .steps import row_blocks
+
+__all__ = ["SCOPES", "EchoClips", "GroupOutcomes", "group_outcomes", "mine_echo_clips", "step_entropies"]
+
+SCOPES = ("all", "degenerate")
+
+
+@dataclass
+class EchoClips:
+    """The clips mined from one batch. Per-clip fields are ordered by ascending group id.
+
+    Attributes:
+        mask: [B, T] bool, the supervised tokens: text tokens of each chosen row whose step is <= the
+            chosen step (the prefix of the rollout up to and including the chosen step).
+        group: [M] the group id of each mined group.
+        row: [M] the chosen rollout (row of the batch).
+        step: [M] the chosen step of that rollout.
+        step_entropy: [M] mean token entropy over the chosen step's text tokens.
+        length: [M] number of supervised tokens of the clip (``mask[row].sum()``).
+    """
+
+    mask: torch.Tensor
+    group: torch.Tensor
+    row: torch.Tensor
+    step: torch.Tensor
+    step_entropy: torch.Tensor
+    length: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.row.numel())
+
+
+@dataclass
+class GroupOutcomes:
+    """How many groups of a batch were all correct (advantage degeneration) or all wrong."""
+
+    num_groups: int
+    all_correct: int
+    all_wrong: int
+
+
+def _check_2d(name: str, tensor: torch.Tensor, shape: torch.Size) -> None:
+    if tensor.shape != shape:
+        raise ValueError(f"{name} must have shape {tuple(shape)} like entropy, got {tuple(tensor.shape)}")
+
+
+def _counted(steps: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    """Tokens that count towards a step: text tokens inside the response."""
+    return text_mask.bool() & (steps >= 0)
+
+
+def _step_sums(
+    entropy: torch.Tensor, steps: torch.Tensor, text_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (row, step): float64 entropy sum and text-token count, both [B, S]."""
+    _check_2d("steps", steps, entropy.shape)
+    _check_2d("text_mask", text_mask, entropy.shape)
+    batch, length = entropy.shape
+    num_steps = max(int(steps.max()) + 1, 0) if steps.numel() else 0
+    sums = torch.empty(batch, num_steps, dtype=torch.float64, device=entropy.device)
+    count = torch.empty(batch, num_steps, dtype=torch.long, device=entropy.device)
+    if num_steps == 0:
+        return sums, count
+    blocks = row_blocks(batch, length)  # blocks of rows keep the temporaries in cache
+    for start in blocks:
+        rows = slice(start, start + blocks.step)
+        counted = _counted(steps[rows], text_mask[rows])
+        size = counted.shape[0] * num_steps
+        # bucket row * S + step for counted tokens, one spare bucket (size) for all the others
+        flat = steps[rows] + torch.arange(0, size, num_steps, device=steps.device).unsqueeze(1)
+        flat = flat.masked_fill_(~counted, size).view(-1)
+        count[rows] = torch.bincount(flat, minlength=size + 1)[:size].view(counted.shape[0], num_steps)
+        # float64 sums: a step's mean does not depend on summation order, so equal steps tie exactly
+        weights = entropy[rows].reshape(-1).double()
+        sums[rows] = torch.bincount(flat, weights=weights, minlength=size + 1)[:size].view(counted.shape[0], num_steps)
+    return sums, count
+
+
+def step_entropies(
+    entropy: torch.Tensor, steps: torch.Tensor, text_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean token entropy of every (row, step) over the step's text tokens.
+
+    Returns:
+        ``(mean, count)``, both [B, S] with S = number of steps of the longest row: ``mean`` in float64
+        (NaN where the step has no text token), ``count`` the number of text tokens (long).
+    """
+    sums, count = _step_sums(entropy, steps, text_mask)
+    return sums / count, count
+
+
+def _group_index(group: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct group ids (ascending) and each row's position among them."""
+    return torch.unique(group, sorted=True, return_inverse=True)
+
+
+def _all_per_group(flags: torch.Tensor, index: torch.Tensor, num_groups: int) -> torch.Tensor:
+    out = torch.ones(num_groups, dtype=torch.long, device=flags.device)
+    return out.scatter_reduce(0, index, flags.long(), reduce="amin").bool()
+
+
+def group_outcomes(verified: torch.Tensor, group: torch.Tensor) -> GroupOutcomes:
+    """Count the groups whose rollouts are all verified (degenerate: zero advantages) or all not."""
+    verified = verified.bool()
+    groups, index = _group_index(group)
+    num_groups = groups.numel()
+    all_correct = _all_per_group(verified, index, num_groups)
+    all_wrong = _all_per_group(~verified, index, num_groups)
+    return GroupOutcomes(num_groups, int(all_correct.sum()), int(all_wrong.sum()))
+
+
+def mine_echo_clips(
+    entropy: torch.Tensor,
+    steps: torch.Tensor,
+    text_mask: torch.Tensor,
+    verified: torch.Tensor,
+    group: torch.Tensor,
+    *,
+    min_step_tokens: int = 1,
+    scope: str = "all",
+) -> EchoClips:
+    """Mine one EchoClip per group.
+
+    A step is eligible if its row is verified and it has at least ``min_step_tokens`` text tokens; its
+    entropy is the mean of ``entropy`` over its text tokens. Per group the clip is the eligible step with
+    the highest entropy; ties go to the lowest row index, then the earliest step. ``scope="degenerate"``
+    only mines groups whose rows are all verified. Groups with no eligible step get no clip.
+
+    Args:
+        entropy: [B, T] token entropy of the response tokens.
+        steps: [B, T] step index from :func:`echovl.steps.step_index` (-1 outside the response).
+        text_mask: [B, T] bool, True for text tokens (vision/special tokens excluded).
+        verified: [B] bool, rollout verified correct.
+        group: [B] long, same value = rollouts of the same prompt.
+        min_step_tokens: minimum number of text tokens of an eligible step (>= 1).
+        scope: ``"all"`` or ``"degenerate"``.
+    """
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if min_step_tokens < 1:
+        raise ValueError(f"min_step_tokens must be >= 1, got {min_step_tokens}")
+    if entropy.dim() != 2:
+        raise ValueError(f"entropy must be [B, T], got shape {tuple(entropy.shape)}")
+    batch = entropy.shape[0]
+    if verified.shape != (batch,) or group.shape != (batch,):
+        raise ValueError(
+            f"verified and group must be [B] = [{batch}], got {tuple(verified.shape)} and {tuple(group.shape)}"
+        )
+    device = entropy.device
+    verified = verified.to(device).bool()
+    group = group.to(device)
+    steps = steps.to(device)
+    text_mask = text_mask.to(device).bool()
+
+    sums, count = _step_sums(entropy, steps, text_mask)
+    mean = sums / count
+    num_steps = mean.shape[1]
+    groups, row_group = _group_index(group)
+    num_groups = groups.numel()
+
+    row_ok = verified
+    if scope == "degenerate":
+        row_ok = row_ok & _all_per_group(verified, row_group, num_groups)[row_group]
+    eligible = row_ok.unsqueeze(1) & (count >= min_step_tokens) & torch.isfinite(mean)
+
+    # per group: max entropy over eligible (row, step), then the lowest flat index (row-major) among ties
+    flat_group = row_group.repeat_interleave(num_steps)
+    flat_eligible = eligible.flatten()
+    score = torch.where(flat_eligible, mean.flatten(), -torch.inf)
+    best = torch.full((num_groups,), -torch.inf, dtype=score.dtype, device=device)
+    best = best.scatter_reduce(0, flat_group, score, reduce="amax")
+    flat_index = torch.arange(batch * num_steps, device=device)
+    candidate = flat_eligible & (score == best[flat_group])
+    sentinel = batch * num_steps
+    first = torch.full((num_groups,), sentinel, dtype=torch.long, device=device)
+    first = first.scatter_reduce(0, flat_group, torch.where(candidate, flat_index, sentinel), reduce="amin")
+
+    mined = first < sentinel
+    chosen = first[mined]
+    row = torch.div(chosen, num_steps, rounding_mode="floor") if num_steps else chosen
+    step = chosen - row * num_steps
+
+    mask = torch.zeros_like(text_mask)  # only the chosen rows are touched
+    mask[row] = _counted(steps[row], text_mask[row]) & (steps[row] <= step.unsqueeze(1))
+    out_dtype = torch.promote_types(entropy.dtype, torch.float32)
+    return EchoClips(
+        mask=mask,
+        group=groups[mined],
+        row=row,
+        step=step,
+        step_entropy=mean[row, step].to(out_dtype),
+        length=count.cumsum(dim=1)[row, step] if num_steps else count.new_zeros(0),
+    )

@@ -1,0 +1,111 @@
+"""EchoConfig: the ``echo:`` section of a training config."""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Optional
+
+from .clip import SCOPES
+
+__all__ = ["EchoConfig"]
+
+
+_ESCAPES = {"\\n": "\n", "\\r": "\r", "\\t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    for escaped, char in _ESCAPES.items():
+        text = text.replace(escaped, char)
+    return text
+
+
+@dataclass
+class EchoConfig:
+    """EchoRL settings. Invalid values raise ``ValueError`` naming the key (``echo.<key>``)."""
+
+    enable: bool = True
+    """Add the echo term. With ``false`` (or ``coef: 0``) training is exactly the base method."""
+    coef: float = 0.001
+    """lambda: weight of J_echo in ``loss = rl_loss + coef * J_echo``."""
+    delimiters: list[str] = field(default_factory=lambda: ["\n"])
+    """A token whose text contains one of these ends a reasoning step (``\\n`` typed literally means newline)."""
+    min_step_tokens: int = 1
+    """A step needs at least this many text tokens to be chosen."""
+    scope: str = "all"
+    """``all``: mine every group with a verified rollout. ``degenerate``: only all-correct groups."""
+    success_key: str = "accuracy"
+    """Per-sample score from the reward function that says "verified correct" (never ``overall``)."""
+    success_threshold: float = 1.0
+    """A rollout is verified when ``score[success_key] >= success_threshold``."""
+    entropy_chunk_size: int = 128
+    """Rows of logits upcast to fp32 at a time when computing token entropy."""
+    trace_freq: int = 0
+    """Write trace files every N training steps (0: never)."""
+    trace_groups: int = 4
+    """Groups written per traced step (mined groups first)."""
+    trace_dir: Optional[str] = None  # noqa: UP045 (OmegaConf structured configs need typing.Optional)
+    """Folder of the trace files; the trainer picks a default under its checkpoint folder when unset."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def post_init(self) -> None:
+        """EasyR1 calls ``post_init`` on every config section after merging; validate again."""
+        self.validate()
+
+    @property
+    def active(self) -> bool:
+        """Whether the echo term is computed at all."""
+        return bool(self.enable) and self.coef > 0
+
+    def validate(self) -> None:
+        def bad(key: str, why: str) -> ValueError:
+            return ValueError(f"echo.{key} {why}, got {getattr(self, key)!r}")
+
+        if not isinstance(self.enable, bool):
+            raise bad("enable", "must be true or false")
+        if isinstance(self.coef, bool) or not isinstance(self.coef, (int, float)):
+            raise bad("coef", "must be a number")
+        if not math.isfinite(self.coef) or self.coef < 0:
+            raise bad("coef", "must be a finite number >= 0")
+        if isinstance(self.delimiters, str):
+            raise bad("delimiters", "must be a list of strings, e.g. ['\\n']")
+        # a shell or single-quoted YAML passes a backslash and an "n": nobody means that (it would split "\\neq")
+        self.delimiters = [_unescape(d) if isinstance(d, str) else d for d in self.delimiters]
+        if not self.delimiters or any(not isinstance(d, str) or not d for d in self.delimiters):
+            raise bad("delimiters", "must be a non-empty list of non-empty strings")
+        for key in ("min_step_tokens", "entropy_chunk_size", "trace_groups"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, "must be an integer >= 1")
+        if isinstance(self.trace_freq, bool) or not isinstance(self.trace_freq, int) or self.trace_freq < 0:
+            raise bad("trace_freq", "must be an integer >= 0 (0 disables traces)")
+        if self.scope not in SCOPES:
+            raise bad("scope", f"must be one of {', '.join(SCOPES)}")
+        if not isinstance(self.success_key, str) or not self.success_key:
+            raise bad("success_key", "must be the name of a per-sample reward score, e.g. 'accuracy'")
+        if self.success_key == "overall":
+            raise bad("success_key", "must not be 'overall', which mixes in the format score; use 'accuracy'")
+        if isinstance(self.success_threshold, bool) or not isinstance(self.success_threshold, (int, float)):
+            raise bad("success_threshold", "must be a number")
+        if not math.isfinite(self.success_threshold):
+            raise bad("success_threshold", "must be finite")
+        if self.trace_dir is not None and not isinstance(self.trace_dir, str):
+            raise bad("trace_dir", "must be a folder path")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None) -> EchoConfig:
+        """Build from a plain mapping, rejecting unknown keys with the closest valid name."""
+        values = dict(values or {})
+        known = [f.name for f in fields(cls)]
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" Did you mean echo.{close[0]}?" if close else ""
+                raise ValueError(f"Unknown key echo.{key}.{hint} Valid keys: {', '.join(known)}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,193 @@
+"""Reasoning steps: per-vocabulary lookup tables and the per-token step index.
+
+A response is split into reasoning steps at delimiter tokens (by default any token whose text contains
+``"\\n"``). Everything here is a table lookup plus a cumulative sum, so it runs on whatever device the ids
+are on, with no Python loop over tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = [
+    "VISION_TOKENS",
+    "delimiter_table",
+    "special_table",
+    "step_index",
+    "text_mask",
+    "vision_table",
+]
+
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+"""Qwen2-VL / Qwen2.5-VL special tokens that stand for images and videos, not text."""
+
+
+def _tokenizer(tokenizer_or_processor):
+    """Accept a tokenizer or a multimodal processor that carries one."""
+    if not hasattr(tokenizer_or_processor, "convert_ids_to_tokens") and hasattr(tokenizer_or_processor, "tokenizer"):
+        return tokenizer_or_processor.tokenizer
+    return tokenizer_or_processor
+
+
+def _table_size(tokenizer, vocab_size: int | None) -> int:
+    size = len(tokenizer)
+    if vocab_size is not None:
+        if vocab_size < size:
+            raise ValueError(f"vocab_size={vocab_size} is smaller than the tokenizer's {size} tokens")
+        size = vocab_size
+    return size
+
+
+def _special_ids(tokenizer) -> set[int]:
+    ids = set(tokenizer.all_special_ids)
+    ids.update(i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special)
+    return ids
+
+
+def delimiter_table(
+    tokenizer, delimiters: Sequence[str] = ("\n",), *, vocab_size: int | None = None
+) -> torch.BoolTensor:
+    """``table[token_id]`` is True when the token's own text contains one of ``delimiters``.
+
+    Each token is decoded on its own. With byte-level BPE a newline is often merged with what precedes it
+    (``".\\n"``, ``")\\n\\n"``), and those tokens count. A token holding only part of a multi-byte character
+    decodes to U+FFFD; that replacement character never matches, so such a token counts only if a whole
+    delimiter is also inside it (``b"\\x80\\n"`` ends a step, ``b"\\xe3\\x80"`` never does). Special tokens
+    (``<|im_end|>``, vision tokens, ...) are never delimiters.
+
+    Args:
+        tokenizer: a Hugging Face tokenizer, or a processor that has ``.tokenizer``.
+        delimiters: non-empty strings that end a step.
+        vocab_size: length of the table when the model's vocabulary is larger than the tokenizer's (extra
+            rows are False).
+    """
+    if isinstance(delimiters, str):
+        delimiters = (delimiters,)
+    delimiters = tuple(delimiters)
+    if not delimiters or any(not isinstance(d, str) or not d for d in delimiters):
+        raise ValueError(f"delimiters must be non-empty strings, got {delimiters!r}")
+    if any("\ufffd" in d for d in delimiters):
+        raise ValueError("a delimiter may not contain U+FFFD (the replacement character)")
+
+    tokenizer = _tokenizer(tokenizer)
+    size = _table_size(tokenizer, vocab_size)
+    n = len(tokenizer)
+    texts = tokenizer.batch_decode(
+        [[i] for i in range(n)], skip_special_tokens=False, clean_up_tokenization_spaces=False
+    )
+    table = torch.zeros(size, dtype=torch.bool)
+    hits = [i for i, text in enumerate(texts) if any(d in text for d in delimiters)]
+    if hits:
+        table[torch.tensor(hits, dtype=torch.long)] = True
+    special = [i for i in _special_ids(tokenizer) if 0 <= i < size]
+    if special:
+        table[torch.tensor(special, dtype=torch.long)] = False
+    return table
+
+
+def vision_table(tokenizer, *, vocab_size: int | None = None) -> torch.BoolTensor:
+    """``table[token_id]`` is True for the vision special tokens in :data:`VISION_TOKENS`.
+
+    Tokens are found by name, so a text-only tokenizer that lacks them gives an all-False table.
+    """
+    tokenizer = _tokenizer(tokenizer)
+    table = torch.zeros(_table_size(tokenizer, vocab_size), dtype=torch.bool)
+    vocab = tokenizer.get_vocab()
+    for name in VISION_TOKENS:
+        token_id = vocab.get(name)
+        if token_id is not None and 0 <= token_id < table.numel():
+            table[token_id] = True
+    return table
+
+
+def special_table(tokenizer, *, vocab_size: int | None = None) -> torch.BoolTensor:
+    """``table[token_id]`` is True for every token that is not text: special and vision tokens.
+
+    ``~special_table[response_ids]`` is the text mask used for step entropies and the echo clip.
+    """
+    tokenizer = _tokenizer(tokenizer)
+    table = vision_table(tokenizer, vocab_size=vocab_size)
+    special = [i for i in _special_ids(tokenizer) if 0 <= i < table.numel()]
+    if special:
+        table[torch.tensor(special, dtype=torch.long)] = True
+    return table
+
+
+_CHUNK_ELEMENTS = 1 << 17
+"""Rows are processed in blocks of about this many tokens, so the temporaries stay in cache."""
+
+
+def row_blocks(batch: int, length: int) -> range:
+    """Start rows of the blocks that :func:`step_index` and mining work through."""
+    return range(0, batch, max(1, _CHUNK_ELEMENTS // max(length, 1)))
+
+
+def _lookup(table: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """``table[ids]`` where ``valid``, False elsewhere; ids outside the table read as False."""
+    flat_ids = ids.reshape(-1)
+    if flat_ids.numel() and not (0 <= int(flat_ids.min()) and int(flat_ids.max()) < table.numel()):
+        valid = valid & (ids >= 0) & (ids < table.numel())
+        flat_ids = torch.where(valid, ids, 0).reshape(-1)
+    return table.index_select(0, flat_ids).view(ids.shape).bool() & valid
+
+
+def _block_steps(ids: torch.Tensor, valid: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
+    """step_index of a block of rows, written into ``out``."""
+    delim = _lookup(table, ids, valid)
+    batch, length = ids.shape
+    # A step ends at a delimiter whose next valid token is not a delimiter; the step of a token is the
+    # number of step ends strictly before it.
+    if bool((valid[:, 1:] <= valid[:, :-1]).all()):  # valid tokens form a prefix (right padding): the usual case
+        next_is_delim = torch.zeros_like(delim)
+        next_is_delim[:, :-1] = delim[:, 1:]
+    else:  # position of the next valid token, via a running min from the right
+        positions = torch.arange(length, device=ids.device).expand(batch, length)
+        valid_pos = torch.where(valid, positions, length)
+        next_valid = torch.flip(torch.cummin(torch.flip(valid_pos, dims=[1]), dim=1).values, dims=[1])
+        next_valid = torch.cat([next_valid[:, 1:], next_valid.new_full((batch, 1), length)], dim=1)
+        next_is_delim = torch.gather(torch.cat([delim, delim.new_zeros(batch, 1)], dim=1), 1, next_valid)
+    step_end = delim & ~next_is_delim
+    starts = torch.zeros_like(step_end)
+    starts[:, 1:] = step_end[:, :-1]
+    steps = torch.cumsum(starts, dim=1, dtype=torch.int32)
+    steps.masked_fill_(~valid, -1)
+    out.copy_(steps)
+
+
+def step_index(
+    response_ids: torch.Tensor, response_mask: torch.Tensor, is_delimiter: torch.Tensor
+) -> torch.LongTensor:
+    """0-based reasoning-step number of every response token, -1 where ``response_mask`` is 0.
+
+    A step ends with a delimiter token. A run of consecutive delimiter tokens closes a single step, so no
+    step is made of delimiters only (``"a\\n\\n\\nb"`` has two steps). Tokens after the last delimiter form the
+    last step. "Consecutive" is among valid tokens: masked positions inside a response are skipped.
+
+    Args:
+        response_ids: [B, T] token ids.
+        response_mask: [B, T], nonzero for response tokens.
+        is_delimiter: [vocab] bool, from :func:`delimiter_table`.
+    """
+    if response_ids.shape != response_mask.shape or response_ids.dim() != 2:
+        raise ValueError(
+            f"response_ids and response_mask must both be [B, T], got {tuple(response_ids.shape)} "
+            f"and {tuple(response_mask.shape)}"
+        )
+    table = is_delimiter.to(device=response_ids.device, dtype=torch.uint8)  # uint8 gathers are the cheapest
+    valid = response_mask.bool()
+    out = torch.empty(response_ids.shape, dtype=torch.long, device=response_ids.device)
+    batch, length = response_ids.shape
+    step = row_blocks(batch, length).step
+    for start in row_blocks(batch, length):
+        rows = slice(start, start + step)
+        _block_steps(response_ids[rows], valid[rows], table, out[rows])
+    return out
+
+
+def text_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, non_text: torch.Tensor) -> torch.BoolTensor:
+    """[B, T] True for response tokens that are text, i.e. not marked in ``non_text`` (from
+    :func:`special_table` or :func:`vision_table`)."""
+    valid = response_mask.bool()
+    return valid & ~_lookup(non_text.bool(), response_ids, valid)

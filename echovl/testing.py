@@ -1,0 +1,256 @@
+"""Tiny offline Qwen models for tests, demos and benchmarks: no hub, no download, built in about a second.
+
+``build_tiny_qwen2_5_vl(dir)`` writes a Qwen2.5-VL (tokenizer, processor, random weights) that loads with
+``AutoProcessor.from_pretrained(dir)`` and ``AutoModelForImageTextToText.from_pretrained(dir)``;
+``build_tiny_qwen2(dir)`` a text-only Qwen2 causal LM with the same tokenizer. The tokenizer is a real
+byte-level BPE with Qwen2's pre-tokenizer, trained on a few hundred synthetic reasoning lines, so it merges
+newlines with punctuation (``".\\n"``) and splits multi-byte characters like the real one.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+from pathlib import Path
+
+__all__ = [
+    "QWEN_CHAT_TEMPLATE",
+    "QWEN_SPECIAL_TOKENS",
+    "build_tiny_qwen2",
+    "build_tiny_qwen2_5_vl",
+    "build_tiny_tokenizer",
+    "synthetic_corpus",
+    "tiny_image",
+]
+
+QWEN_SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+_TEXT_ONLY_SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+# Qwen2's pre-tokenizer split (from its tokenizer.json): punctuation runs keep their trailing newlines.
+_QWEN_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+
+QWEN_CHAT_TEMPLATE = (
+    "{% set image_count = namespace(value=0) %}{% set video_count = namespace(value=0) %}"
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{% endif %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}"
+    "{% if add_vision_id %}Picture {{ image_count.value }}: {% endif %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}"
+    "<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_WORDS = (
+    "the angle triangle side length area circle radius line point find value of is so we have then "
+    "therefore answer let by since and equal sum product square root half twice degrees measure "
+    "perimeter parallel perpendicular segment chord tangent diameter hypotenuse x y z a b c m n"
+).split()
+
+
+def synthetic_corpus(num_docs: int = 300, seed: int = 0) -> list[str]:
+    """Short multi-line reasoning texts in the shape of math answers (steps end with ``"\\n"``)."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(num_docs):
+        lines = []
+        for _ in range(rng.randint(2, 6)):
+            words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(3, 10)))
+            a, b = rng.randint(0, 99), rng.randint(1, 99)
+            tail = rng.choice(
+                [".", ":", ",", ")", "$", f" = {a + b}.", f" is {a}°.", f" √{b}.", " π.", "。", f" ({a}).", "!"]
+            )
+            lines.append(f"{words.capitalize()} {a} + {b}{tail}")
+        body = rng.choice(["\n", "\n\n"]).join(lines)
+        answer = rng.randint(0, 999)
+        docs.append(f"<think>\n{body}\n</think>\nThe answer is \\boxed{{{answer}}}.\n")
+    docs += ["三角形的角。\n直角。\n", "∠ABC = 90°.\n△ABC ≅ △DEF\n", "x² + y² = r²\n"] * 5
+    return docs
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_json(vision_tokens: bool, vocab_size: int) -> str:
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(synthetic_corpus(), trainer=trainer)
+    specials = QWEN_SPECIAL_TOKENS if vision_tokens else _TEXT_ONLY_SPECIAL_TOKENS
+    from tokenizers import AddedToken
+
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    return tok.to_str()
+
+
+def build_tiny_tokenizer(*, vision_tokens: bool = True, vocab_size: int = 1024):
+    """A ``Qwen2TokenizerFast`` with Qwen's special tokens and chat template (vision tokens optional)."""
+    from tokenizers import Tokenizer
+    from transformers import Qwen2TokenizerFast
+
+    specials = QWEN_SPECIAL_TOKENS if vision_tokens else _TEXT_ONLY_SPECIAL_TOKENS
+    tokenizer = Qwen2TokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json(vision_tokens, vocab_size)),
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+        bos_token=None,
+        additional_special_tokens=[t for t in specials if t not in ("<|endoftext|>", "<|im_end|>")],
+        model_max_length=32768,
+        clean_up_tokenization_spaces=False,
+        errors="replace",
+    )
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    return tokenizer
+
+
+def _text_config(vocab_size: int, token_ids: dict[str, int]) -> dict:
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=token_ids["<|im_end|>"],
+        pad_token_id=token_ids["<|endoftext|>"],
+    )
+
+
+def _save_generation_config(path: Path, token_ids: dict[str, int]) -> None:
+    from transformers import GenerationConfig
+
+    GenerationConfig(
+        eos_token_id=[token_ids["<|im_end|>"], token_ids["<|endoftext|>"]],
+        pad_token_id=token_ids["<|endoftext|>"],
+        do_sample=True,
+        temperature=1.0,
+    ).save_pretrained(path)
+
+
+def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0) -> Path:
+    """Write a tiny random Qwen2.5-VL (hidden 64, 2 layers, depth-2 vision tower) with its processor."""
+    import torch
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(vision_tokens=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
+    pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    text = _text_config(len(tokenizer), ids)
+    # head_dim = 64 / 4 = 16: the three mrope sections (temporal, height, width) sum to head_dim / 2
+    text["rope_scaling"] = {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]}
+    config = Qwen2_5_VLConfig(
+        text_config=text,
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=text["hidden_size"],
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    model.save_pretrained(path, safe_serialization=True)
+    processor.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    _save_generation_config(path, ids)
+    return path
+
+
+def build_tiny_qwen2(path: str | Path, *, seed: int = 0, vision_tokens: bool = True) -> Path:
+    """Write a tiny random text-only Qwen2 causal LM and its tokenizer."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tiny_tokenizer(vision_tokens=vision_tokens)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in _TEXT_ONLY_SPECIAL_TOKENS}
+    torch.manual_seed(seed)
+    model = Qwen2ForCausalLM(Qwen2Config(**_text_config(len(tokenizer), ids)))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    _save_generation_config(path, ids)
+    return path
+
+
+def tiny_image(seed: int = 0, size: tuple[int, int] = (84, 84)):
+    """A small deterministic RGB diagram-like picture (lines and a circle on white)."""
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    w, h = size
+    for _ in range(3):
+        draw.line([(rng.randrange(w), rng.randrange(h)), (rng.randrange(w), rng.randrange(h))], fill="black", width=2)
+    r = rng.randint(8, min(w, h) // 3)
+    cx, cy = rng.randint(r, w - r), rng.randint(r, h - r)
+    draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=(rng.randrange(200), 0, 200), width=2)
+    return image

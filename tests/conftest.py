@@ -1,0 +1,31 @@
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_vl_dir(tmp_path_factory):
+    """A tiny offline Qwen2.5-VL (tokenizer, processor, random weights), built once per session."""
+    from echovl.testing import build_tiny_qwen2_5_vl
+
+    return build_tiny_qwen2_5_vl(tmp_path_factory.mktemp("tiny_qwen2_5_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory):
+    """A tiny offline text-only Qwen2 causal LM."""
+    from echovl.testing import build_tiny_qwen2
+
+    return build_tiny_qwen2(tmp_path_factory.mktemp("tiny_qwen2"))
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    from echovl.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(vision_tokens=True)
+
+
+@pytest.fixture(scope="session")
+def text_only_tokenizer():
+    from echovl.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(vision_tokens=False)
