@@ -1,0 +1,113 @@
+import json
+
+import pytest
+import torch
+
+from echovl import delimiter_table, mine_echo_clips, special_table, step_index, text_mask
+from echovl.testing import tiny_image
+from echovl.traces import (
+    TRACE_SCHEMA,
+    TraceError,
+    TraceWriter,
+    build_group_records,
+    list_trace_files,
+    read_trace_file,
+    select_groups,
+)
+
+RESPONSES = [
+    "<think>\nAngle A is 30°.\nSo x = 60.\n</think>\nThe answer is \\boxed{60}.<|im_end|>",
+    "<think>\nx = 60.\n</think>\n\\boxed{60}<|im_end|>",
+    "I think it is 45.<|im_end|>",
+    "The sum 3 + 4 = 7.\n\\boxed{7}<|im_end|>",
+]
+
+
+def _batch(tokenizer):
+    rows = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in RESPONSES]
+    length = max(map(len, rows)) + 2
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+    steps = step_index(ids, mask, delimiter_table(tokenizer))
+    texts = text_mask(ids, mask, special_table(tokenizer))
+    entropy = torch.rand(ids.shape, generator=torch.Generator().manual_seed(0))
+    verified = torch.tensor([True, True, False, True])
+    group = torch.tensor([5, 5, 5, 9])
+    clips = mine_echo_clips(entropy, steps, texts, verified, group)
+    return ids, steps, texts, entropy, verified, group, clips
+
+
+def _records(tokenizer, images=None):
+    ids, steps, texts, entropy, verified, group, clips = _batch(tokenizer)
+    return build_group_records(
+        tokenizer,
+        train_step=12,
+        groups=select_groups(group, clips, limit=4),
+        group=group,
+        response_ids=ids,
+        steps=steps,
+        text_mask=texts,
+        entropy=entropy,
+        verified=verified,
+        clips=clips,
+        prompts=["Find x.", "Find x.", "Find x.", "Add."],
+        answers=["60", "60", "60", "7"],
+        rewards=[1.0, 0.9, 0.0, 1.0],
+        accuracy=[1.0, 1.0, 0.0, 1.0],
+        images=images,
+        source="test",
+    ), clips
+
+
+def test_records_reconstruct_text_steps_and_clip(qwen_tokenizer):
+    records, clips = _records(qwen_tokenizer)
+    assert [r["group"] for r, _ in records] == ["5", "9"]
+    first = records[0][0]
+    assert first["schema"] == TRACE_SCHEMA and first["train_step"] == 12
+    assert not first["degenerate"] and not first["all_wrong"]
+    assert [r["verified"] for r in first["rollouts"]] == [True, True, False]
+    for rollout, source in zip(first["rollouts"], RESPONSES):
+        assert rollout["text"] == source.replace("<|im_end|>", "")
+        pieces = [rollout["text"][a:b] for a, b in (s["chars"] for s in rollout["steps"])]
+        assert "".join(pieces) == rollout["text"]
+        assert all(p.endswith("\n") for p in pieces[:-1])  # every step but the last ends at a newline
+    clip = first["clip"]
+    chosen = first["rollouts"][clip["rollout"]]
+    assert clip["rollout"] == clips.row[0].item() and clip["step"] == clips.step[0].item()
+    assert chosen["steps"][clip["step"]]["entropy"] == pytest.approx(clip["step_entropy"])
+    assert clip["char_end"] == chosen["steps"][clip["step"]]["chars"][1]
+    assert clip["length"] == clips.length[0].item()
+    assert records[1][0]["degenerate"] is True
+
+
+def test_writer_roundtrip_images_once_and_listing(qwen_tokenizer, tmp_path):
+    image = tiny_image(3)
+    records, _ = _records(qwen_tokenizer, images=[image, image, image, None])
+    writer = TraceWriter(tmp_path / "traces")
+    path = writer.write(12, records)
+    writer.write(14, records)
+    assert path.name == "step_000012.jsonl"
+    assert [step for step, _ in list_trace_files(tmp_path / "traces")] == [12, 14]
+    back = list(read_trace_file(path))
+    assert len(back) == 2
+    assert back[0]["image"].startswith("images/") and back[1]["image"] is None
+    assert len(list((tmp_path / "traces" / "images").iterdir())) == 1  # saved once
+    assert back[0]["rollouts"] == records[0][0]["rollouts"]
+    assert not [p for p in (tmp_path / "traces").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_reader_names_file_and_line(tmp_path):
+    path = tmp_path / "step_000001.jsonl"
+    good = {"schema": TRACE_SCHEMA, "train_step": 1, "group": "0", "prompt": "", "rollouts": [], "clip": None}
+    path.write_text(json.dumps(good) + "\n{not json\n")
+    with pytest.raises(TraceError, match=r"step_000001.jsonl:2: not valid JSON"):
+        list(read_trace_file(path))
+    path.write_text(json.dumps({**good, "schema": "other/9"}) + "\n")
+    with pytest.raises(TraceError, match=r":1: unknown schema"):
+        list(read_trace_file(path))
+    path.write_text(json.dumps({"schema": TRACE_SCHEMA}) + "\n")
+    with pytest.raises(TraceError, match="missing key"):
+        list(read_trace_file(path))
+    with pytest.raises(TraceError, match="not a trace folder"):
+        list_trace_files(tmp_path / "nope")
