@@ -123,6 +123,30 @@ def write_prompt_parquet(path: Path, *, images: bool) -> Path:
     return path
 
 
+def vllm_layout(input_ids, attention_mask, position_ids, response_ids, *, eos: int, pad: int, length: int) -> dict:
+    """Prompt rows (left-padded, one per response) + response token lists -> the tensors of EasyR1's
+    ``vLLMRollout.generate_sequences``: responses end with ``eos`` (cut to ``length``) and are right-padded,
+    position ids continue from the last prompt position (all mrope rows alike), ``response_mask`` covers the
+    response up to and including the first EOS."""
+    from verl.utils import torch_functional as VF
+
+    response_ids = [list(r)[: length - 1] + [eos] for r in response_ids]
+    responses = VF.pad_2d_list_to_length(response_ids, pad, max_length=length)
+    size = responses.shape[0]
+    delta = torch.arange(1, length + 1).view(1, -1).expand(size, -1)
+    if position_ids.dim() == 3:  # qwen2vl mrope: (B, 4, S)
+        delta = delta.view(size, 1, -1).expand(size, position_ids.size(1), -1)
+    response_mask = VF.get_response_mask(response_ids=responses, eos_token_id=eos, dtype=attention_mask.dtype)
+    return {
+        "prompts": input_ids,
+        "responses": responses,
+        "input_ids": torch.cat([input_ids, responses], dim=-1),
+        "attention_mask": torch.cat([attention_mask, response_mask], dim=-1),
+        "response_mask": response_mask,
+        "position_ids": torch.cat([position_ids, position_ids[..., -1:] + delta], dim=-1),
+    }
+
+
 def build_rollout_batch(
     model_dir: Path,
     parquet: Path,
@@ -143,7 +167,6 @@ def build_rollout_batch(
     """
     from transformers import AutoProcessor, AutoTokenizer
     from verl.protocol import DataProto
-    from verl.utils import torch_functional as VF
     from verl.utils.dataset import RLHFDataset, collate_fn, process_image
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -171,25 +194,15 @@ def build_rollout_batch(
 
     eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
     texts = [responses[i % len(responses)] for i in range(num_prompts * n)]
-    response_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
-    response_ids = [r[: max_response_length - 1] + [eos] if len(r) >= max_response_length else r for r in response_ids]
-    responses_t = VF.pad_2d_list_to_length(response_ids, pad, max_length=max_response_length)
-
+    response_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     batch = prompts.repeat(n, interleave=True)
-    input_ids, attention_mask, position_ids = (batch.batch[k] for k in ("input_ids", "attention_mask", "position_ids"))
-    size, length = responses_t.shape
-    delta = torch.arange(1, length + 1).view(1, -1).expand(size, -1)
-    if position_ids.dim() == 3:
-        delta = delta.view(size, 1, -1).expand(size, position_ids.size(1), -1)
-    response_mask = VF.get_response_mask(response_ids=responses_t, eos_token_id=eos, dtype=attention_mask.dtype)
-    tensors = {
-        "prompts": input_ids,
-        "responses": responses_t,
-        "input_ids": torch.cat([input_ids, responses_t], dim=-1),
-        "attention_mask": torch.cat([attention_mask, response_mask], dim=-1),
-        "response_mask": response_mask,
-        "position_ids": torch.cat([position_ids, position_ids[..., -1:] + delta], dim=-1),
-    }
+    tensors = vllm_layout(
+        *(batch.batch[k] for k in ("input_ids", "attention_mask", "position_ids")),
+        response_ids,
+        eos=eos,
+        pad=pad,
+        length=max_response_length,
+    )
     non_tensors = {k: v for k, v in batch.non_tensor_batch.items() if k not in ("raw_prompt_ids",)}
     if processor is not None and "multi_modal_data" in non_tensors:
         inputs = []

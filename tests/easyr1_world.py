@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from tests.easyr1_stubs import vllm_layout
 
 PATTERNS = ("all_correct", "mixed", "all_wrong")
 
@@ -96,7 +97,6 @@ class FakeActorWorkerGroup:
 
     def generate_sequences(self, prompts):
         from verl.protocol import DataProto
-        from verl.utils import torch_functional as VF
 
         self._check_dispatch(prompts)
         self.generated.append(prompts)
@@ -105,24 +105,11 @@ class FakeActorWorkerGroup:
         for raw in prompts.non_tensor_batch["raw_prompt_ids"]:
             index = int(re.search(r"Problem (\d+):", self.tokenizer.decode(list(raw))).group(1))
             texts += [scripted_response(index, k, self.n) for k in range(self.n)]
-        ids = [
-            self.tokenizer(t, add_special_tokens=False)["input_ids"][: self.response_length - 1] + [eos] for t in texts
-        ]
-        responses = VF.pad_2d_list_to_length(ids, pad, max_length=self.response_length)
-        input_ids, attention_mask, position_ids = (
+        rows = (
             prompts.batch[k].repeat_interleave(self.n, dim=0) for k in ("input_ids", "attention_mask", "position_ids")
         )
-        size, length = responses.shape
-        delta = torch.arange(1, length + 1).view(1, -1).expand(size, -1)
-        response_mask = VF.get_response_mask(response_ids=responses, eos_token_id=eos, dtype=attention_mask.dtype)
-        tensors = {
-            "prompts": input_ids,
-            "responses": responses,
-            "input_ids": torch.cat([input_ids, responses], dim=-1),
-            "attention_mask": torch.cat([attention_mask, response_mask], dim=-1),
-            "response_mask": response_mask,
-            "position_ids": torch.cat([position_ids, position_ids[..., -1:] + delta], dim=-1),
-        }
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        tensors = vllm_layout(*rows, ids, eos=eos, pad=pad, length=self.response_length)
         meta = dict(prompts.meta_info, eos_token_id=eos, pad_token_id=pad)
         return DataProto.from_dict(tensors=tensors, meta_info=meta)
 

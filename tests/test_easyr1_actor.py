@@ -156,6 +156,59 @@ def test_entropy_matches_hf_forward_text_model(lm_model, lm_batch, cpu_padding_f
     _check_against_hf(actor, lm_model, lm_batch)
 
 
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_entropy_skips_prompt_and_padding_chunks(vl_model, vl_batch, cpu_padding_free, monkeypatch, padding_free):
+    """Only chunks holding a row that predicts a response token are computed; the rest read as 0."""
+    calls = []
+    actor = EchoActor(
+        _config(len(vl_batch), micro=3, padding_free=padding_free), vl_model, echo=EchoConfig(entropy_chunk_size=4)
+    )
+    real = actor._token_entropy
+
+    def counting(logits, chunk_size):
+        calls.append(logits.shape[0])
+        return real(logits, chunk_size=chunk_size)
+
+    actor._token_entropy = counting
+    _check_against_hf(actor, vl_model, vl_batch)
+    data = vl_batch.batch
+    response_rows = int(data["response_mask"].sum())
+    all_rows = int(data["attention_mask"].sum()) if padding_free else data["responses"].numel()
+    assert response_rows <= sum(calls) < all_rows  # prompt tokens / response padding skipped
+    _, entropy = actor.compute_log_prob_and_entropy(vl_batch)
+    last_chunk_end = (data["response_mask"].sum(-1) + 3) // 4 * 4  # padded path: chunks of 4 along the response
+    if not padding_free:
+        beyond = torch.arange(data["responses"].shape[1]) >= last_chunk_end.unsqueeze(1)
+        assert beyond.any() and not entropy[beyond].any()
+
+
+def test_rows_needing_entropy_under_ulysses(vl_model, vl_batch, monkeypatch):
+    """Padding-free + Ulysses: each sequence-parallel rank marks its slice of the padded token list, exactly as
+    EasyR1 pads and slices the labels."""
+    from verl.utils import ulysses
+
+    inputs = {k: v[:3] for k, v in vl_batch.batch.items()}
+    one = EchoActor(_config(3, padding_free=True), vl_model, echo=EchoConfig())
+    full = one._rows_needing_entropy(inputs)
+    assert int(full.sum()) == int(inputs["response_mask"].sum())
+    two = EchoActor(_config(3, padding_free=True, ulysses_size=2), vl_model, echo=EchoConfig())
+    parts = []
+    for rank in range(2):
+        monkeypatch.setattr(ulysses, "dist", types.SimpleNamespace(get_world_size=lambda group=None: 2))
+        monkeypatch.setattr(ulysses, "get_ulysses_sequence_parallel_rank", lambda group=None, r=rank: r)
+        parts.append(two._rows_needing_entropy(inputs))
+    assert parts[0].shape == parts[1].shape
+    joined = torch.cat(parts)
+    assert torch.equal(joined[: full.numel()], full) and not joined[full.numel() :].any()
+
+
+def test_entropy_with_torch_compile(vl_model, vl_batch, cpu_padding_free):
+    """use_torch_compile (EasyR1's default): its log-prob function and our entropy chunks are compiled."""
+    config = _config(len(vl_batch), micro=3, padding_free=True)
+    config.use_torch_compile = True
+    _check_against_hf(EchoActor(config, vl_model, echo=EchoConfig(entropy_chunk_size=64)), vl_model, vl_batch)
+
+
 def test_log_probs_identical_to_easyr1(vl_model, vl_batch):
     """The log-probs of the entropy pass are EasyR1's own, bit for bit; outside the context nothing changes."""
     config = _config(len(vl_batch))

@@ -7,7 +7,9 @@ response slice, the dynamic-batching reorder in ``compute_log_prob``) only index
 So while :meth:`EchoActor.returning_entropy` is active, ``log_probs_from_logits`` returns ``[..., 2]``:
 EasyR1's own log-probs (the same function, so bit-identical) and :func:`echovl.entropy.token_entropy` of the
 same logits, computed in row chunks after the log-probs are done (their fp32 temporaries are freed by then),
-so peak memory is EasyR1's plus one chunk. EasyR1's code carries the pair to the end untouched.
+so peak memory is EasyR1's plus one chunk. EasyR1's code carries the pair to the end untouched. Only chunks
+holding a row that predicts a response token are computed (``_forward_micro_batch`` notes which rows those
+are, in the order of the path taken), so prompt tokens and response padding cost nothing; they read as 0.
 
 The echo term. ``update_policy`` is EasyR1's loop with one addition per micro-batch:
 ``coef * echo_total * world_size / global_clips``, where ``echo_total`` is :func:`echovl.loss.echo_nll` of
@@ -33,6 +35,7 @@ from verl.protocol import DataProto
 from verl.trainer.core_algos import average_loss, compute_kl, compute_policy_loss
 from verl.utils.py_functional import append_to_dict
 from verl.utils.seqlen_balancing import prepare_dynamic_batch
+from verl.utils.ulysses import ulysses_pad_and_slice_inputs
 from verl.workers.actor.dp_actor import DataParallelPPOActor
 
 from ..config import EchoConfig
@@ -61,7 +64,11 @@ class EchoActor(DataParallelPPOActor):
             echo = getattr(config, "echo", None) or EchoConfig(enable=False)
         self.echo = echo
         self._log_probs_only = self.log_probs_from_logits  # EasyR1's (possibly torch.compile'd) function
+        # like EasyR1's log-prob function, compiled when use_torch_compile: the chunk's fp32 passes fuse into a few
+        # kernels that read the logits once or twice, instead of about ten full-chunk memory passes in eager mode
+        self._token_entropy = torch.compile(token_entropy, dynamic=True) if config.use_torch_compile else token_entropy
         self._with_entropy = False
+        self._entropy_rows: torch.Tensor | None = None
         self.log_probs_from_logits = self._log_probs_maybe_with_entropy
 
     # ------------------------------------------------------------------ entropy in the old-log-prob pass
@@ -71,8 +78,52 @@ class EchoActor(DataParallelPPOActor):
         log_probs = self._log_probs_only(logits, labels)
         if not self._with_entropy:
             return log_probs
-        entropy = token_entropy(logits, chunk_size=self.echo.entropy_chunk_size)  # logits are already / temperature
+        entropy = self._entropy(logits, self._entropy_rows)  # logits are already divided by the temperature
         return torch.stack([log_probs, entropy.to(log_probs.dtype)], dim=-1)
+
+    def _entropy(self, logits: torch.Tensor, needed: torch.Tensor | None) -> torch.Tensor:
+        """:func:`token_entropy` of ``logits`` [..., V], chunk by chunk; chunks with no ``needed`` row (prompt
+        tokens on the padding-free path, response padding) are skipped and read as 0."""
+        chunk = self.echo.entropy_chunk_size
+        if needed is None or needed.shape != logits.shape[:-1]:
+            return token_entropy(logits, chunk_size=chunk)  # (not reached from EasyR1's paths)
+        blocks = [(logits, needed)] if logits.dim() == 2 else list(zip(logits.unbind(0), needed.unbind(0)))
+        out = torch.zeros(needed.shape, dtype=torch.float32, device=logits.device)
+        rows = needed.shape[-1]
+        padded = torch.nn.functional.pad(needed.reshape(-1, rows), (0, -rows % chunk))
+        flags = padded.view(len(blocks), -1, chunk).any(-1).tolist()  # one device sync per micro-batch
+        out_blocks = [out] if logits.dim() == 2 else out.unbind(0)
+        for (block, _), out_block, block_flags in zip(blocks, out_blocks, flags):
+            for index, flag in enumerate(block_flags):
+                if flag:
+                    part = slice(index * chunk, (index + 1) * chunk)
+                    out_block[part] = self._token_entropy(block[part], chunk_size=chunk)
+        return out
+
+    def _rows_needing_entropy(self, micro_batch: dict[str, Any]) -> torch.Tensor:
+        """Which rows of the logits that ``_forward_micro_batch`` hands to ``log_probs_from_logits`` predict a
+        response token: [B, R] on the padded path; on the padding-free path [tokens] in unpadded order (and
+        padded and sliced for this rank like EasyR1's labels under Ulysses)."""
+        attention_mask = micro_batch["attention_mask"].bool()
+        response_length = micro_batch["responses"].size(-1)
+        predicts_response = attention_mask[:, -response_length:]  # logits row s predicts token s + 1
+        if not self.config.padding_free:
+            return predicts_response
+        needed = torch.zeros_like(attention_mask)
+        needed[:, -response_length - 1 : -1] = predicts_response
+        needed = needed[attention_mask].unsqueeze(0)  # row-major, as unpad_input orders the tokens
+        if self.config.ulysses_size > 1:
+            needed, _, _ = ulysses_pad_and_slice_inputs(needed, None, self.config.ulysses_size)
+        return needed.squeeze(0)
+
+    def _forward_micro_batch(self, micro_batch: dict[str, Any], temperature: float) -> torch.Tensor:
+        if not self._with_entropy:
+            return super()._forward_micro_batch(micro_batch, temperature)
+        self._entropy_rows = self._rows_needing_entropy(micro_batch)
+        try:
+            return super()._forward_micro_batch(micro_batch, temperature)
+        finally:
+            self._entropy_rows = None
 
     @contextlib.contextmanager
     def returning_entropy(self) -> Iterator[None]:
