@@ -219,15 +219,29 @@ def test_log_probs_identical_to_easyr1(vl_model, vl_batch):
     assert torch.equal(actor.compute_log_prob(vl_batch), vanilla)
 
 
-def test_ulysses_gather_keeps_the_entropy_dim():
-    """The Ulysses gather EasyR1 applies to the log-probs concatenates along dim 0 and keeps trailing dims."""
+def test_ulysses_gather_keeps_the_entropy_dim(monkeypatch):
+    """Under Ulysses EasyR1 gathers each rank's [local tokens] log-probs along dim 0 and strips the padding; the
+    same code carries [local tokens, 2] (log-prob, entropy) pairs. Two ranks simulated around EasyR1's Gather."""
     from verl.utils import ulysses
 
-    local = torch.arange(12.0).view(6, 2)  # [tokens of this rank, (log-prob, entropy)]
-    gathered = ulysses.gather_outputs_and_unpad(local, gather_dim=0, unpad_dim=0, padding_size=1, group=None)
-    assert gathered is local  # no SP group: unchanged
-    unpadded = ulysses._unpad_tensor(torch.cat([local, local]), 0, 1)
-    assert unpadded.shape == (11, 2) and torch.equal(unpadded[:6], local)
+    full = torch.arange(22.0).view(11, 2)  # 11 tokens, padded to 12 and split over 2 ranks
+    padded = torch.cat([full, torch.zeros(1, 2)])
+    locals_ = padded.chunk(2)
+
+    def all_gather_into_tensor(output, local, group=None, async_op=False):
+        output.copy_(torch.cat(locals_))  # what the two ranks contribute
+
+    monkeypatch.setattr(
+        ulysses,
+        "dist",
+        types.SimpleNamespace(
+            get_world_size=lambda group=None: 2,
+            get_rank=lambda group=None: 1,
+            all_gather_into_tensor=all_gather_into_tensor,
+        ),
+    )
+    gathered = ulysses.gather_outputs_and_unpad(locals_[1], gather_dim=0, unpad_dim=0, padding_size=1, group=object())
+    assert torch.equal(gathered, full)
 
 
 # ------------------------------------------------------------------------------------------- update_policy

@@ -180,7 +180,12 @@ class EchoTrainer(RayPPOTrainer):
         all_verified = verified_flags(np.concatenate([s for _, s in rounds]), self.echo)
         self._generated_outcomes = group_outcomes(all_verified, group_ids(all_uids))
 
-        if not self.echo.active or self.echo.keep_filtered_clips == 0 or self.use_critic:
+        if not self.echo.active or self.echo.keep_filtered_clips == 0:
+            return batch
+        if self.use_critic:  # the critic would be updated on the main batch only; not worth the complexity
+            if not getattr(self, "_warned_critic", False):
+                print("echovl: with a critic (GAE), DAPO's dropped all-correct groups are not kept for EchoRL.")
+                self._warned_critic = True
             return batch
         kept, dropped = set(np.asarray(uids).astype(str)), []
         for data, scores in rounds:

@@ -201,6 +201,12 @@ def quiet(*actors):
     return actors
 
 
+def share_compiled(vanilla, echo) -> None:
+    """Both actors use the one compiled log-prob function: two ``torch.compile`` wrappers of the same function in
+    one process compete for dynamo's cache (different backends) and would time recompilations, not the actors."""
+    echo._log_probs_only = vanilla.log_probs_from_logits
+
+
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
@@ -267,6 +273,7 @@ def bench_log_probs(args, folder: Path) -> dict:
         DataParallelPPOActor(config, model),
         EchoActor(config, model, echo=EchoConfig(entropy_chunk_size=args.chunk_size)),
     )
+    share_compiled(vanilla, echo)
     times = interleaved(
         lambda: vanilla.compute_log_prob(batch),
         lambda: echo.compute_log_prob_and_entropy(batch),
@@ -330,6 +337,7 @@ def bench_update(args, folder: Path) -> dict:
         DataParallelPPOActor(config, model, optimizer),
         EchoActor(config, model, optimizer, echo=EchoConfig(coef=0.001)),
     )
+    share_compiled(vanilla, echo)
     times = interleaved(
         lambda: vanilla.update_policy(batch), lambda: echo.update_policy(batch), args.device, args.repeats
     )
