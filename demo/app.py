@@ -166,51 +166,47 @@ def build_app(model_path: str, traces: str) -> gr.Blocks:
             with gr.Tab("Live", id="live"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=330):
-                        image = gr.Image(label="Image (optional)", type="filepath", height=200, elem_id="live-image")
-                        question = gr.Textbox(label="Question", lines=3, elem_id="live-question")
-                        answer = gr.Textbox(label="Reference answer", elem_id="live-answer")
-                        gr.Examples(_example_rows(), inputs=[image, question, answer], label="Example problems")
-                        model = gr.Textbox(
+                        form = {}  # live_group's parameter name -> its input component
+                        form["image"] = gr.Image(
+                            label="Image (optional)", type="filepath", height=200, elem_id="live-image"
+                        )
+                        form["question"] = gr.Textbox(label="Question", lines=3, elem_id="live-question")
+                        form["answer"] = gr.Textbox(label="Reference answer", elem_id="live-answer")
+                        gr.Examples(
+                            _example_rows(),
+                            inputs=[form["image"], form["question"], form["answer"]],
+                            label="Example problems",
+                        )
+                        form["model_path"] = gr.Textbox(
                             label="Model (local path or hub id)", value=model_path, elem_id="live-model"
                         )
                         with gr.Row():
-                            num_rollouts = gr.Slider(1, 16, value=6, step=1, label="Rollouts")
-                            temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
+                            form["num_rollouts"] = gr.Slider(1, 16, value=6, step=1, label="Rollouts")
+                            form["temperature"] = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="Temperature")
                         with gr.Row():
-                            max_new_tokens = gr.Slider(16, 2048, value=256, step=16, label="Max new tokens")
-                            seed = gr.Number(value=0, precision=0, label="Seed")
+                            form["max_new_tokens"] = gr.Slider(16, 2048, value=256, step=16, label="Max new tokens")
+                            form["seed"] = gr.Number(value=0, precision=0, label="Seed")
                         with gr.Accordion("Advanced", open=False):
-                            instruction = gr.Textbox(
+                            form["instruction"] = gr.Textbox(
                                 label="Format instruction (appended to the question)",
                                 value=FORMAT_INSTRUCTION,
                                 lines=3,
                             )
-                            delimiters = gr.Textbox(label="Step delimiters (one per line, \\n = newline)", value="\\n")
-                            min_step_tokens = gr.Number(value=1, precision=0, label="Min step tokens")
-                            scope = gr.Radio(["all", "degenerate"], value="all", label="Mining scope")
+                            form["delimiters"] = gr.Textbox(
+                                label="Step delimiters (one per line, \\n = newline)", value="\\n"
+                            )
+                            form["min_step_tokens"] = gr.Number(value=1, precision=0, label="Min step tokens")
+                            form["scope"] = gr.Radio(["all", "degenerate"], value="all", label="Mining scope")
                         run = gr.Button("Sample and mine", variant="primary", elem_id="live-run")
                     with gr.Column(scale=2, min_width=480):
                         live_summary = gr.HTML(PLACEHOLDER, elem_id="live-summary")
                         live_chart = gr.HTML(elem_id="live-chart")
                         live_rollouts = gr.HTML(elem_id="live-rollouts")
-                run.click(
-                    live_group,
-                    inputs=[
-                        image,
-                        question,
-                        answer,
-                        model,
-                        num_rollouts,
-                        temperature,
-                        max_new_tokens,
-                        seed,
-                        instruction,
-                        delimiters,
-                        min_step_tokens,
-                        scope,
-                    ],
-                    outputs=[live_summary, live_chart, live_rollouts],
-                )
+
+                def run_form(values: dict, progress=gr.Progress()):  # noqa: B008 (gradio's progress hook)
+                    return live_group(**{name: values[box] for name, box in form.items()}, progress=progress)
+
+                run.click(run_form, inputs=set(form.values()), outputs=[live_summary, live_chart, live_rollouts])
             with gr.Tab("Training traces", id="traces"):
                 state = gr.State({})
                 with gr.Row():
