@@ -52,6 +52,7 @@ def make_example_traces(out: Path, model: str, steps: list[int], *, num_rollouts
                     + (f"clip rollout {clip['rollout']} step {clip['step']}" if clip else "no clip")
                 )
             writer.write(step, records)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     finally:

@@ -152,6 +152,7 @@ def _fit(model, processor, problems, *, steps: int, lr: float, seed: int) -> lis
 
 def build_demo_model(path: str | Path, *, steps: int = 180, lr: float = 1e-2, seed: int = 0) -> Path:
     """Write the demo's default model: the tiny Qwen2.5-VL fitted on :data:`EXAMPLE_PROBLEMS` (CPU, seconds)."""
+    import torch
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from echovl.testing import build_tiny_qwen2_5_vl
@@ -160,7 +161,12 @@ def build_demo_model(path: str | Path, *, steps: int = 180, lr: float = 1e-2, se
     build_tiny_qwen2_5_vl(path, seed=seed)
     processor = AutoProcessor.from_pretrained(path)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path)
-    losses = _fit(model, processor, EXAMPLE_PROBLEMS, steps=steps, lr=lr, seed=seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the matrices are tiny: one thread is fastest, and many thrash on a shared CPU
+    try:
+        losses = _fit(model, processor, EXAMPLE_PROBLEMS, steps=steps, lr=lr, seed=seed)
+    finally:
+        torch.set_num_threads(threads)
     model.save_pretrained(path, safe_serialization=True)
     info = {"version": DEMO_MODEL_VERSION, "steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
     (path / "echovl_demo.json").write_text(json.dumps(info, indent=2) + "\n")
