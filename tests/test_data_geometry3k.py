@@ -20,23 +20,10 @@ from echovl.data.common import (
 )
 from echovl.data.geometry3k import convert_geometry3k, main, problem_text
 from echovl.testing import tiny_image
+from tests.data_helpers import REPO, SHARED_DATA, needs, offline_datasets  # noqa: F401 (autouse fixture)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"  # the real samples live next to the repository, not in it
 RELEASE_SAMPLES = SHARED_DATA / "geometry3k_raw"
-needs_samples = pytest.mark.skipif(
-    not RELEASE_SAMPLES.is_dir(), reason=f"real Geometry3K samples not found at {RELEASE_SAMPLES} (outside the repo)"
-)
-
-
-@pytest.fixture(autouse=True)
-def _offline_datasets(tmp_path, monkeypatch):
-    """datasets must never reach the network and must cache under the test's folder."""
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+needs_samples = needs(RELEASE_SAMPLES, "the real Geometry3K release samples")
 
 
 def png_bytes(seed: int) -> bytes:

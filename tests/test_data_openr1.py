@@ -21,25 +21,13 @@ from echovl.data.openr1_math import (
     main,
     question_text,
 )
+from tests.data_helpers import REPO, SHARED_DATA, needs, offline_datasets  # noqa: F401 (autouse fixture)
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"  # the real samples live next to the repository, not in it
 LUFFY_VALID = SHARED_DATA / "luffy" / "valid.parquet"
-needs_valid = pytest.mark.skipif(
-    not LUFFY_VALID.is_file(), reason=f"LUFFY's valid.parquet not found at {LUFFY_VALID} (outside the repo)"
-)
+needs_valid = needs(LUFFY_VALID, "LUFFY's valid.parquet")
 SYSTEM = "Your task is to follow a systematic, thorough reasoning process before providing the final solution."
 LONG = "the angle of the triangle is equal to the sum of x and y " * 20  # far over MAX_TOKENS tiny-tokenizer tokens
 MAX_TOKENS = 40
-
-
-@pytest.fixture(autouse=True)
-def _offline_datasets(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="module")

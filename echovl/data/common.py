@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,12 @@ __all__ = [
     "ParquetSink",
     "PartStats",
     "Report",
+    "add_run_options",
     "find_parquet_files",
     "is_hub_name",
     "iter_parquet_batches",
     "progress",
+    "run_conversion",
     "table_schema",
 ]
 
@@ -354,6 +356,38 @@ def iter_parquet_batches(
                 yield file, offset, batch.to_pydict()
                 offset += batch.num_rows
             del table
+
+
+def add_run_options(parser, bad_rows: str) -> None:
+    """The options every converter has: ``--strict`` (``bad_rows`` lists what counts as a bad row) and
+    ``--progress``."""
+    import argparse
+
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            f"fail (exit status 1, no file written) at the first bad row: {bad_rows}. Default: skip bad rows, list "
+            "them and count them by reason in the summary"
+        ),
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: only when stderr is a terminal)",
+    )
+
+
+def run_conversion(convert: Callable[[], Report]) -> int:
+    """Run a conversion for a command line: print its summary (exit status 0) or the error (exit status 1)."""
+    try:
+        report = convert()
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
 
 
 def progress(iterable=None, *, total=None, desc: str = "", unit: str = "rows", enable: bool | None = None):

@@ -42,10 +42,12 @@ from .common import (
     DataError,
     PartStats,
     Report,
+    add_run_options,
     find_parquet_files,
     is_hub_name,
     iter_parquet_batches,
     progress,
+    run_conversion,
     table_schema,
 )
 
@@ -434,37 +436,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default=DEFAULT_OUT, help="output folder, created if needed (default: %(default)s)")
     parser.add_argument(
-        "--strict",
-        action="store_true",
-        help=(
-            "fail (exit status 1, no file written) at the first bad row: missing or undecodable image, answer "
-            "letter outside the choices, empty problem or answer, malformed data.json. Default: skip bad rows, "
-            "list them and count them by reason in the summary"
-        ),
-    )
-    parser.add_argument(
         "--workers",
         type=int,
         default=None,
         help="threads that decode (check) the images; default: the CPU count, at most 8. The output is the same",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show progress bars (default: only when stderr is a terminal)",
+    add_run_options(
+        parser,
+        "missing or undecodable image, answer letter outside the choices, empty problem or answer, malformed "
+        "data.json or row",
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        report = convert_geometry3k(
+    return run_conversion(
+        lambda: convert_geometry3k(
             args.source, args.out, strict=args.strict, workers=args.workers, show_progress=args.progress
         )
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
+    )

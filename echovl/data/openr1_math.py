@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,10 +38,12 @@ from .common import (
     DataError,
     PartStats,
     Report,
+    add_run_options,
     find_parquet_files,
     is_hub_name,
     iter_parquet_batches,
     progress,
+    run_conversion,
     table_schema,
 )
 
@@ -467,20 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
             "AMC 4x on purpose (avg@8 / avg@4), so they are kept by default"
         ),
     )
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help=(
-            "fail (exit status 1, no file written) at the first bad row: empty problem, answer or solution, "
-            "malformed prompt or generation lists. Default: skip bad rows, list them and count them by reason. "
-            "Rows removed by the 220k filter are counted as filtered, never an error"
-        ),
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show progress bars (default: only when stderr is a terminal)",
+    add_run_options(
+        parser,
+        "empty problem, answer, solution or data_source, malformed prompt or generation lists (rows that the 220k "
+        "filter removes are counted as filtered, never an error)",
     )
     return parser
 
@@ -490,9 +481,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.dedup and args.eval_source is None:
         parser.error("--dedup only applies with --eval-source")
-    try:
-        if args.eval_source is not None:
-            report = convert_eval(
+    if args.eval_source is not None:
+        return run_conversion(
+            lambda: convert_eval(
                 args.eval_source,
                 args.out or DEFAULT_EVAL_OUT,
                 dedup=args.dedup,
@@ -502,20 +493,17 @@ def main(argv: list[str] | None = None) -> int:
                 strict=args.strict,
                 show_progress=args.progress,
             )
-        else:
-            report = convert_openr1(
-                args.source or DEFAULT_SOURCE,
-                args.out or DEFAULT_OUT,
-                tokenizer=args.tokenizer,
-                max_tokens=args.max_tokens,
-                batch_size=args.batch_size,
-                split=args.split,
-                hub_config=args.hub_config,
-                strict=args.strict,
-                show_progress=args.progress,
-            )
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
+        )
+    return run_conversion(
+        lambda: convert_openr1(
+            args.source or DEFAULT_SOURCE,
+            args.out or DEFAULT_OUT,
+            tokenizer=args.tokenizer,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            split=args.split,
+            hub_config=args.hub_config,
+            strict=args.strict,
+            show_progress=args.progress,
+        )
+    )
