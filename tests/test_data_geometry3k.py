@@ -173,9 +173,18 @@ def test_strict_failure_keeps_previous_outputs(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
 
 
-def test_unusable_sources(tmp_path):
+def test_unusable_sources(tmp_path, monkeypatch):
+    import datasets
+
     with pytest.raises(DataError, match="does not exist"):
         convert_geometry3k(str(tmp_path / "nowhere"), tmp_path / "out")
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("offline")
+
+    monkeypatch.setattr(datasets, "load_dataset", unreachable)
+    with pytest.raises(DataError, match="cannot load hub dataset 'data/geo3k' \\(no local file or folder"):
+        convert_geometry3k("data/geo3k", tmp_path / "out")  # a mistyped local path looks like a hub name
     release = make_release(tmp_path / "release")
     with pytest.raises(DataError, match="one split of the original release"):
         convert_geometry3k(str(release / "train"), tmp_path / "out")

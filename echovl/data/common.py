@@ -43,6 +43,7 @@ __all__ = [
     "Report",
     "add_run_options",
     "find_parquet_files",
+    "hub_error",
     "is_hub_name",
     "iter_parquet_batches",
     "progress",
@@ -318,6 +319,13 @@ def is_hub_name(source: str) -> bool:
     if _HUB_NAME.match(source) and not source.endswith(".parquet"):
         return True
     raise DataError(f"source {source!r} does not exist (and is not a hub dataset name like 'owner/name')")
+
+
+def hub_error(name: str, exc: Exception) -> DataError:
+    """The error for a hub dataset that did not load; the name may also be a mistyped local path."""
+    return DataError(
+        f"cannot load hub dataset {name!r} (no local file or folder has that name either): {type(exc).__name__}: {exc}"
+    )
 
 
 def find_parquet_files(path: Path) -> list[Path]:

@@ -44,6 +44,7 @@ from .common import (
     Report,
     add_run_options,
     find_parquet_files,
+    hub_error,
     is_hub_name,
     iter_parquet_batches,
     progress,
@@ -327,7 +328,7 @@ def _hub_splits(name: str) -> dict[str, tuple[str, Any]]:
     try:
         dataset = load_dataset(name, streaming=True)
     except Exception as exc:
-        raise DataError(f"cannot load hub dataset {name!r}: {type(exc).__name__}: {exc}") from exc
+        raise hub_error(name, exc) from exc
     splits = {}
     for split_name, split in dataset.items():
         out = _SPLIT_ALIASES.get(split_name.lower())

@@ -40,6 +40,7 @@ from .common import (
     Report,
     add_run_options,
     find_parquet_files,
+    hub_error,
     is_hub_name,
     iter_parquet_batches,
     progress,
@@ -184,7 +185,7 @@ def _hub_source(name: str, split: str, config: str | None) -> _Source:
     try:
         dataset = load_dataset(name, config, split=split, streaming=True)
     except Exception as exc:
-        raise DataError(f"cannot load hub dataset {name!r} (split {split!r}): {type(exc).__name__}: {exc}") from exc
+        raise hub_error(f"{name} [{split}]", exc) from exc
     columns = dataset.column_names
     if columns is None:  # no metadata: peek at the first row
         columns = list(next(iter(dataset), {}).keys())
