@@ -193,7 +193,9 @@ def mine_echo_clips(
     step = chosen - row * num_steps
 
     mask = torch.zeros_like(text_mask)  # only the chosen rows are touched
-    mask[row] = _counted(steps[row], text_mask[row]) & (steps[row] <= step.unsqueeze(1))
+    chosen_steps = steps.index_select(0, row)
+    chosen_counted = _counted(chosen_steps, text_mask.index_select(0, row))
+    mask.index_copy_(0, row, chosen_counted & (chosen_steps <= step.unsqueeze(1)))
     out_dtype = torch.promote_types(entropy.dtype, torch.float32)
     return EchoClips(
         mask=mask,

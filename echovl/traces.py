@@ -183,6 +183,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; trace folders are shared with whoever runs the demo
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -111,3 +111,10 @@ def test_reader_names_file_and_line(tmp_path):
         list(read_trace_file(path))
     with pytest.raises(TraceError, match="not a trace folder"):
         list_trace_files(tmp_path / "nope")
+
+
+def test_written_files_are_readable_by_others(qwen_tokenizer, tmp_path):
+    records, _ = _records(qwen_tokenizer, images=[tiny_image(1)] * 4)
+    path = TraceWriter(tmp_path).write(3, records)
+    assert path.stat().st_mode & 0o044 == 0o044
+    assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "images").iterdir())

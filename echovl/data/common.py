@@ -1,0 +1,406 @@
+"""Shared plumbing of the dataset converters: bad-row reports, atomic deterministic parquet output, sources.
+
+- :class:`Report` counts rows read / written / skipped (by reason) / filtered (by reason) per part (a split or a
+  benchmark), keeps the bad rows with where they were and why, and prints the summary table. With ``strict=True``
+  the first bad row raises :class:`DataError` instead.
+- :class:`AtomicOutputs` writes every output to a hidden temporary file next to its destination and renames them
+  all into place only when the whole conversion succeeded; on any error the temporaries are removed, so a failed
+  run leaves no partial file (an older output stays untouched). :class:`ParquetSink` buffers rows into fixed-size
+  row groups, so the bytes depend only on the rows, not on how the input was batched: same input, same bytes.
+- Schemas carry the Hugging Face ``datasets`` feature metadata, so ``datasets.load_dataset("parquet", ...)``
+  decodes the ``images`` column as images, written in the list form that old and new ``datasets`` read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+__all__ = [
+    "EMPTY_ANSWER",
+    "EMPTY_PROBLEM",
+    "LETTER_OUTSIDE_CHOICES",
+    "MALFORMED_JSON",
+    "MALFORMED_ROW",
+    "MISSING_IMAGE",
+    "UNDECODABLE_IMAGE",
+    "AtomicOutputs",
+    "BadRow",
+    "DataError",
+    "ParquetSink",
+    "PartStats",
+    "Report",
+    "add_run_options",
+    "find_parquet_files",
+    "hub_error",
+    "is_hub_name",
+    "iter_parquet_batches",
+    "progress",
+    "run_conversion",
+    "table_schema",
+]
+
+# Reasons a row is skipped (or, with --strict, fails the run). Shared so summaries read the same everywhere.
+MISSING_IMAGE = "missing image"
+UNDECODABLE_IMAGE = "undecodable image"
+LETTER_OUTSIDE_CHOICES = "answer letter outside choices"
+EMPTY_PROBLEM = "empty problem"
+EMPTY_ANSWER = "empty answer"
+MALFORMED_JSON = "malformed JSON"
+MALFORMED_ROW = "malformed row"
+
+_MAX_LISTED = 20  # bad rows listed one by one in the summary (all of them are counted)
+
+
+class DataError(ValueError):
+    """Input that cannot be converted: an unusable source, or a bad row under ``--strict``."""
+
+
+@dataclass(frozen=True)
+class BadRow:
+    part: str
+    """The split or benchmark the row belongs to."""
+    where: str
+    """Which row: a problem folder, ``file.parquet row 12``, ..."""
+    reason: str
+    """One of the reason constants of this module (what kind of problem)."""
+    detail: str = ""
+    """Specifics (the exception message, the offending value)."""
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}" + (f" ({self.detail})" if self.detail else "")
+
+
+@dataclass
+class PartStats:
+    """Counts for one output part (split or benchmark). ``read = written + sum(skipped) + sum(filtered)``."""
+
+    name: str
+    report: Report = field(repr=False)
+    read: int = 0
+    written: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    """Bad rows by reason (errors under ``--strict``)."""
+    filtered: Counter = field(default_factory=Counter)
+    """Rows dropped on purpose by a documented filter, by reason (never an error)."""
+
+    def skip(self, where: str, reason: str, detail: str = "") -> None:
+        """Record a bad row; raise :class:`DataError` instead when the report is strict."""
+        bad = BadRow(self.name, where, reason, detail)
+        if self.report.strict:
+            raise DataError(f"bad row in {self.report.name} [{self.name}] {bad} (--strict: nothing was written)")
+        self.skipped[reason] += 1
+        self.report.bad_rows.append(bad)
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        """Record rows removed by a filter (expected, not an error)."""
+        self.filtered[reason] += count
+
+
+@dataclass
+class Report:
+    """What a conversion read, wrote and skipped; ``summary()`` is the table the command prints at the end."""
+
+    name: str
+    strict: bool = False
+    parts: dict[str, PartStats] = field(default_factory=dict)
+    bad_rows: list[BadRow] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+
+    def part(self, name: str) -> PartStats:
+        if name not in self.parts:
+            self.parts[name] = PartStats(name, self)
+        return self.parts[name]
+
+    def notice(self, message: str) -> None:
+        self.notices.append(message)
+        print(f"notice: {message}", file=sys.stderr)
+
+    @property
+    def read(self) -> int:
+        return sum(p.read for p in self.parts.values())
+
+    @property
+    def written(self) -> int:
+        return sum(p.written for p in self.parts.values())
+
+    @property
+    def skipped(self) -> Counter:
+        return sum((p.skipped for p in self.parts.values()), Counter())
+
+    @property
+    def filtered(self) -> Counter:
+        return sum((p.filtered for p in self.parts.values()), Counter())
+
+    def summary(self) -> str:
+        rows = [("part", "read", "written", "skipped", "filtered")]
+        for p in self.parts.values():
+            rows.append((p.name, p.read, p.written, sum(p.skipped.values()), sum(p.filtered.values())))
+        if len(self.parts) > 1:
+            rows.append(("total", self.read, self.written, sum(self.skipped.values()), sum(self.filtered.values())))
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+        lines = [f"{self.name}: summary"]
+        for r in rows:
+            lines.append(
+                "  "
+                + "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+            )
+        for title, counter in (("skipped (bad rows) by reason", self.skipped), ("filtered by reason", self.filtered)):
+            if counter:
+                lines.append(f"{title}:")
+                lines += [f"  {reason}: {n}" for reason, n in sorted(counter.items())]
+        if self.bad_rows:
+            lines.append("bad rows:")
+            lines += [f"  [{b.part}] {b}" for b in self.bad_rows[:_MAX_LISTED]]
+            if len(self.bad_rows) > _MAX_LISTED:
+                lines.append(f"  ... and {len(self.bad_rows) - _MAX_LISTED} more")
+        if self.outputs:
+            lines.append("wrote: " + ", ".join(str(p) for p in self.outputs))
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------- schemas
+
+_KINDS: dict[str, tuple[pa.DataType, Any]] = {
+    "string": (pa.string(), {"dtype": "string", "_type": "Value"}),
+    "int64": (pa.int64(), {"dtype": "int64", "_type": "Value"}),
+    "strings": (pa.list_(pa.string()), [{"dtype": "string", "_type": "Value"}]),
+    "images": (pa.list_(pa.struct([("bytes", pa.binary()), ("path", pa.string())])), [{"_type": "Image"}]),
+}
+
+
+def table_schema(columns: dict[str, str]) -> pa.Schema:
+    """An arrow schema with ``datasets`` feature metadata; kinds: string, int64, strings, images."""
+    fields, features = [], {}
+    for name, kind in columns.items():
+        arrow_type, feature = _KINDS[kind]
+        fields.append(pa.field(name, arrow_type))
+        features[name] = feature
+    return pa.schema(fields, metadata={"huggingface": json.dumps({"info": {"features": features}})})
+
+
+# ------------------------------------------------------------------------------------------------------ output
+
+
+class ParquetSink:
+    """Buffered writer of one parquet file: rows go out in row groups of exactly ``row_group_size`` rows."""
+
+    def __init__(self, handle, destination: Path, schema: pa.Schema, row_group_size: int):
+        self.destination = destination
+        self.schema = schema
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._handle = handle
+        self._buffer: list[dict] = []
+        self._writer = pq.ParquetWriter(handle, schema, compression="snappy")
+
+    def add(self, row: dict) -> None:
+        self._buffer.append(row)
+        self.rows += 1
+        if len(self._buffer) >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            self._buffer = []
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._flush()
+            self._writer.close()
+            self._writer = None
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+
+    def abort(self) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+        finally:
+            self._writer = None
+            self._handle.close()
+
+
+class AtomicOutputs:
+    """All-or-nothing output files: ``with AtomicOutputs(report) as out: sink = out.parquet(path, schema)``.
+
+    Rows go to hidden ``.<name>.<random>.parquet`` files in the destination folder; on a clean exit they are closed,
+    synced and renamed over their destinations; on an exception they are deleted (and a destination folder this
+    created, if left empty, too). The hidden name ends in ``.parquet`` and starts with a dot, so a crash that skips
+    the cleanup (a killed process) cannot confuse loaders that look at a folder's first file or its parquet files.
+    """
+
+    def __init__(self, report: Report | None = None):
+        self.report = report
+        self._sinks: list[tuple[ParquetSink, str]] = []
+        self._created_dirs: list[Path] = []
+
+    def __enter__(self) -> AtomicOutputs:
+        return self
+
+    def parquet(self, destination: str | Path, schema: pa.Schema, row_group_size: int = 1024) -> ParquetSink:
+        destination = Path(destination)
+        if any(s.destination == destination for s, _ in self._sinks):
+            raise DataError(f"two outputs would be written to {destination}")
+        self._make_dir(destination.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".parquet", dir=destination.parent)
+        sink = ParquetSink(os.fdopen(fd, "wb"), destination, schema, row_group_size)
+        self._sinks.append((sink, tmp))
+        return sink
+
+    def _make_dir(self, folder: Path) -> None:
+        missing = []
+        for d in (folder, *folder.parents):
+            if d.exists():
+                break
+            missing.append(d)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._created_dirs.extend(missing)  # deepest first
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self._commit()
+                return
+            except BaseException:
+                self._abort()
+                raise
+        self._abort()
+
+    def _commit(self) -> None:
+        for sink, _ in self._sinks:
+            sink.close()
+        umask = os.umask(0)
+        os.umask(umask)
+        for sink, tmp in self._sinks:
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
+            os.replace(tmp, sink.destination)
+            if self.report is not None:
+                self.report.outputs.append(sink.destination)
+
+    def _abort(self) -> None:
+        for sink, tmp in self._sinks:
+            try:
+                sink.abort()
+            except Exception:
+                pass
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        for d in self._created_dirs:
+            try:
+                d.rmdir()  # only succeeds if empty
+            except OSError:
+                break
+
+
+# ------------------------------------------------------------------------------------------------------ input
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_name(source: str) -> bool:
+    """True for ``owner/name`` that is not a local path; a missing local-looking path raises :class:`DataError`."""
+    if os.path.exists(source):
+        return False
+    if _HUB_NAME.match(source) and not source.endswith(".parquet"):
+        return True
+    raise DataError(f"source {source!r} does not exist (and is not a hub dataset name like 'owner/name')")
+
+
+def hub_error(name: str, exc: Exception) -> DataError:
+    """The error for a hub dataset that did not load; the name may also be a mistyped local path."""
+    return DataError(
+        f"cannot load hub dataset {name!r} (no local file or folder has that name either): {type(exc).__name__}: {exc}"
+    )
+
+
+def find_parquet_files(path: Path) -> list[Path]:
+    """The parquet files of a file or folder (recursively, hidden files ignored), sorted."""
+    if path.is_file():
+        return [path]
+    files = sorted(
+        p
+        for p in path.rglob("*.parquet")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
+    )
+    if not files:
+        raise DataError(f"no parquet files under {path}")
+    return files
+
+
+def iter_parquet_batches(
+    files: Iterable[Path], columns: list[str] | None, batch_size: int
+) -> Iterator[tuple[Path, int, dict[str, list]]]:
+    """Stream ``(file, first_row_index, {column: values})`` batches of at most ``batch_size`` rows.
+
+    Reads one row group at a time (only the wanted columns) and converts one batch at a time to Python, so memory
+    is bounded by a row group of the source plus a batch (``ParquetFile.iter_batches`` buffers several times more).
+    """
+    for file in files:
+        try:
+            parquet = pq.ParquetFile(file)
+        except Exception as exc:
+            raise DataError(f"cannot read {file} as parquet: {exc}") from exc
+        names = set(parquet.schema_arrow.names)
+        wanted = None if columns is None else [c for c in columns if c in names]
+        offset = 0
+        for group in range(parquet.num_row_groups):
+            table = parquet.read_row_group(group, columns=wanted, use_threads=False)
+            for batch in table.to_batches(max_chunksize=batch_size):
+                yield file, offset, batch.to_pydict()
+                offset += batch.num_rows
+            del table
+
+
+def add_run_options(parser, bad_rows: str) -> None:
+    """The options every converter has: ``--strict`` (``bad_rows`` lists what counts as a bad row) and
+    ``--progress``."""
+    import argparse
+
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help=(
+            f"fail (exit status 1, no file written) at the first bad row: {bad_rows}. Default: skip bad rows, list "
+            "them and count them by reason in the summary"
+        ),
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="show progress bars (default: only when stderr is a terminal)",
+    )
+
+
+def run_conversion(convert: Callable[[], Report]) -> int:
+    """Run a conversion for a command line: print its summary (exit status 0) or the error (exit status 1)."""
+    try:
+        report = convert()
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0
+
+
+def progress(iterable=None, *, total=None, desc: str = "", unit: str = "rows", enable: bool | None = None):
+    """A tqdm progress bar on stderr; by default shown only on a terminal."""
+    from tqdm import tqdm
+
+    disable = None if enable is None else not enable
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, leave=False)

@@ -1,0 +1,510 @@
+"""OpenR1-Math 45k (LUFFY's ``Elliott/Openr1-Math-46k-8192``) and LUFFY's benchmarks to EasyR1-ready parquet.
+
+Training data, ``OUT/train.parquet`` with ``problem``, ``answer``, ``solution`` (the expert trace), from either
+
+- a file set in verl/LUFFY format (the hub's ``Elliott/Openr1-Math-46k-8192``, the default, or local parquet):
+  ``prompt`` (system + user messages), ``reward_model.ground_truth``, ``target`` (assistant message); or
+- the raw ``open-r1/OpenR1-Math-220k`` (config ``default``, 93.7k problems; hub or local parquet), filtered the way
+  LUFFY built the 46k set: keep the generations that are both ``correctness_math_verify`` and
+  ``is_reasoning_complete``, drop those longer than ``max_tokens`` tokens (``tokenizer(text,
+  add_special_tokens=False)``), drop problems with none left, and keep the first remaining one as ``solution``.
+  This pass streams: it reads ``batch_size`` rows at a time and tokenizes them in one batch call, and only
+  tokenizes a problem's next candidate when the previous one was too long, so memory is bounded by a batch.
+
+Benchmarks (``convert_eval``): verl/LUFFY-format files such as LUFFY's ``valid.parquet`` (AIME24, AMC, MATH-500,
+Minerva, OlympiadBench) become ``OUT/<data_source>.parquet`` per source plus ``OUT/all.parquet``, with ``problem``,
+``answer`` and ``data_source``, rows in source order. LUFFY keeps duplicated rows on purpose (AIME24 30 x 8, AMC
+83 x 4: per-source means are then avg@8 / avg@4); they are kept unless ``dedup=True``.
+
+``problem`` is the question alone: the text of the last user message of ``prompt``. LUFFY's instruction lives in
+the system message and is dropped (EasyR1 adds its own through ``data.format_prompt``); an instruction that older
+LUFFY scripts appended to the user message (:data:`INSTRUCTION_SUFFIXES`) is cut off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .common import (
+    EMPTY_ANSWER,
+    EMPTY_PROBLEM,
+    MALFORMED_ROW,
+    AtomicOutputs,
+    DataError,
+    PartStats,
+    Report,
+    add_run_options,
+    find_parquet_files,
+    hub_error,
+    is_hub_name,
+    iter_parquet_batches,
+    progress,
+    run_conversion,
+    table_schema,
+)
+
+__all__ = [
+    "DEFAULT_EVAL_OUT",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_OUT",
+    "DEFAULT_SOURCE",
+    "DEFAULT_TOKENIZER",
+    "EVAL_SCHEMA",
+    "INSTRUCTION_SUFFIXES",
+    "TRAIN_SCHEMA",
+    "convert_eval",
+    "convert_openr1",
+    "main",
+    "question_text",
+]
+
+DEFAULT_SOURCE = "Elliott/Openr1-Math-46k-8192"
+DEFAULT_OUT = "data/openr1_math"
+DEFAULT_EVAL_OUT = "data/openr1_math/eval"
+DEFAULT_TOKENIZER = "Qwen/Qwen2.5-Math-7B"
+DEFAULT_MAX_TOKENS = 8192
+DEFAULT_BATCH_SIZE = 256
+TRAIN_SCHEMA = table_schema({"problem": "string", "answer": "string", "solution": "string"})
+EVAL_SCHEMA = table_schema({"problem": "string", "answer": "string", "data_source": "string"})
+INSTRUCTION_SUFFIXES = ("Let's think step by step and output the final answer within \\boxed{}.",)
+
+RAW_COLUMNS = ["problem", "answer", "generations", "correctness_math_verify", "is_reasoning_complete"]
+VERL_COLUMNS = ["prompt", "reward_model", "target", "data_source"]  # target: training only; data_source: eval only
+
+# filter outcomes of the raw 220k pass (expected, never errors) and extra bad-row reasons
+NO_VERIFIED = "no generation both math-verified and complete"
+TOO_LONG = "every verified generation over --max-tokens"
+DUPLICATE = "duplicate (--dedup)"
+EMPTY_SOLUTION = "empty solution"
+EMPTY_DATA_SOURCE = "empty data_source"
+_ROW_GROUP = 1024
+
+
+def question_text(prompt: Any) -> str:
+    """The question of a verl ``prompt``: the last user message (or the string itself), instruction suffix removed."""
+    if isinstance(prompt, str):
+        text = prompt
+    elif isinstance(prompt, (list, tuple)):
+        users = [m.get("content") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
+        if not users:
+            raise ValueError("prompt has no user message")
+        text = users[-1]
+        if not isinstance(text, str):
+            raise ValueError(f"user message content is {type(text).__name__}, not a string")
+    else:
+        raise ValueError(f"prompt is {type(prompt).__name__}, expected a list of messages")
+    text = text.strip()
+    for suffix in INSTRUCTION_SUFFIXES:
+        if text.endswith(suffix):
+            text = text[: -len(suffix)].rstrip()
+    return text
+
+
+def _text(value: Any) -> str:
+    """A ground truth or message as a stripped string (numbers are written out); other types give ""."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _ground_truth(reward_model: Any) -> str:
+    if isinstance(reward_model, dict):
+        return _text(reward_model.get("ground_truth"))
+    return _text(reward_model)
+
+
+def _solution(target: Any) -> str:
+    """The expert trace of a verl ``target``: the first assistant message (or the string itself)."""
+    if isinstance(target, dict):
+        target = [target]
+    if isinstance(target, (list, tuple)):
+        for message in target:
+            if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
+                return _text(message.get("content"))
+        return ""
+    return _text(target)
+
+
+# ------------------------------------------------------------------------------------------------------- sources
+
+
+@dataclass
+class _Source:
+    name: str
+    columns: list[str]
+    total: int | None
+    batches: Callable[[list[str], int], Iterator[tuple[str, list[dict]]]]
+    """``batches(columns, batch_size)`` yields ``(where_prefix, rows)``; row i of a batch is ``where_prefix + i``."""
+
+    @property
+    def kind(self) -> str:
+        if all(c in self.columns for c in RAW_COLUMNS):
+            return "raw"
+        if all(c in self.columns for c in ("prompt", "reward_model")):
+            return "verl"
+        raise DataError(
+            f"{self.name}: columns {sorted(self.columns)} are neither the raw OpenR1-Math-220k layout "
+            f"({', '.join(RAW_COLUMNS)}) nor the verl/LUFFY layout (prompt, reward_model[, target, data_source])"
+        )
+
+
+def _rows(batch: dict[str, list]) -> list[dict]:
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+
+
+def _local_source(path: Path) -> _Source:
+    import pyarrow.parquet as pq
+
+    files = find_parquet_files(path)
+    try:
+        schemas = [pq.read_schema(f) for f in files]
+    except Exception as exc:
+        raise DataError(f"cannot read {path} as parquet: {exc}") from exc
+    columns = [c for c in schemas[0].names if all(c in s.names for s in schemas)]
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def batches(wanted: list[str], batch_size: int):
+        for file, offset, batch in iter_parquet_batches(files, wanted, batch_size):
+            rows = _rows(batch)
+            yield [(f"{file.name} row {offset + i}", row) for i, row in enumerate(rows)]
+
+    return _Source(str(path), columns, total, batches)
+
+
+def _hub_source(name: str, split: str, config: str | None) -> _Source:
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name, config, split=split, streaming=True)
+    except Exception as exc:
+        raise hub_error(f"{name} [{split}]", exc) from exc
+    columns = dataset.column_names
+    if columns is None:  # no metadata: peek at the first row
+        columns = list(next(iter(dataset), {}).keys())
+    total = None
+    if dataset.info.splits and split in dataset.info.splits:
+        total = dataset.info.splits[split].num_examples
+
+    def batches(wanted: list[str], batch_size: int):
+        offset = 0
+        for batch in dataset.select_columns([c for c in wanted if c in columns]).iter(batch_size=batch_size):
+            rows = _rows(batch)
+            yield [(f"{name} [{split}] row {offset + i}", row) for i, row in enumerate(rows)]
+            offset += len(rows)
+
+    return _Source(f"{name} [{split}]", columns, total, batches)
+
+
+def _open_source(source: str, split: str, config: str | None) -> _Source:
+    return _hub_source(source, split, config) if is_hub_name(source) else _local_source(Path(source))
+
+
+# -------------------------------------------------------------------------------------------------- conversions
+
+
+def _token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Token counts of ``tokenizer(text, add_special_tokens=False)``, one batch call (no offsets, no id lists)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [len(e) for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return [len(x) for x in ids]
+
+
+def _raw_batch(rows: list[tuple[str, dict]], tokenizer, max_tokens: int, part: PartStats) -> list[dict]:
+    """LUFFY's filter on one batch of raw OpenR1-Math-220k rows; output rows in input order."""
+    candidates: dict[int, tuple[str, str, list[str]]] = {}
+    for k, (where, row) in enumerate(rows):
+        part.read += 1
+        problem, answer = _text(row.get("problem")), _text(row.get("answer"))
+        generations, verified, complete = (row.get(c) for c in RAW_COLUMNS[2:])
+        if not problem:
+            part.skip(where, EMPTY_PROBLEM)
+            continue
+        if not answer:
+            part.skip(where, EMPTY_ANSWER, f"answer is {row.get('answer')!r}")
+            continue
+        lists = (generations, verified, complete)
+        if not all(isinstance(x, list) for x in lists) or len({len(x) for x in lists}) != 1:
+            sizes = "/".join(str(len(x)) if isinstance(x, list) else type(x).__name__ for x in lists)
+            part.skip(where, MALFORMED_ROW, f"generations/correctness_math_verify/is_reasoning_complete: {sizes}")
+            continue
+        kept = [g for g, v, c in zip(*lists) if v is True and c is True and isinstance(g, str) and g.strip()]
+        if kept:
+            candidates[k] = (problem, answer, kept)
+        else:
+            part.drop(NO_VERIFIED)
+    chosen: dict[int, str] = {}
+    pending = dict.fromkeys(candidates, 0)  # row -> index of the candidate to measure next
+    while pending:
+        keys = list(pending)
+        lengths = _token_lengths(tokenizer, [candidates[k][2][pending[k]] for k in keys])
+        following = {}
+        for k, length in zip(keys, lengths):
+            if length <= max_tokens:
+                chosen[k] = candidates[k][2][pending[k]]
+            elif pending[k] + 1 < len(candidates[k][2]):
+                following[k] = pending[k] + 1
+            else:
+                part.drop(TOO_LONG)
+        pending = following
+    return [{"problem": candidates[k][0], "answer": candidates[k][1], "solution": chosen[k]} for k in sorted(chosen)]
+
+
+def _verl_row(where: str, row: dict, part: PartStats) -> dict | None:
+    part.read += 1
+    try:
+        problem = question_text(row.get("prompt"))
+    except ValueError as exc:
+        part.skip(where, MALFORMED_ROW, str(exc))
+        return None
+    if not problem:
+        part.skip(where, EMPTY_PROBLEM)
+        return None
+    answer = _ground_truth(row.get("reward_model"))
+    if not answer:
+        part.skip(where, EMPTY_ANSWER, f"reward_model is {row.get('reward_model')!r}")
+        return None
+    return {"problem": problem, "answer": answer}
+
+
+def _load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except Exception as exc:
+        raise DataError(f"cannot load tokenizer {name_or_path!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def convert_openr1(
+    source: str = DEFAULT_SOURCE,
+    out_dir: str | Path = DEFAULT_OUT,
+    *,
+    tokenizer: Any = DEFAULT_TOKENIZER,
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    split: str = "train",
+    hub_config: str | None = None,
+    strict: bool = False,
+    show_progress: bool | None = None,
+) -> Report:
+    """Write ``out_dir/train.parquet`` (problem, answer, solution) from a verl/LUFFY-format or raw 220k source.
+
+    ``tokenizer`` (a name, a path, or a loaded tokenizer) and ``max_tokens`` only matter for the raw 220k source.
+    """
+    if batch_size < 1 or max_tokens < 1:
+        raise DataError("batch_size and max_tokens must be positive")
+    src = _open_source(str(source), split, hub_config)
+    kind = src.kind
+    report = Report(
+        f"openr1_math ({src.name}, {'raw OpenR1-Math-220k: filtered' if kind == 'raw' else 'verl format'})", strict
+    )
+    part = report.part("train")
+    if kind == "raw" and isinstance(tokenizer, (str, Path)):
+        tokenizer = _load_tokenizer(str(tokenizer))
+    wanted = RAW_COLUMNS if kind == "raw" else VERL_COLUMNS
+    if kind == "verl" and "target" not in src.columns:
+        raise DataError(f"{src.name} has no 'target' column: the training file needs the expert trace (solution)")
+    with AtomicOutputs(report) as outputs:
+        sink = outputs.parquet(Path(out_dir) / "train.parquet", TRAIN_SCHEMA, row_group_size=_ROW_GROUP)
+        bar = progress(total=src.total, desc="openr1_math", unit="problems", enable=show_progress)
+        for rows in src.batches(wanted, batch_size):
+            if kind == "raw":
+                out_rows = _raw_batch(rows, tokenizer, max_tokens, part)
+            else:
+                out_rows = []
+                for where, row in rows:
+                    out = _verl_row(where, row, part)
+                    if out is None:
+                        continue
+                    out["solution"] = _solution(row.get("target"))
+                    if not out["solution"]:
+                        part.skip(where, EMPTY_SOLUTION, f"target is {str(row.get('target'))[:80]!r}")
+                        continue
+                    out_rows.append(out)
+            for out in out_rows:
+                sink.add(out)
+                part.written += 1
+            bar.update(len(rows))
+        bar.close()
+        if part.written == 0:
+            report.notice(f"train.parquet has no rows (all {part.read} rows were skipped or filtered)")
+    return report
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def convert_eval(
+    source: str,
+    out_dir: str | Path = DEFAULT_EVAL_OUT,
+    *,
+    dedup: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    split: str = "train",
+    hub_config: str | None = None,
+    strict: bool = False,
+    show_progress: bool | None = None,
+) -> Report:
+    """Write ``out_dir/<data_source>.parquet`` per benchmark and ``out_dir/all.parquet`` (problem, answer,
+    data_source) from verl/LUFFY-format benchmark files."""
+    src = _open_source(str(source), split, hub_config)
+    if src.kind != "verl" or "data_source" not in src.columns:
+        raise DataError(f"{src.name}: benchmark files need the verl/LUFFY columns prompt, reward_model, data_source")
+    out_dir = Path(out_dir)
+    report = Report(f"openr1_math eval ({src.name})", strict)
+    seen: set[tuple[str, str, str]] = set()
+    file_names: dict[str, str] = {}  # file stem -> data_source
+    with AtomicOutputs(report) as outputs:
+        sinks = {}
+        all_sink = outputs.parquet(out_dir / "all.parquet", EVAL_SCHEMA, row_group_size=_ROW_GROUP)
+        bar = progress(total=src.total, desc="benchmarks", enable=show_progress)
+        for rows in src.batches(["prompt", "reward_model", "data_source"], batch_size):
+            for where, row in rows:
+                data_source = _text(row.get("data_source"))
+                part = report.part(data_source or "(none)")
+                out = _verl_row(where, row, part)
+                if out is None:
+                    continue
+                if not data_source:
+                    part.skip(where, EMPTY_DATA_SOURCE)
+                    continue
+                if dedup:
+                    key = (data_source, out["problem"], out["answer"])
+                    if key in seen:
+                        part.drop(DUPLICATE)
+                        continue
+                    seen.add(key)
+                if data_source not in sinks:
+                    stem = _UNSAFE.sub("_", data_source)
+                    if stem == "all" or stem in file_names:
+                        other = "all.parquet" if stem == "all" else f"data_source {file_names[stem]!r}"
+                        raise DataError(f"data_source {data_source!r} would be written to {stem}.parquet, as {other}")
+                    file_names[stem] = data_source
+                    sinks[data_source] = outputs.parquet(out_dir / f"{stem}.parquet", EVAL_SCHEMA, _ROW_GROUP)
+                out["data_source"] = data_source
+                sinks[data_source].add(out)
+                all_sink.add(out)
+                part.written += 1
+            bar.update(len(rows))
+        bar.close()
+        if report.written == 0:
+            report.notice(f"{src.name}: no benchmark rows written")
+    return report
+
+
+# ----------------------------------------------------------------------------------------------------------- CLI
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python data_prep/openr1_math.py",
+        description=(
+            "Convert OpenR1-Math 45k (LUFFY's Elliott/Openr1-Math-46k-8192, or the raw open-r1/OpenR1-Math-220k "
+            "filtered the same way) into OUT/train.parquet with columns problem, answer and solution (the expert "
+            "trace), text only; or, with --eval-source, verl/LUFFY-format benchmark files into "
+            "OUT/<data_source>.parquet and OUT/all.parquet with problem, answer and data_source. problem is the "
+            "question alone (the last user message; LUFFY's system prompt is dropped). Use them with EasyR1's "
+            "RLHFDataset: data.prompt_key=problem data.answer_key=answer, data.train_files=OUT/train.parquet, "
+            "data.val_files=OUT/eval/all.parquet (a file: the eval folder holds several files of one split)."
+        ),
+    )
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument(
+        "--source",
+        default=None,
+        help=(
+            f"training data to convert (default {DEFAULT_SOURCE}): a hub dataset name (streamed, needs internet) "
+            "or a local parquet file or folder, in verl/LUFFY format (prompt, reward_model, target) or in the raw "
+            "OpenR1-Math-220k layout (problem, answer, generations, correctness_math_verify, is_reasoning_complete; "
+            "then the LUFFY filter runs with --tokenizer and --max-tokens). The format is detected from the columns"
+        ),
+    )
+    what.add_argument(
+        "--eval-source",
+        default=None,
+        help=(
+            "convert benchmark files instead (verl/LUFFY format with data_source, e.g. LUFFY's data/valid.parquet "
+            "with AIME24, AMC, MATH-500, Minerva, OlympiadBench): a local parquet file/folder or a hub name"
+        ),
+    )
+    parser.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default {DEFAULT_OUT}, or {DEFAULT_EVAL_OUT} with --eval-source)",
+    )
+    parser.add_argument(
+        "--tokenizer",
+        default=DEFAULT_TOKENIZER,
+        help="raw 220k source only: tokenizer (hub name or local folder) that measures generation length (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="raw 220k source only: drop generations longer than this many tokens (no special tokens added; default: %(default)s)",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        help="rows read and tokenized at a time; memory grows with it, not with the dataset (default: %(default)s)",
+    )
+    parser.add_argument("--split", default="train", help="split to read from a hub source (default: %(default)s)")
+    parser.add_argument("--hub-config", default=None, help="config of a hub source (default: the dataset's default)")
+    parser.add_argument(
+        "--dedup",
+        action="store_true",
+        help=(
+            "with --eval-source: drop repeated (data_source, problem, answer) rows. LUFFY repeats AIME24 8x and "
+            "AMC 4x on purpose (avg@8 / avg@4), so they are kept by default"
+        ),
+    )
+    add_run_options(
+        parser,
+        "empty problem, answer, solution or data_source, malformed prompt or generation lists (rows that the 220k "
+        "filter removes are counted as filtered, never an error)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.dedup and args.eval_source is None:
+        parser.error("--dedup only applies with --eval-source")
+    if args.eval_source is not None:
+        return run_conversion(
+            lambda: convert_eval(
+                args.eval_source,
+                args.out or DEFAULT_EVAL_OUT,
+                dedup=args.dedup,
+                batch_size=args.batch_size,
+                split=args.split,
+                hub_config=args.hub_config,
+                strict=args.strict,
+                show_progress=args.progress,
+            )
+        )
+    return run_conversion(
+        lambda: convert_openr1(
+            args.source or DEFAULT_SOURCE,
+            args.out or DEFAULT_OUT,
+            tokenizer=args.tokenizer,
+            max_tokens=args.max_tokens,
+            batch_size=args.batch_size,
+            split=args.split,
+            hub_config=args.hub_config,
+            strict=args.strict,
+            show_progress=args.progress,
+        )
+    )

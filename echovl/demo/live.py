@@ -1,0 +1,472 @@
+"""The live tab's pipeline: sample a group of rollouts, grade them, compute entropy, mine the EchoClip.
+
+Everything here returns data (a trace record, the same structure training writes, see :mod:`echovl.traces`),
+so the live tab and the traces tab share one renderer. Nothing here imports gradio: progress is reported
+through a plain callable ``progress(fraction, desc=...)`` (``gr.Progress`` is one).
+
+The group is mined exactly as in training: token entropy from one forward pass per rollout at the sampling
+temperature (:func:`echovl.entropy.token_entropy`), steps from :func:`echovl.steps.step_index`, the text mask
+from :func:`echovl.steps.special_table`, "verified" = the reward's ``accuracy`` >= 1, and
+:func:`echovl.clip.mine_echo_clips` over one group.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..clip import mine_echo_clips
+from ..entropy import token_entropy
+from ..reward.math import grade
+from ..steps import delimiter_table, special_table, step_index, text_mask
+from ..traces import build_group_records
+from .examples import FORMAT_INSTRUCTION, format_question
+
+__all__ = [
+    "DemoError",
+    "LiveRequest",
+    "LiveResult",
+    "LoadedModel",
+    "ModelCache",
+    "SampledGroup",
+    "load_model",
+    "mine_group",
+    "open_image",
+    "parse_delimiters",
+    "run_live",
+    "sample_group",
+]
+
+Progress = Callable[..., Any]
+
+MAX_ROLLOUTS = 64
+MAX_NEW_TOKENS = 8192
+
+
+class DemoError(ValueError):
+    """A problem with the user's input; the message is shown in the page as it is."""
+
+
+def _no_progress(fraction: float, desc: str | None = None) -> None:
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+def parse_delimiters(text: str) -> tuple[str, ...]:
+    """Delimiters typed one per line with escapes: ``\\n`` newline, ``\\t`` tab, ``\\\\`` backslash."""
+    out = []
+    for line in (text or "").splitlines():
+        if not line:
+            continue
+        value, i = "", 0
+        while i < len(line):
+            if line[i] == "\\" and i + 1 < len(line) and line[i + 1] in "nt\\":
+                value += {"n": "\n", "t": "\t", "\\": "\\"}[line[i + 1]]
+                i += 2
+            else:
+                value += line[i]
+                i += 1
+        out.append(value)
+    if not out:
+        raise DemoError("give at least one step delimiter (one per line; \\n is a newline)")
+    return tuple(out)
+
+
+def open_image(value: Any):
+    """An RGB PIL image from a path, PIL image or array; None for no image. Bad files raise DemoError."""
+    from PIL import Image
+
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Image.Image):
+        image = value
+    elif isinstance(value, (str, Path)):
+        path = Path(value)
+        if not path.is_file():
+            raise DemoError(f"image {path.name}: no such file")
+        try:
+            image = Image.open(path)
+            image.load()
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+            raise DemoError(f"cannot open the image {path.name}: {error}") from None
+    elif hasattr(value, "__array__"):
+        try:
+            image = Image.fromarray(value)
+        except (TypeError, ValueError) as error:
+            raise DemoError(f"cannot read the image array: {error}") from None
+    else:
+        raise DemoError(f"cannot use an image of type {type(value).__name__}")
+    return image.convert("RGB")
+
+
+@dataclass
+class LiveRequest:
+    """One live group: a prompt and how to sample and mine it."""
+
+    question: str
+    """The problem text; the format instruction is appended to it."""
+    answer: str
+    """Reference answer the rollouts are graded against (``echovl.reward.grade``)."""
+    image: Any = None
+    """Optional image: a path, PIL image or array (ignored, with a note, by text-only models)."""
+    num_rollouts: int = 6
+    """Rollouts in the group (G)."""
+    temperature: float = 1.0
+    """Sampling temperature; the entropy is computed at the same temperature."""
+    max_new_tokens: int = 256
+    """Longest response, in tokens."""
+    seed: int = 0
+    """Random seed of the sampling."""
+    instruction: str = FORMAT_INSTRUCTION
+    """Appended to the question (empty for none)."""
+    delimiters: tuple[str, ...] = ("\n",)
+    """A token whose text contains one of these ends a step."""
+    min_step_tokens: int = 1
+    """Fewest text tokens of an eligible step."""
+    scope: str = "all"
+    """``all`` mines every group with a verified rollout; ``degenerate`` only all-correct groups."""
+
+    def validate(self) -> None:
+        """Check and normalise the fields (numbers typed in a form may arrive as floats or None).
+
+        Raises :class:`DemoError` naming the first bad field.
+        """
+        if not isinstance(self.question, str) or not self.question.strip():
+            raise DemoError("the question is empty")
+        if not isinstance(self.answer, str) or not self.answer.strip():
+            raise DemoError("the reference answer is empty: it is needed to verify the rollouts")
+        self.num_rollouts = _number("number of rollouts", self.num_rollouts, int, 1, MAX_ROLLOUTS)
+        self.temperature = _number("temperature", self.temperature, float, 0.0, 10.0, low_open=True)
+        self.max_new_tokens = _number("max new tokens", self.max_new_tokens, int, 1, MAX_NEW_TOKENS)
+        self.seed = _number("seed", self.seed, int, 0, 2**63 - 1)
+        self.min_step_tokens = _number("min step tokens", self.min_step_tokens, int, 1, MAX_NEW_TOKENS)
+        if self.scope not in ("all", "degenerate"):
+            raise DemoError(f"scope must be 'all' or 'degenerate', got {self.scope!r}")
+        if not self.delimiters or any(not isinstance(d, str) or not d for d in self.delimiters):
+            raise DemoError("step delimiters must be non-empty strings")
+
+
+def _number(name: str, value, kind: type, low: float, high: float, *, low_open: bool = False):
+    try:
+        number = kind(value)
+        if kind is int and number != float(value):
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise DemoError(f"{name} must be {'a whole number' if kind is int else 'a number'}, got {value!r}") from None
+    if not (low < number if low_open else low <= number) or number > high:
+        bound = f"> {low:g}" if low_open else f">= {low:g}"
+        raise DemoError(f"{name} must be {bound} and <= {high:g}, got {value!r}")
+    return number
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to sample: the processor (VLMs) or tokenizer (causal LMs), and cached lookup tables."""
+
+    path: str
+    model: Any
+    processor: Any
+    tokenizer: Any
+    is_vlm: bool
+    tables: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def delimiter_table(self, delimiters: Sequence[str]) -> torch.Tensor:
+        key = ("delimiters", tuple(delimiters))
+        if key not in self.tables:
+            self.tables[key] = delimiter_table(self.tokenizer, tuple(delimiters))
+        return self.tables[key]
+
+    def special_table(self) -> torch.Tensor:
+        if "special" not in self.tables:
+            self.tables["special"] = special_table(self.tokenizer)
+        return self.tables["special"]
+
+
+def load_model(path: str, *, device: str | torch.device | None = None) -> LoadedModel:
+    """Load a Qwen2.5-VL / Qwen2-VL (any ``AutoModelForImageTextToText``) or a causal LM, detected by config."""
+    from transformers import AutoConfig
+
+    path = (str(path) if path is not None else "").strip()
+    if not path:
+        raise DemoError("no model path given")
+    local = Path(path).expanduser()
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1  # a hub id is "owner/name"
+    if looks_local and not local.exists():
+        raise DemoError(f"model path {path} does not exist")
+    source = str(local) if local.exists() else path
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise DemoError(f"cannot load a model config from {path}: {error}") from None
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
+    is_vlm = hasattr(config, "vision_config")
+    try:
+        if is_vlm:
+            from transformers import AutoModelForImageTextToText, AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(source)
+            tokenizer = processor.tokenizer
+            model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            processor = tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    except (OSError, ValueError, KeyError) as error:
+        raise DemoError(f"cannot load the model from {path}: {error}") from None
+    model.to(device).eval()
+    return LoadedModel(path=path, model=model, processor=processor, tokenizer=tokenizer, is_vlm=is_vlm)
+
+
+class ModelCache:
+    """Keeps the last loaded model, so repeated runs on one model load it once."""
+
+    def __init__(self) -> None:
+        self._loaded: LoadedModel | None = None
+        self._lock = threading.Lock()
+
+    def get(self, path: str, progress: Progress = _no_progress) -> LoadedModel:
+        with self._lock:
+            if self._loaded is None or self._loaded.path != (path or "").strip():
+                progress(0.0, desc=f"loading {path}")
+                self._loaded = None  # free the old model before loading the new one
+                self._loaded = load_model(path)
+            return self._loaded
+
+
+# ---------------------------------------------------------------------------------------------------- pipeline
+
+
+@dataclass
+class LiveResult:
+    """A live group as a trace record (see :mod:`echovl.traces`), its image, and notes for the page."""
+
+    record: dict
+    image: Any
+    notes: list[str]
+
+
+def _prompt_inputs(loaded: LoadedModel, user_text: str, image) -> dict:
+    tokenizer = loaded.tokenizer
+    if loaded.is_vlm:
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": user_text}]
+        if not getattr(loaded.processor, "chat_template", None):
+            raise DemoError(f"the processor of {loaded.path} has no chat template")
+        text = loaded.processor.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+        inputs = loaded.processor(text=[text], images=[image] if image is not None else None, return_tensors="pt")
+    elif getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
+        )
+        inputs = tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    else:
+        inputs = tokenizer([user_text + "\n"], return_tensors="pt")
+    return {k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _eos_ids(loaded: LoadedModel) -> set[int]:
+    eos = loaded.model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if loaded.tokenizer.eos_token_id is not None:
+        ids.add(loaded.tokenizer.eos_token_id)
+    return ids
+
+
+def _progress_processor(progress: Progress, total: int):
+    """A logits processor that leaves the scores alone and reports how many tokens have been sampled."""
+    from transformers import LogitsProcessor
+
+    class _Report(LogitsProcessor):
+        def __init__(self) -> None:
+            self.done = 0
+
+        def __call__(self, input_ids, scores):
+            self.done += 1
+            progress(0.05 + 0.6 * self.done / total, desc=f"sampling: token {self.done}/{total}")
+            return scores
+
+    return _Report()
+
+
+def _sample(loaded: LoadedModel, inputs: dict, request: LiveRequest, progress: Progress) -> tuple:
+    """Response ids [G, T] (pad after the end) and the response mask [G, T] (eos included)."""
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    tokenizer = loaded.tokenizer
+    eos = sorted(_eos_ids(loaded))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+    # plain softmax(logits / T) sampling, whatever the model's own generation defaults (top-k, top-p, penalties)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=request.temperature,
+        top_k=0,
+        top_p=1.0,
+        repetition_penalty=1.0,
+        max_new_tokens=request.max_new_tokens,
+        num_return_sequences=request.num_rollouts,
+        eos_token_id=eos or None,
+        pad_token_id=pad,
+    )
+    torch.manual_seed(request.seed)
+    with torch.inference_mode():
+        out = loaded.model.generate(
+            **inputs,
+            generation_config=config,
+            use_model_defaults=False,  # else the model's own top_p / repetition_penalty would replace ours
+            logits_processor=LogitsProcessorList([_progress_processor(progress, request.max_new_tokens)]),
+        )
+    response = out[:, inputs["input_ids"].shape[1] :].cpu()
+    is_eos = torch.isin(response, torch.tensor(eos, dtype=response.dtype)) if eos else torch.zeros_like(response)
+    positions = torch.arange(response.shape[1]).expand_as(response)
+    first_eos = torch.where(is_eos.bool(), positions, response.shape[1]).min(dim=1).values
+    mask = positions <= first_eos.unsqueeze(1)
+    return response.masked_fill(~mask, pad), mask.long()
+
+
+def _entropy(loaded: LoadedModel, inputs: dict, response, mask, temperature: float, progress: Progress):
+    """Token entropy [G, T] of every response token: one forward pass per rollout, at ``temperature``."""
+    model = loaded.model
+    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
+    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
+    prompt = inputs["input_ids"][0]
+    entropy = torch.zeros(response.shape, dtype=torch.float32)
+    lengths = mask.sum(dim=1).tolist()
+    with torch.inference_mode():
+        for row, length in enumerate(lengths):
+            progress(0.65 + 0.3 * row / len(lengths), desc=f"entropy: rollout {row + 1}/{len(lengths)}")
+            ids = torch.cat([prompt, response[row, :length].to(prompt.device)]).unsqueeze(0)
+            kwargs = {"logits_to_keep": length + 1} if keep else {}
+            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra, **kwargs).logits[0]
+            # the logits at position p predict token p + 1: the response tokens are predicted from prompt_len - 1
+            logits = logits[-(length + 1) : -1]
+            entropy[row, :length] = token_entropy(logits.float() / temperature).cpu()
+    return entropy
+
+
+@dataclass
+class SampledGroup:
+    """A sampled group before grading: response ids (pad after the end), mask, token entropy, texts."""
+
+    prompt: str
+    """The prompt as the model saw it, special tokens removed."""
+    response: torch.Tensor
+    """[G, T] response token ids."""
+    mask: torch.Tensor
+    """[G, T] 1 for response tokens (up to and including the end-of-sequence token)."""
+    entropy: torch.Tensor
+    """[G, T] fp32 token entropy (nats) of the policy at the sampling temperature."""
+    texts: list[str]
+    """Decoded responses (special tokens removed), as the reward sees them."""
+    seconds: tuple[float, float]
+    """Time spent sampling and in the entropy forward passes."""
+
+
+def sample_group(loaded: LoadedModel, request: LiveRequest, image=None, *, progress: Progress = _no_progress):
+    """Sample ``request.num_rollouts`` responses and their token entropy (one forward pass per rollout)."""
+    inputs = _prompt_inputs(loaded, format_question(request.question, request.instruction), image)
+    progress(0.05, desc=f"sampling {request.num_rollouts} rollouts")
+    start = time.perf_counter()
+    response, mask = _sample(loaded, inputs, request, progress)
+    sampled = time.perf_counter() - start
+    start = time.perf_counter()
+    entropy = _entropy(loaded, inputs, response, mask, request.temperature, progress)
+    forward = time.perf_counter() - start
+    tokenizer = loaded.tokenizer
+    texts = tokenizer.batch_decode(
+        [row[: int(m.sum())] for row, m in zip(response, mask)],
+        skip_special_tokens=True,
+        clean_up_tokenization_spaces=False,
+    )
+    prompt = tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return SampledGroup(prompt, response, mask, entropy, texts, (sampled, forward))
+
+
+def mine_group(
+    loaded: LoadedModel, sampled: SampledGroup, request: LiveRequest, *, train_step: int = 0, group_name: str = "live"
+) -> dict:
+    """Grade the rollouts (verified = accuracy >= 1), split steps, mine the EchoClip: a trace record."""
+    tokenizer = loaded.tokenizer
+    num = sampled.response.shape[0]
+    scores = [grade(text, request.answer) for text in sampled.texts]
+    verified = torch.tensor([s["accuracy"] >= 1.0 for s in scores])
+    steps = step_index(sampled.response, sampled.mask, loaded.delimiter_table(request.delimiters))
+    texts_mask = text_mask(sampled.response, sampled.mask, loaded.special_table())
+    group = torch.zeros(num, dtype=torch.long)
+    clips = mine_echo_clips(
+        sampled.entropy,
+        steps,
+        texts_mask,
+        verified,
+        group,
+        min_step_tokens=request.min_step_tokens,
+        scope=request.scope,
+    )
+    [(record, _)] = build_group_records(
+        tokenizer,
+        train_step=train_step,
+        groups=[0],
+        group=group,
+        response_ids=sampled.response,
+        steps=steps,
+        text_mask=texts_mask,
+        entropy=sampled.entropy,
+        verified=verified,
+        clips=clips,
+        prompts=[sampled.prompt] * num,
+        answers=[request.answer.strip()] * num,
+        rewards=[s["overall"] for s in scores],
+        accuracy=[s["accuracy"] for s in scores],
+        group_names=[group_name] * num,
+        source="demo",
+    )
+    return record
+
+
+def run_live(
+    loaded: LoadedModel,
+    request: LiveRequest,
+    *,
+    progress: Progress = _no_progress,
+    train_step: int = 0,
+    group_name: str = "live",
+) -> LiveResult:
+    """Sample, grade, compute entropy, split steps and mine the group's EchoClip; return a trace record."""
+    request.validate()
+    notes = []
+    image = open_image(request.image)
+    if image is not None and not loaded.is_vlm:
+        notes.append(f"{loaded.path} is a text-only model: the image was ignored.")
+        image = None
+    if image is not None:
+        notes.append(f"image: {image.width}×{image.height} px")
+    sampled = sample_group(loaded, request, image, progress=progress)
+    progress(0.95, desc="grading and mining the EchoClip")
+    record = mine_group(loaded, sampled, request, train_step=train_step, group_name=group_name)
+    num = request.num_rollouts
+    notes.append(
+        f"{num} rollouts sampled in {sampled.seconds[0]:.1f} s; entropy from {num} forward passes in "
+        f"{sampled.seconds[1]:.1f} s ({loaded.path}, {loaded.device.type})."
+    )
+    progress(1.0, desc="done")
+    return LiveResult(record=record, image=image, notes=notes)

@@ -1,0 +1,122 @@
+"""The app's event handlers and layout, without a browser (tests/test_demo_e2e.py drives the real page)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from echovl.testing import tiny_image
+from tests.demo_support import elements
+
+pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "demo" / "example_traces"
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    spec = importlib.util.spec_from_file_location("echovl_demo_app", ROOT / "demo" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _no_progress(fraction, desc=None):
+    pass
+
+
+def _live(app_module, model, **changes):
+    values = dict(
+        image=None,
+        question="Find x.",
+        answer="3",
+        model_path=str(model),
+        num_rollouts=2,
+        temperature=1.0,
+        max_new_tokens=12,
+        seed=0,
+        instruction="",
+        delimiters="\\n",
+        min_step_tokens=1,
+        scope="all",
+    )
+    values.update(changes)
+    return app_module.live_group(**values, progress=_no_progress)
+
+
+def test_cli_defaults(app_module):
+    args = app_module.parse_args([])
+    assert (args.model, args.host, args.port, args.share) == (None, "127.0.0.1", 7860, False)
+    assert Path(args.traces) == EXAMPLE
+    args = app_module.parse_args(["--model", "m", "--traces", "t", "--host", "0.0.0.0", "--port", "9", "--share"])
+    assert (args.model, args.traces, args.host, args.port, args.share) == ("m", "t", "0.0.0.0", 9, True)
+
+
+def test_build_app(app_module, tiny_vl_dir):
+    import gradio as gr
+
+    app = app_module.build_app(str(tiny_vl_dir), str(EXAMPLE))
+    assert isinstance(app, gr.Blocks)
+    ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
+    assert {"live-run", "live-chart", "live-rollouts", "traces-chart", "traces-step", "traces-group"} <= ids
+
+
+def test_live_handler_success_and_errors(app_module, tiny_vl_dir, tmp_path):
+    summary, chart, rollouts = _live(app_module, tiny_vl_dir, image=str(_png(tmp_path)))
+    assert elements(summary, "echo-summary") and elements(chart, "echo-chart", "svg")
+    assert len(elements(rollouts, "echo-rollout")) == 2
+
+    def error_of(**changes):
+        summary, chart, rollouts = _live(app_module, tiny_vl_dir, **changes)
+        assert chart == rollouts == ""
+        [box] = elements(summary, "echo-error")
+        return box["text"]
+
+    assert "the question is empty" in error_of(question="")
+    assert "reference answer is empty" in error_of(answer=" ")
+    assert "does not exist" in error_of(model_path=str(tmp_path / "nope"))
+    assert "no model path given" in error_of(model_path="")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert "cannot open the image bad.png" in error_of(image=str(tmp_path / "bad.png"))
+    assert "temperature must be > 0" in error_of(temperature=0)
+    assert "number of rollouts must be a whole number" in error_of(num_rollouts=None)
+    assert "at least one step delimiter" in error_of(delimiters="")
+
+
+def _png(tmp_path):
+    path = tmp_path / "diagram.png"
+    tiny_image(1).save(path)
+    return path
+
+
+def test_unexpected_errors_are_shown_not_raised(app_module, tiny_vl_dir, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("kaput")
+
+    monkeypatch.setattr(app_module, "run_live", boom)
+    summary, _, _ = _live(app_module, tiny_vl_dir)
+    assert "unexpected error: RuntimeError: kaput" in elements(summary, "echo-error")[0]["text"]
+
+
+def test_traces_handlers(app_module, tmp_path):
+    steps, state, groups, image, summary, chart, rollouts = app_module.open_traces(str(EXAMPLE))
+    assert steps["choices"] == [("step 1", 1), ("step 2", 2)] and steps["value"] == 1
+    assert [index for _, index in groups["choices"]] == [0, 1, 2, 3] and groups["value"] == 0
+    assert image.size == (84, 84)
+    assert elements(summary, "echo-summary") and elements(chart, "echo-chart", "svg")
+    assert elements(rollouts, "echo-clip")
+    state, groups, image, summary, chart, rollouts = app_module.choose_step(state, 2)
+    assert all(record["train_step"] == 2 for record in state["records"])
+    image, summary, chart, rollouts = app_module.choose_group(state, 3)
+    assert "problem-3" in summary and elements(chart, "echo-chart", "svg")
+
+    # a missing folder, then a bad line: visible messages, never an exception
+    steps, state, groups, image, summary, chart, rollouts = app_module.open_traces(str(tmp_path / "nope"))
+    assert "not a trace folder" in elements(summary, "echo-error")[0]["text"] and steps["choices"] == []
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    (folder / "step_000003.jsonl").write_text("{oops\n")
+    steps, state, groups, image, summary, chart, rollouts = app_module.open_traces(str(folder))
+    assert "step_000003.jsonl:1: not valid JSON" in elements(summary, "echo-error")[0]["text"]
+    assert groups["choices"] == [] and chart == rollouts == ""
