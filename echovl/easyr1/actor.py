@@ -1,0 +1,242 @@
+"""EchoActor: EasyR1's ``DataParallelPPOActor`` plus token entropy in the old-log-prob pass and the echo term.
+
+Entropy (no extra forward, no copy of EasyR1's forward code). ``_forward_micro_batch`` computes the logits,
+scales them by the temperature in place and hands them to ``self.log_probs_from_logits``, on the padded and
+on the padding-free path alike; everything after that (the Ulysses gather, ``pad_input`` back to [B, S], the
+response slice, the dynamic-batching reorder in ``compute_log_prob``) only indexes the leading dimensions.
+So while :meth:`EchoActor.returning_entropy` is active, ``log_probs_from_logits`` returns ``[..., 2]``:
+EasyR1's own log-probs (the same function, so bit-identical) and :func:`echovl.entropy.token_entropy` of the
+same logits, computed in row chunks after the log-probs are done (their fp32 temporaries are freed by then),
+so peak memory is EasyR1's plus one chunk. EasyR1's code carries the pair to the end untouched. Only chunks
+holding a row that predicts a response token are computed (``_forward_micro_batch`` notes which rows those
+are, in the order of the path taken), so prompt tokens and response padding cost nothing; they read as 0.
+
+The echo term. ``update_policy`` is EasyR1's loop with one addition per micro-batch:
+``coef * echo_total * world_size / global_clips``, where ``echo_total`` is :func:`echovl.loss.echo_nll` of
+the log-probs the PG loss already uses and ``global_clips`` the clip count of the mini-batch summed over all
+ranks (all-reduced like EasyR1's token count). EasyR1 scales the PG loss to
+``sum(l * mask) * world_size / global_tokens`` per micro-batch and FSDP averages gradients over ranks, so the
+two terms add up, over micro-batches and ranks, to ``token_mean(PG) + coef * mean over clips(J_echo)``.
+With echo inactive it is EasyR1's ``update_policy`` itself; micro-batches without clip tokens run exactly
+EasyR1's arithmetic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from ray.experimental.tqdm_ray import tqdm
+from verl.protocol import DataProto
+from verl.trainer.core_algos import average_loss, compute_kl, compute_policy_loss
+from verl.utils.py_functional import append_to_dict
+from verl.utils.seqlen_balancing import prepare_dynamic_batch
+from verl.utils.ulysses import ulysses_pad_and_slice_inputs
+from verl.workers.actor.dp_actor import DataParallelPPOActor
+
+from ..config import EchoConfig
+from ..entropy import token_entropy
+from ..loss import echo_nll
+
+__all__ = ["ECHO_MASK", "EchoActor"]
+
+ECHO_MASK = "echo_mask"
+"""Batch key of the clip tokens ([B, response_len] bool), written by the trainer."""
+
+
+class EchoActor(DataParallelPPOActor):
+    """``DataParallelPPOActor`` with :meth:`compute_log_prob_and_entropy` and the echo term in ``update_policy``.
+
+    Args:
+        config: EasyR1's ``ActorConfig``; its ``echo`` field (an :class:`~echovl.config.EchoConfig`, copied
+            from the run's ``echo:`` section) is used unless ``echo`` is given.
+        actor_module, actor_optimizer: as for ``DataParallelPPOActor``.
+        echo: the echo settings (defaults to ``config.echo``, else echo disabled).
+    """
+
+    def __init__(self, config, actor_module, actor_optimizer=None, echo: EchoConfig | None = None):
+        super().__init__(config, actor_module, actor_optimizer)
+        if echo is None:
+            echo = getattr(config, "echo", None) or EchoConfig(enable=False)
+        self.echo = echo
+        self._log_probs_only = self.log_probs_from_logits  # EasyR1's (possibly torch.compile'd) function
+        # like EasyR1's log-prob function, compiled when use_torch_compile: the chunk's fp32 passes fuse into a few
+        # kernels that read the logits once or twice, instead of about ten full-chunk memory passes in eager mode
+        self._token_entropy = torch.compile(token_entropy, dynamic=True) if config.use_torch_compile else token_entropy
+        self._with_entropy = False
+        self._entropy_rows: torch.Tensor | None = None
+        self.log_probs_from_logits = self._log_probs_maybe_with_entropy
+
+    # ------------------------------------------------------------------ entropy in the old-log-prob pass
+
+    def _log_probs_maybe_with_entropy(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """EasyR1's log-probs, with the token entropy stacked as a trailing dim while requested."""
+        log_probs = self._log_probs_only(logits, labels)
+        if not self._with_entropy:
+            return log_probs
+        entropy = self._entropy(logits, self._entropy_rows)  # logits are already divided by the temperature
+        return torch.stack([log_probs, entropy.to(log_probs.dtype)], dim=-1)
+
+    def _entropy(self, logits: torch.Tensor, needed: torch.Tensor | None) -> torch.Tensor:
+        """:func:`token_entropy` of ``logits`` [..., V], chunk by chunk; chunks with no ``needed`` row (prompt
+        tokens on the padding-free path, response padding) are skipped and read as 0."""
+        chunk = self.echo.entropy_chunk_size
+        if needed is None or needed.shape != logits.shape[:-1]:
+            return token_entropy(logits, chunk_size=chunk)  # (not reached from EasyR1's paths)
+        blocks = [(logits, needed)] if logits.dim() == 2 else list(zip(logits.unbind(0), needed.unbind(0)))
+        out = torch.zeros(needed.shape, dtype=torch.float32, device=logits.device)
+        rows = needed.shape[-1]
+        padded = torch.nn.functional.pad(needed.reshape(-1, rows), (0, -rows % chunk))
+        flags = padded.view(len(blocks), -1, chunk).any(-1).tolist()  # one device sync per micro-batch
+        out_blocks = [out] if logits.dim() == 2 else out.unbind(0)
+        for (block, _), out_block, block_flags in zip(blocks, out_blocks, flags):
+            for index, flag in enumerate(block_flags):
+                if flag:
+                    part = slice(index * chunk, (index + 1) * chunk)
+                    out_block[part] = self._token_entropy(block[part], chunk_size=chunk)
+        return out
+
+    def _rows_needing_entropy(self, micro_batch: dict[str, Any]) -> torch.Tensor:
+        """Which rows of the logits that ``_forward_micro_batch`` hands to ``log_probs_from_logits`` predict a
+        response token: [B, R] on the padded path; on the padding-free path [tokens] in unpadded order (and
+        padded and sliced for this rank like EasyR1's labels under Ulysses)."""
+        attention_mask = micro_batch["attention_mask"].bool()
+        response_length = micro_batch["responses"].size(-1)
+        predicts_response = attention_mask[:, -response_length:]  # logits row s predicts token s + 1
+        if not self.config.padding_free:
+            return predicts_response
+        needed = torch.zeros_like(attention_mask)
+        needed[:, -response_length - 1 : -1] = predicts_response
+        needed = needed[attention_mask].unsqueeze(0)  # row-major, as unpad_input orders the tokens
+        if self.config.ulysses_size > 1:
+            needed, _, _ = ulysses_pad_and_slice_inputs(needed, None, self.config.ulysses_size)
+        return needed.squeeze(0)
+
+    def _forward_micro_batch(self, micro_batch: dict[str, Any], temperature: float) -> torch.Tensor:
+        if not self._with_entropy:
+            return super()._forward_micro_batch(micro_batch, temperature)
+        self._entropy_rows = self._rows_needing_entropy(micro_batch)
+        try:
+            return super()._forward_micro_batch(micro_batch, temperature)
+        finally:
+            self._entropy_rows = None
+
+    @contextlib.contextmanager
+    def returning_entropy(self) -> Iterator[None]:
+        """While active, ``compute_log_prob`` returns ``[B, response_len, 2]``: log-probs and entropies."""
+        self._with_entropy = True
+        try:
+            yield
+        finally:
+            self._with_entropy = False
+
+    @torch.no_grad()
+    def compute_log_prob_and_entropy(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward: ``(log_probs, entropy)``, both fp32 [B, response_len], entropy in nats at the
+        batch's temperature (``data.meta_info["temperature"]``), on every EasyR1 path (padded, padding-free,
+        Ulysses, dynamic batching)."""
+        with self.returning_entropy():
+            both = self.compute_log_prob(data)
+        return split_log_probs_and_entropy(both)
+
+    # ------------------------------------------------------------------ PPO update with the echo term
+
+    def update_policy(self, data: DataProto) -> dict[str, Any]:
+        if not self.echo.active or ECHO_MASK not in data.batch.keys():
+            return super().update_policy(data)  # exactly EasyR1
+
+        self.actor_module.train()
+        temperature = data.meta_info["temperature"]  # must be there, as in EasyR1
+        select_keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
+        select_keys.extend(["old_log_probs", "ref_log_probs", "advantages", ECHO_MASK])
+        non_tensor_select_keys = ["multi_modal_inputs"]
+        mini_batches = data.select(select_keys, non_tensor_select_keys).split(self.config.global_batch_size_per_device)
+
+        metrics = defaultdict(list)
+        for _ in range(self.config.ppo_epochs):
+            if self.rank == 0:
+                mini_batches = tqdm(mini_batches, desc="Train mini-batches", position=1)
+
+            for mini_batch in mini_batches:
+                total_response_tokens = torch.sum(mini_batch.batch["response_mask"])
+                dist.all_reduce(total_response_tokens, op=dist.ReduceOp.SUM)
+                total_clips = mini_batch.batch[ECHO_MASK].any(dim=-1).sum()  # echo: clips of the mini-batch, all ranks
+                dist.all_reduce(total_clips, op=dist.ReduceOp.SUM)
+                echo_sum = 0.0
+
+                if self.config.dynamic_batching:
+                    max_input_len = mini_batch.batch["input_ids"].size(-1)
+                    max_token_len = self.config.micro_batch_size_per_device_for_update * max_input_len
+                    micro_batches, _ = prepare_dynamic_batch(mini_batch, max_token_len=max_token_len)
+                else:
+                    micro_batches = mini_batch.split(self.config.micro_batch_size_per_device_for_update)
+
+                if self.rank == 0:
+                    micro_batches = tqdm(micro_batches, desc="Update policy", position=2)
+
+                for micro_batch in micro_batches:
+                    model_inputs = {**micro_batch.batch, **micro_batch.non_tensor_batch}
+                    response_mask = model_inputs["response_mask"]
+                    log_probs = self._forward_micro_batch(model_inputs, temperature=temperature)
+                    loss, batch_metrics = self._rl_loss(model_inputs, log_probs, metrics)
+                    loss = loss * torch.sum(response_mask) * self.world_size / total_response_tokens
+
+                    echo_total, echo_count = echo_nll(log_probs, model_inputs[ECHO_MASK])
+                    if echo_count > 0:  # echo: mean NLL per clip, normalised by the global clip count
+                        loss = loss + self.echo.coef * echo_total * self.world_size / total_clips
+                        echo_sum += echo_total.item()
+
+                    loss.backward()
+                    append_to_dict(metrics, batch_metrics)
+
+                if total_clips > 0:  # this rank's share of J_echo; the driver's mean over ranks is J_echo
+                    metrics["echo/loss"].append(echo_sum * self.world_size / total_clips.item())
+
+                grad_norm = self._optimizer_step()
+                append_to_dict(metrics, {"actor/grad_norm": grad_norm.detach().item()})
+
+        return metrics
+
+    def _rl_loss(
+        self, model_inputs: dict[str, Any], log_probs: torch.Tensor, metrics: dict[str, Any]
+    ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """EasyR1's per-micro-batch PG (+ KL) loss, unscaled, and its per-micro-batch metrics."""
+        response_mask = model_inputs["response_mask"]
+        pg_loss, pg_metrics = compute_policy_loss(
+            old_log_probs=model_inputs["old_log_probs"],
+            log_probs=log_probs,
+            advantages=model_inputs["advantages"],
+            response_mask=response_mask,
+            clip_ratio_low=self.config.clip_ratio_low,
+            clip_ratio_high=self.config.clip_ratio_high,
+            clip_ratio_dual=self.config.clip_ratio_dual,
+            tau_positive=self.config.tau_positive,
+            tau_negative=self.config.tau_negative,
+            loss_type=self.config.loss_type,
+            loss_avg_mode=self.config.loss_avg_mode,
+        )
+        if self.config.use_kl_loss and "ref_log_probs" in model_inputs:
+            kld = compute_kl(
+                log_probs=log_probs, ref_log_probs=model_inputs["ref_log_probs"], kl_penalty=self.config.kl_penalty
+            )
+            kl_loss = average_loss(kld, response_mask, mode=self.config.loss_avg_mode)
+            loss = pg_loss + kl_loss * self.config.kl_coef
+            metrics["actor/kl_loss"] = kl_loss.detach().item()  # EasyR1 keeps the last micro-batch's value
+            metrics["actor/kl_coef"] = self.config.kl_coef
+        else:
+            loss = pg_loss
+
+        batch_metrics = {f"actor/{k}": v for k, v in pg_metrics.items()}
+        batch_metrics["actor/pg_loss"] = pg_loss.detach().item()
+        return loss, batch_metrics
+
+
+def split_log_probs_and_entropy(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[..., 2]`` from :meth:`EchoActor.returning_entropy` -> ``(log_probs, entropy)``, contiguous."""
+    if both.shape[-1] != 2:
+        raise ValueError(f"expected log-probs and entropies stacked in a trailing dim of 2, got {tuple(both.shape)}")
+    return both[..., 0].contiguous(), both[..., 1].contiguous()

@@ -1,0 +1,195 @@
+"""The run config: EasyR1's ``PPOConfig`` plus an ``echo:`` section, loaded the way EasyR1 loads it.
+
+``python -m echovl.train config=FILE.yaml key=value ...``: the structured defaults, then the YAML file, then the
+dotted overrides, in OmegaConf struct mode, so a misspelt key is an error (reported with the full key, the
+closest valid name and where it came from) instead of a silently ignored setting.
+
+The ``echo:`` section is copied into ``worker.actor.echo`` (an automatic field, like EasyR1 copies the KL
+settings into the actor) because the workers only receive ``config.worker``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from verl.trainer.config import PPOConfig
+from verl.workers.actor.config import ActorConfig
+from verl.workers.config import WorkerConfig
+
+from ..config import EchoConfig
+
+__all__ = [
+    "ConfigError",
+    "EasyR1EchoConfig",
+    "EchoActorConfig",
+    "EchoPPOConfig",
+    "EchoWorkerConfig",
+    "check_paths",
+    "load_config",
+]
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and where it came from."""
+
+
+@dataclass
+class EasyR1EchoConfig(EchoConfig):
+    """:class:`~echovl.config.EchoConfig` plus what only the EasyR1 trainer needs."""
+
+    keep_filtered_clips: int = -1
+    """With DAPO's online filtering (``algorithm.online_filtering``): how many EchoClips to keep from the
+    all-correct groups the filter drops. Each kept clip's rollout joins the update with zero advantage and no
+    policy-gradient/KL term, at the cost of one group slot per ``rollout.n`` clips and a no-grad forward over
+    those groups (for their entropies). ``-1``: as many as there are, using at most half of the batch's group
+    slots; ``0``: none (plain DAPO, echo only on the groups it keeps)."""
+
+    def validate(self) -> None:
+        super().validate()
+        value = self.keep_filtered_clips
+        if isinstance(value, bool) or not isinstance(value, int) or value < -1:
+            raise ValueError(f"echo.keep_filtered_clips must be an integer >= -1, got {value!r}")
+
+
+@dataclass
+class EchoActorConfig(ActorConfig):
+    # below are auto keys
+    echo: EasyR1EchoConfig = field(default_factory=EasyR1EchoConfig, init=False)
+    """Copied from the top-level ``echo:`` section."""
+
+
+@dataclass
+class EchoWorkerConfig(WorkerConfig):
+    actor: EchoActorConfig = field(default_factory=EchoActorConfig)
+
+
+@dataclass
+class EchoPPOConfig(PPOConfig):
+    worker: EchoWorkerConfig = field(default_factory=EchoWorkerConfig)
+    echo: EasyR1EchoConfig = field(default_factory=EasyR1EchoConfig)
+
+    def post_init(self) -> None:
+        super().post_init()
+        self.worker.actor.echo = self.echo
+
+
+def _source_name(source: str) -> str:
+    return "the command line" if source == "cli" else source
+
+
+def _suggest(schema, full_key: str) -> str:
+    parent, _, key = full_key.rpartition(".")
+    section = OmegaConf.select(schema, parent) if parent else schema
+    try:
+        valid = [str(k) for k in section.keys()]
+    except AttributeError:
+        return ""
+    close = difflib.get_close_matches(key, valid, n=1)
+    where = f"'{parent}'" if parent else "the top level"
+    hint = f" Did you mean '{parent + '.' if parent else ''}{close[0]}'?" if close else ""
+    return f"{hint} Valid keys under {where}: {', '.join(sorted(valid))}."
+
+
+def _merge(schema, base, other, source: str):
+    try:
+        return OmegaConf.merge(base, other)
+    except ConfigKeyError as error:
+        full_key = error.full_key or str(error.key)
+        raise ConfigError(
+            f"unknown config key '{full_key}' in {_source_name(source)}.{_suggest(schema, full_key)}"
+        ) from None
+    except OmegaConfBaseException as error:
+        full_key = getattr(error, "full_key", None) or "?"
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"invalid value for '{full_key}' in {_source_name(source)}: {message}") from None
+
+
+def _load_yaml(path: str):
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as error:  # yaml.YAMLError and friends
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from None
+    if not isinstance(loaded, type(OmegaConf.create({}))):
+        raise ConfigError(f"config file {path} must hold a mapping of sections (data, worker, ..., echo)")
+    return loaded
+
+
+def load_config(args: Sequence[str] = (), *, check_files: bool = False) -> EchoPPOConfig:
+    """Build the run config from ``config=FILE.yaml`` and ``dotted.key=value`` arguments, as EasyR1's ``main``.
+
+    Args:
+        args: command-line arguments (without the program name).
+        check_files: check that the files the config names exist (see :func:`check_paths`) before EasyR1's
+            ``post_init`` turns a missing one into ``None``.
+
+    Raises:
+        ConfigError: unknown key, invalid value, missing or malformed config file (or missing files).
+    """
+    for arg in args:
+        if "=" not in arg:
+            raise ConfigError(f"arguments are key=value pairs (e.g. config=configs/geo3k_grpo_echo.yaml), got {arg!r}")
+    cli = OmegaConf.from_cli(list(args))
+    schema = OmegaConf.structured(EchoPPOConfig())
+    merged = schema
+    config_path = cli.pop("config", None)
+    if config_path is not None:
+        merged = _merge(schema, merged, _load_yaml(str(config_path)), str(config_path))
+    merged = _merge(schema, merged, cli, "cli")
+    try:
+        config: EchoPPOConfig = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:  # e.g. an EchoConfig validation error, wrapped by OmegaConf
+        cause = error.__cause__ or error
+        raise ConfigError(str(cause).splitlines()[0]) from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if check_files:
+        check_paths(config)
+    try:
+        config.deep_post_init()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    return config
+
+
+_DATA_SUFFIXES = (".parquet", ".json", ".jsonl", ".csv", ".arrow")
+
+
+def _missing(path: str | None) -> bool:
+    return path is not None and not os.path.exists(path)
+
+
+def check_paths(config: EchoPPOConfig) -> None:
+    """Fail early, naming the key, when a file the run needs is missing. EasyR1 would only print a line and
+    carry on without it (a missing format prompt silently trains without one).
+
+    Relative paths are relative to the folder you launch from (the launch scripts run from the repository root).
+    """
+    where = f" (relative to {os.getcwd()})"
+    files: dict[str, Any] = {
+        "data.format_prompt": config.data.format_prompt,
+        "data.override_chat_template": config.data.override_chat_template,
+        "trainer.load_checkpoint_path": config.trainer.load_checkpoint_path,
+    }
+    reward = config.worker.reward.reward_function
+    files["worker.reward.reward_function"] = reward.rsplit(":", 1)[0] if reward and ":" in reward else reward
+    for key, path in files.items():
+        if _missing(path):
+            raise ConfigError(f"{key}: file not found: {path}{where}")
+    if config.worker.reward.reward_function is None:
+        raise ConfigError("worker.reward.reward_function is not set (e.g. ./echovl/reward/math.py:compute_score)")
+    for key in ("train_files", "val_files"):
+        value = getattr(config.data, key)
+        path = value.split("@", 1)[0] if value else value
+        if path and (path.endswith(_DATA_SUFFIXES) or path.startswith((".", os.sep))) and _missing(path):
+            raise ConfigError(
+                f"data.{key}: no such file or folder: {path}{where}. Prepare the data first (README, "
+                "'Training with EasyR1'), or point the path at your copy."
+            )

@@ -1,0 +1,349 @@
+"""EchoTrainer: EasyR1's ``RayPPOTrainer`` with verified flags, EchoClip mining, echo metrics and traces.
+
+EasyR1's ``fit`` is used as is. Two hooks:
+
+- ``init_workers`` wraps the worker group's ``update_actor``: the wrapper gets the driver batch after rewards,
+  old log-probs/entropies and advantages (and the critic update), mines clips on whole groups
+  (:mod:`.mining`), writes ``echo_mask`` into the batch, then calls EasyR1's ``update_actor`` and adds the
+  ``echo/*`` metrics to its output (EasyR1 mean-reduces and logs them with the actor's).
+- the reward manager handle is wrapped so the per-sample scores it returns reach the driver without scoring
+  twice: EasyR1 keeps only the ``overall`` tensor and the batch means. "Verified" is the reward function's
+  ``echo.success_key`` (``accuracy``) >= ``echo.success_threshold``, never ``overall``.
+
+With DAPO's online filtering, ``_make_batch_data`` also keeps the clips of the all-correct groups the filter
+drops (:mod:`.filtering`).
+
+With echo inactive (``echo.enable=false`` or ``coef=0``) nothing changes in training: no entropy, no mining;
+only ``echo/degenerate_groups`` and ``echo/all_wrong_groups`` are logged (they need just the scores), which makes
+the baseline of an A/B comparable.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
+from verl.trainer.ray_trainer import RayPPOTrainer
+
+from ..clip import group_outcomes
+from ..traces import TraceWriter, build_group_records, select_groups
+from .actor import ECHO_MASK
+from .filtering import dropped_correct_groups, echo_rows, plan_filtered_clips, rows_scores, slot_unit
+from .mining import (
+    EchoMiner,
+    MinedBatch,
+    clip_metrics,
+    group_ids,
+    mean_entropy,
+    outcome_metrics,
+    verified_flags,
+)
+
+__all__ = ["ECHO_SCORE", "EchoTrainer", "mine_rollout_batch", "trace_records"]
+
+ECHO_SCORE = "echo_score"
+"""Non-tensor batch key: each row's ``echo.success_key`` score (set under DAPO, where rows are scored early)."""
+
+
+class _RecordingRewardManager:
+    """Stands in for EasyR1's remote reward manager: forwards ``compute_reward.remote(batch)`` and remembers the
+    batch with the result's ObjectRef (Ray keeps the result, so reading it again costs nothing)."""
+
+    def __init__(self, handle):
+        self._handle = handle
+        self.calls: list[tuple[DataProto, Any]] = []
+        self.compute_reward = self  # so that ``compute_reward.remote(...)`` lands in ``remote``
+
+    def remote(self, data: DataProto):
+        ref = self._handle.compute_reward.remote(data)
+        self.calls.append((data, ref))
+        return ref
+
+    def __getattr__(self, name: str):
+        return getattr(self._handle, name)
+
+
+@dataclass
+class _FilteredGroups:
+    """Dropped all-correct groups kept for their clips, and the group slots reserved for them."""
+
+    data: DataProto
+    slots: int
+
+
+def mine_rollout_batch(miner: EchoMiner, batch: DataProto, scores: np.ndarray) -> MinedBatch:
+    """Mine the clips of an EasyR1 rollout batch (any row order) and write ``echo_mask`` into it.
+
+    Uses ``responses``, ``response_mask``, ``old_entropy`` and the ``uid`` of every row; ``scores`` are the rows'
+    ``echo.success_key`` scores.
+    """
+    if "old_entropy" not in batch.batch.keys():
+        raise KeyError(
+            "old_entropy is missing from the batch: the actor workers must be echovl's EchoWorker "
+            "(echovl.easyr1.worker), which returns it beside old_log_probs"
+        )
+    mined = miner.mine(
+        batch.batch["responses"],
+        batch.batch["response_mask"],
+        batch.batch["old_entropy"],
+        verified_flags(scores, miner.echo),
+        batch.non_tensor_batch["uid"],
+    )
+    batch.batch[ECHO_MASK] = mined.clips.mask
+    return mined
+
+
+class EchoTrainer(RayPPOTrainer):
+    """``RayPPOTrainer`` + EchoRL. Takes the same arguments; ``config`` is an
+    :class:`~echovl.easyr1.config.EchoPPOConfig` (its ``echo`` section)."""
+
+    def __init__(self, config, tokenizer, processor, *args, **kwargs):
+        super().__init__(config, tokenizer, processor, *args, **kwargs)
+        self.echo = config.echo
+        if self.reward_fn is not None:
+            self.reward_fn = _RecordingRewardManager(self.reward_fn)
+        self.miner = EchoMiner(tokenizer, self.echo) if self.echo.active else None
+        self.trace_dir = self.echo.trace_dir or os.path.join(config.trainer.save_checkpoint_path, "echo_traces")
+        self._filtered: _FilteredGroups | None = None
+        self._generated_outcomes = None  # DAPO: outcomes over every generated group of the step
+
+    # ------------------------------------------------------------------ hooks into EasyR1's fit
+
+    def init_workers(self) -> None:
+        super().init_workers()
+        self._easyr1_update_actor = self.actor_rollout_ref_wg.update_actor
+        self.actor_rollout_ref_wg.update_actor = self._update_actor
+
+    def _update_actor(self, batch: DataProto) -> DataProto:
+        update_batch, metrics = self.prepare_update(batch)
+        output = self._easyr1_update_actor(update_batch)
+        for key, value in metrics.items():
+            output.non_tensor_batch[key] = np.array([value])
+        return output
+
+    def _make_batch_data(self, metrics: dict[str, Any]) -> DataProto:
+        if isinstance(self.reward_fn, _RecordingRewardManager):
+            self.reward_fn.calls.clear()
+        self._filtered, self._generated_outcomes = None, None
+        batch = super()._make_batch_data(metrics)
+        if self.config.algorithm.online_filtering:
+            batch = self._after_online_filtering(batch)
+        return batch
+
+    # ------------------------------------------------------------------ scores
+
+    def _success_scores(self, reward_metrics: dict[str, list], source: str) -> list:
+        key = self.echo.success_key
+        if key not in reward_metrics:
+            raise KeyError(
+                f"the reward function returned no '{key}' score (echo.success_key) for {source}; it returned: "
+                f"{', '.join(sorted(reward_metrics))}. Set echo.success_key to its per-sample correctness key."
+            )
+        return reward_metrics[key]
+
+    def _batch_scores(self, batch: DataProto) -> np.ndarray:
+        """Each row's success score: from the batch (DAPO) or from the reward call ``fit`` made on this batch."""
+        if ECHO_SCORE in batch.non_tensor_batch:
+            return np.asarray(batch.non_tensor_batch[ECHO_SCORE], dtype=np.float64)
+        scores = batch.batch["token_level_scores"]
+        calls = self.reward_fn.calls if isinstance(self.reward_fn, _RecordingRewardManager) else []
+        for _, ref in reversed(calls):
+            reward_tensor, reward_metrics = ray.get(ref)
+            if reward_tensor.shape == scores.shape and torch.equal(reward_tensor, scores):  # same rows, same order
+                return np.asarray(self._success_scores(reward_metrics, "the training batch"), dtype=np.float64)
+        print("echovl: no recorded reward call matches the batch; scoring it again for the verified flags.")
+        _, reward_metrics = ray.get(self.reward_fn.compute_reward.remote(batch))
+        return np.asarray(self._success_scores(reward_metrics, "the training batch"), dtype=np.float64)
+
+    # ------------------------------------------------------------------ DAPO
+
+    def _after_online_filtering(self, batch: DataProto) -> DataProto:
+        """Scores for the kept rows; outcomes of every generated group; the dropped all-correct groups."""
+        rounds = []
+        for data, ref in getattr(self.reward_fn, "calls", []):
+            if "token_level_scores" in data.batch.keys():  # a filtering round (not a REMAX baseline call)
+                scores = self._success_scores(ray.get(ref)[1], "a generation round")
+                rounds.append((data, np.asarray(scores, dtype=np.float64)))
+        if not rounds:
+            return batch
+        uids = batch.non_tensor_batch["uid"]
+        batch.non_tensor_batch[ECHO_SCORE] = np.array(
+            rows_scores([(d.non_tensor_batch["uid"], s) for d, s in rounds], uids), dtype=object
+        )
+        all_uids = np.concatenate([d.non_tensor_batch["uid"] for d, _ in rounds])
+        all_verified = verified_flags(np.concatenate([s for _, s in rounds]), self.echo)
+        self._generated_outcomes = group_outcomes(all_verified, group_ids(all_uids))
+
+        if not self.echo.active or self.echo.keep_filtered_clips == 0:
+            return batch
+        if self.use_critic:  # the critic would be updated on the main batch only; not worth the complexity
+            if not getattr(self, "_warned_critic", False):
+                print("echovl: with a critic (GAE), DAPO's dropped all-correct groups are not kept for EchoRL.")
+                self._warned_critic = True
+            return batch
+        kept, dropped = set(np.asarray(uids).astype(str)), []
+        for data, scores in rounds:
+            verified = verified_flags(scores, self.echo).numpy()
+            for rows in dropped_correct_groups(data.non_tensor_batch["uid"], verified, kept):
+                dropped.append((data, rows, scores[rows]))
+        n = self.config.worker.rollout.n
+        plan = plan_filtered_clips(
+            len(dropped),
+            n=n,
+            rollout_batch_size=self.config.data.rollout_batch_size,
+            unit=slot_unit(n, self.actor_rollout_ref_wg.world_size, self._experience_micro_batch()),
+            limit=self.echo.keep_filtered_clips,
+        )
+        if plan.slots == 0:
+            return batch
+        pieces = []
+        for data, rows, scores in dropped[: plan.groups]:
+            piece = data[rows.tolist()]
+            piece.non_tensor_batch[ECHO_SCORE] = np.array(scores, dtype=object)
+            pieces.append(piece)
+        self._filtered = _FilteredGroups(DataProto.concat(pieces), plan.slots)
+        return batch[: (self.config.data.rollout_batch_size - plan.slots) * n]
+
+    def _experience_micro_batch(self) -> int | None:
+        actor = self.config.worker.actor
+        return None if actor.dynamic_batching else actor.micro_batch_size_per_device_for_experience
+
+    def _entropy_pass(self, data: DataProto, meta_info: dict[str, Any]) -> DataProto:
+        """Old log-probs and entropies of extra rows, from the actor workers (padded to the dispatch sizes)."""
+        inputs = data.select(
+            batch_keys=["input_ids", "attention_mask", "position_ids", "responses"],
+            non_tensor_batch_keys=["uid", "multi_modal_data"],
+        )
+        inputs.meta_info = {k: v for k, v in meta_info.items() if k != "global_token_num"}
+        divisor = self.actor_rollout_ref_wg.world_size * (self._experience_micro_batch() or 1)
+        padded, pad_size = pad_dataproto_to_divisor(inputs, divisor)
+        return unpad_dataproto(self.actor_rollout_ref_wg.compute_log_probs(padded), pad_size)
+
+    def _add_filtered_clips(
+        self, batch: DataProto, timing: dict[str, float]
+    ) -> tuple[DataProto, DataProto, np.ndarray, MinedBatch]:
+        """Entropies and clips of the kept dropped groups; their clip rows join the batch (rebalanced)."""
+        filtered, self._filtered = self._filtered, None
+        data = filtered.data
+        start = time.perf_counter()
+        output = self._entropy_pass(data, batch.meta_info)
+        timing["timing_s/echo_filtered_forward"] = time.perf_counter() - start
+        data.batch["old_log_probs"] = output.batch["old_log_probs"]
+        data.batch["old_entropy"] = output.batch["old_entropy"]
+        scores = np.asarray(data.non_tensor_batch[ECHO_SCORE], dtype=np.float64)
+        mined = mine_rollout_batch(self.miner, data, scores)
+        rows = echo_rows(
+            data, mined.clips.row, mined.clips.mask, filtered.slots * self.config.worker.rollout.n, like=batch
+        )
+        update = DataProto.concat([batch, rows])
+        update.meta_info = dict(batch.meta_info)
+        update.meta_info["global_token_num"] = torch.sum(update.batch["attention_mask"], dim=-1).tolist()
+        self._balance_batch(update, metrics={})  # spread the echo rows over the ranks
+        return update, data, scores, mined
+
+    # ------------------------------------------------------------------ the step before update_actor
+
+    def prepare_update(self, batch: DataProto) -> tuple[DataProto, dict[str, float]]:
+        """Verified flags, clips and ``echo_mask``; returns the batch for ``update_actor`` and the echo metrics."""
+        start = time.perf_counter()
+        scores = self._batch_scores(batch)
+        outcomes = self._generated_outcomes
+        if outcomes is None:
+            outcomes = group_outcomes(verified_flags(scores, self.echo), group_ids(batch.non_tensor_batch["uid"]))
+        metrics = outcome_metrics(outcomes)
+        if not self.echo.active:
+            return batch, metrics
+
+        mined = mine_rollout_batch(self.miner, batch, scores)
+        metrics["echo/entropy"] = mean_entropy(batch.batch["old_entropy"], batch.batch["response_mask"])
+        traced, update_batch, timing = [(batch, scores, mined)], batch, {}
+        if self._filtered is not None:
+            update_batch, data, data_scores, filtered_mined = self._add_filtered_clips(batch, timing)
+            traced.append((data, data_scores, filtered_mined))
+            metrics["echo/filtered_clips"] = float(len(filtered_mined.clips))
+        metrics.update(clip_metrics([m for _, _, m in traced]))
+        metrics["timing_s/echo_mining"] = time.perf_counter() - start - sum(timing.values())
+        metrics.update(timing)
+
+        if self.echo.trace_freq and self.global_step % self.echo.trace_freq == 0:
+            self._write_traces(traced)
+        return update_batch, metrics
+
+    # ------------------------------------------------------------------ traces
+
+    def _write_traces(self, traced: list[tuple[DataProto, np.ndarray, MinedBatch]]) -> None:
+        """Trace ``echo.trace_groups`` groups (mined groups first); with DAPO, half of them from the dropped
+        all-correct groups."""
+        limit = self.echo.trace_groups
+        quotas = [limit] if len(traced) == 1 else [limit // 2, limit - limit // 2]
+        try:
+            records = []
+            for (data, scores, mined), quota in zip(traced, quotas):
+                records += trace_records(
+                    self.tokenizer,
+                    data,
+                    scores,
+                    mined,
+                    train_step=self.global_step,
+                    limit=quota,
+                    image_dir=self.config.data.image_dir,
+                )
+            path = TraceWriter(self.trace_dir).write(self.global_step, records)
+            print(f"echovl: wrote {len(records)} trace records to {path}")
+        except (OSError, TypeError, ValueError) as error:  # traces are diagnostics: report, keep training
+            print(f"echovl: could not write the traces of step {self.global_step}: {error}")
+
+
+def trace_records(
+    tokenizer,
+    batch: DataProto,
+    scores: np.ndarray,
+    mined: MinedBatch,
+    *,
+    train_step: int,
+    limit: int,
+    image_dir: str | None = None,
+) -> list:
+    """Trace records (:func:`echovl.traces.build_group_records`) of up to ``limit`` groups of a mined batch
+    (mined groups first), with each group's prompt text and first image."""
+    groups = select_groups(mined.group, mined.clips, limit)
+    prompts: list[str] = [""] * len(batch)
+    images: list[Any] = [None] * len(batch)
+    multi_modal = batch.non_tensor_batch.get("multi_modal_data")
+    for g in groups:
+        row = int((mined.group == g).nonzero()[0])  # the record reads its prompt and image from the first row
+        prompt = batch.batch["prompts"][row]
+        prompt_mask = batch.batch["attention_mask"][row, : prompt.shape[0]].bool()
+        prompts[row] = tokenizer.decode(prompt[prompt_mask], skip_special_tokens=True)
+        pictures = (multi_modal[row] or {}).get("images") if multi_modal is not None else None
+        if pictures is not None and len(pictures):
+            picture = pictures[0]
+            if isinstance(picture, str) and image_dir:
+                picture = os.path.join(image_dir, picture)
+            images[row] = picture
+    answers = batch.non_tensor_batch.get("ground_truth")
+    return build_group_records(
+        tokenizer,
+        train_step=train_step,
+        groups=groups,
+        group=mined.group,
+        response_ids=batch.batch["responses"],
+        steps=mined.steps,
+        text_mask=mined.text,
+        entropy=batch.batch["old_entropy"],
+        verified=mined.verified,
+        clips=mined.clips,
+        prompts=prompts,
+        answers=[str(a) for a in answers] if answers is not None else [""] * len(batch),
+        rewards=batch.batch["token_level_scores"].sum(-1).tolist(),
+        accuracy=np.asarray(scores, dtype=np.float64).tolist(),
+        images=images,
+        group_names=[str(u) for u in batch.non_tensor_batch["uid"]],
+        source="easyr1",
+    )

@@ -1,0 +1,145 @@
+"""An in-process stand-in for EasyR1's Ray side, so that EasyR1's own ``RayPPOTrainer.fit`` runs on CPU.
+
+What is real: EasyR1's trainer loop (``fit``, ``_make_batch_data`` with DAPO's filter, ``_balance_batch``, the
+advantage estimators, metrics, the file logger, checkpoint bookkeeping), its dataset and collate function, its
+reward manager with echovl's math reward, and the actor: an :class:`~echovl.easyr1.actor.EchoActor` on a tiny
+Qwen2 doing the old-log-prob pass and the PPO update. What is faked: Ray (``ray.get`` of a plain value), the
+vLLM rollout (scripted responses, laid out like vLLM's), and the worker-group dispatch (checked for EasyR1's
+divisibility rules, then run in one process).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tests.easyr1_stubs import vllm_layout
+
+PATTERNS = ("all_correct", "mixed", "all_wrong")
+
+LINES = (
+    "We look at the numbers.",
+    "Adding them step by step gives the sum.",
+    "So the total is {answer}.",
+    "Check: the sum is right.",
+)
+
+
+def problem(index: int) -> tuple[str, str, str]:
+    """Problem text, answer and correctness pattern of prompt ``index`` (patterns cycle)."""
+    a, b = 3 + index, 11 + 2 * index
+    return f"Problem {index}: compute {a} + {b}.", str(a + b), PATTERNS[index % len(PATTERNS)]
+
+
+def write_problem_parquet(path: Path, count: int) -> Path:
+    import pandas as pd
+
+    rows = [dict(zip(("problem", "answer"), problem(i)[:2])) for i in range(count)]
+    pd.DataFrame(rows).to_parquet(path)
+    return path
+
+
+def scripted_response(index: int, rollout: int, n: int) -> str:
+    """Correct (boxed answer) or wrong per the prompt's pattern; the wording varies with the rollout."""
+    _, answer, pattern = problem(index)
+    correct = pattern == "all_correct" or (pattern == "mixed" and rollout < n // 2)
+    shown = answer if correct else str(int(answer) + 1)
+    lines = [line.format(answer=shown) for line in LINES[: 2 + rollout % 3]]
+    return "<think>\n" + "\n".join(lines) + "\n</think>\nThe answer is \\boxed{" + shown + "}."
+
+
+class FakeRewardHandle:
+    """``ray.remote(AutoRewardManager).remote(...)`` stand-in: ``compute_reward.remote`` computes at once (the
+    tests patch ``ray.get`` to return plain values)."""
+
+    def __init__(self, manager):
+        self.manager = manager
+        self.compute_reward = self
+
+    def remote(self, data):
+        return self.manager.compute_reward(data)
+
+
+class FakeActorWorkerGroup:
+    """The actor/rollout worker group of EasyR1, in one process, on CPU."""
+
+    def __init__(self, actor, tokenizer, *, n: int, response_length: int, world_size: int = 2, echo_worker=True):
+        self.actor = actor
+        self.tokenizer = tokenizer
+        self.n = n
+        self.response_length = response_length
+        self.world_size = world_size
+        self.echo_worker = echo_worker
+        self.generated = []  # every generation round's gen batch
+        self.log_prob_calls = []
+        self.updates = []
+
+    # -- dispatch rules of Dispatch.DP_COMPUTE_PROTO
+    def _check_dispatch(self, data, micro: int | None = None):
+        assert len(data) % self.world_size == 0, f"{len(data)} rows do not split over {self.world_size} ranks"
+        if micro and not self.actor.config.dynamic_batching:
+            per_rank = len(data) // self.world_size
+            assert per_rank % micro == 0, f"{per_rank} rows per rank do not split into micro-batches of {micro}"
+
+    def init_model(self):
+        pass
+
+    def prepare_rollout_engine(self):
+        pass
+
+    def release_rollout_engine(self):
+        pass
+
+    def save_checkpoint(self, path, save_model_only=False):
+        Path(path).mkdir(parents=True, exist_ok=True)  # the real workers write the model there
+
+    def generate_sequences(self, prompts):
+        from verl.protocol import DataProto
+
+        self._check_dispatch(prompts)
+        self.generated.append(prompts)
+        eos, pad = self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.pad_token_id
+        texts = []
+        for raw in prompts.non_tensor_batch["raw_prompt_ids"]:
+            index = int(re.search(r"Problem (\d+):", self.tokenizer.decode(list(raw))).group(1))
+            texts += [scripted_response(index, k, self.n) for k in range(self.n)]
+        rows = (
+            prompts.batch[k].repeat_interleave(self.n, dim=0) for k in ("input_ids", "attention_mask", "position_ids")
+        )
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        tensors = vllm_layout(*rows, ids, eos=eos, pad=pad, length=self.response_length)
+        meta = dict(prompts.meta_info, eos_token_id=eos, pad_token_id=pad)
+        return DataProto.from_dict(tensors=tensors, meta_info=meta)
+
+    def compute_log_probs(self, data):
+        from verl.protocol import DataProto
+
+        self._check_dispatch(data, self.actor.config.micro_batch_size_per_device_for_experience)
+        self.log_prob_calls.append(len(data))
+        data.meta_info["temperature"] = 1.0
+        if self.echo_worker and self.actor.echo.active:
+            log_probs, entropy = self.actor.compute_log_prob_and_entropy(data)
+            tensors = {"old_log_probs": log_probs, "old_entropy": entropy}
+        else:
+            tensors = {"old_log_probs": self.actor.compute_log_prob(data)}
+        return DataProto.from_dict(tensors=tensors, meta_info={"temperature": 1.0})
+
+    def update_actor(self, data):
+        from verl.protocol import DataProto
+
+        self._check_dispatch(data, self.actor.config.micro_batch_size_per_device_for_update)
+        self.updates.append(data)
+        metrics = self.actor.update_policy(data)
+        return DataProto(non_tensor_batch={k: np.array(v if isinstance(v, list) else [v]) for k, v in metrics.items()})
+
+
+class ListLoader(list):
+    """A list of collated batches with the ``state_dict`` EasyR1's checkpointing asks for."""
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass

@@ -1,0 +1,382 @@
+"""EchoActor on CPU: entropy in the old-log-prob pass on every EasyR1 path, and the echo term in update_policy."""
+
+import copy
+import types
+
+import pytest
+
+pytest.importorskip("verl", reason="EasyR1 (package verl) is not installed: pip install -e '.[easyr1]'")
+
+import torch  # noqa: E402
+
+from tests.easyr1_stubs import (  # noqa: E402
+    build_rollout_batch,
+    init_gloo_group,
+    install_vllm_stub,
+    reference_log_probs_and_entropy,
+    write_prompt_parquet,
+)
+
+install_vllm_stub()
+
+from verl.workers.actor import dp_actor  # noqa: E402
+from verl.workers.actor.config import ActorConfig  # noqa: E402
+from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
+
+from echovl.config import EchoConfig  # noqa: E402
+from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.loss import echo_nll  # noqa: E402
+
+TEMPERATURE = 0.7
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _process_group():
+    init_gloo_group()
+
+
+@pytest.fixture(scope="module")
+def vl_model(tiny_vl_dir):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(tiny_vl_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def lm_model(tiny_lm_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def vl_batch(tiny_vl_dir, tmp_path_factory):
+    """3 prompts (2 with an image, 1 text only) x 2 responses, mrope position ids as EasyR1 builds them."""
+    parquet = write_prompt_parquet(tmp_path_factory.mktemp("vl") / "train.parquet", images=True)
+    batch, _, _ = build_rollout_batch(tiny_vl_dir, parquet, n=2, temperature=TEMPERATURE)
+    return batch
+
+
+@pytest.fixture(scope="module")
+def lm_batch(tiny_lm_dir, tmp_path_factory):
+    parquet = write_prompt_parquet(tmp_path_factory.mktemp("lm") / "train.parquet", images=False)
+    batch, _, _ = build_rollout_batch(tiny_lm_dir, parquet, n=2, temperature=TEMPERATURE)
+    return batch
+
+
+def _config(batch_rows, *, micro=2, padding_free=False, dynamic_batching=False, **kwargs) -> ActorConfig:
+    config = ActorConfig(
+        padding_free=padding_free,
+        dynamic_batching=dynamic_batching,
+        use_torch_compile=False,
+        micro_batch_size_per_device_for_experience=micro,
+        micro_batch_size_per_device_for_update=micro,
+        **kwargs,
+    )
+    config.global_batch_size_per_device = batch_rows
+    return config
+
+
+def _unpad_input(hidden_states, attention_mask, *args):
+    """Pure-torch ``flash_attn.bert_padding.unpad_input`` (the values EasyR1 uses)."""
+    seqlens = attention_mask.sum(-1, dtype=torch.int32)
+    indices = torch.nonzero(attention_mask.flatten(), as_tuple=False).flatten()
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens, 0, dtype=torch.int32), (1, 0))
+    flat = hidden_states.reshape(-1, *hidden_states.shape[2:])
+    return flat[indices], indices, cu_seqlens, int(seqlens.max()), seqlens
+
+
+def _pad_input(hidden_states, indices, batch, seqlen):
+    out = hidden_states.new_zeros(batch * seqlen, *hidden_states.shape[1:])
+    out[indices] = hidden_states
+    return out.view(batch, seqlen, *hidden_states.shape[1:])
+
+
+@pytest.fixture
+def cpu_padding_free(monkeypatch):
+    """flash-attn is absent on CPU: give EasyR1's padding-free branch pure-torch unpad/pad. Packed sequences are
+    kept apart by transformers' own packed-sequence mask (it splits where text position ids restart)."""
+    monkeypatch.setattr(dp_actor, "unpad_input", _unpad_input, raising=False)
+    monkeypatch.setattr(dp_actor, "pad_input", _pad_input, raising=False)
+    monkeypatch.setattr(dp_actor, "index_first_axis", lambda x, indices: x[indices], raising=False)
+
+
+@pytest.fixture
+def cpu_dynamic_batching(monkeypatch):
+    """EasyR1 all-reduces the micro-batch count on a hard-coded CUDA tensor; with one rank it is a no-op."""
+    from verl.utils import seqlen_balancing
+
+    monkeypatch.setattr(seqlen_balancing, "dist", types.SimpleNamespace(is_initialized=lambda: False))
+
+
+def _check_against_hf(actor, model, batch):
+    log_probs, entropy = actor.compute_log_prob_and_entropy(batch)
+    ref_log_probs, ref_entropy = reference_log_probs_and_entropy(model, batch, TEMPERATURE)
+    mask = batch.batch["response_mask"].bool()
+    assert log_probs.shape == entropy.shape == mask.shape
+    assert entropy.dtype == torch.float32
+    torch.testing.assert_close(log_probs[mask], ref_log_probs[mask], atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy[mask], ref_entropy[mask], atol=2e-5, rtol=1e-5)
+    assert entropy[mask].min() > 0.1  # a random tiny model is far from deterministic
+
+
+@pytest.mark.parametrize("micro", [2, 3])
+def test_entropy_matches_hf_forward_padded(vl_model, vl_batch, micro):
+    """Image and text-only samples in one batch, mrope position ids, EasyR1's padded branch."""
+    assert vl_batch.batch["position_ids"].dim() == 3
+    inputs = vl_batch.non_tensor_batch["multi_modal_inputs"]
+    assert any(inputs_row == {} for inputs_row in inputs) and any("pixel_values" in r for r in inputs)
+    actor = EchoActor(_config(len(vl_batch), micro=micro), vl_model, echo=EchoConfig(entropy_chunk_size=7))
+    _check_against_hf(actor, vl_model, vl_batch)
+
+
+@pytest.mark.parametrize("micro", [1, 3])
+def test_entropy_matches_hf_forward_padding_free(vl_model, vl_batch, cpu_padding_free, micro):
+    """EasyR1's padding-free branch (unpad, packed forward, pad back), several sequences per pack."""
+    actor = EchoActor(_config(len(vl_batch), micro=micro, padding_free=True), vl_model, echo=EchoConfig())
+    _check_against_hf(actor, vl_model, vl_batch)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_entropy_matches_hf_forward_dynamic_batching(
+    vl_model, vl_batch, cpu_padding_free, cpu_dynamic_batching, padding_free
+):
+    """Dynamic batching regroups rows by length; the order must be restored for both outputs."""
+    actor = EchoActor(
+        _config(len(vl_batch), micro=2, padding_free=padding_free, dynamic_batching=True), vl_model, echo=EchoConfig()
+    )
+    _check_against_hf(actor, vl_model, vl_batch)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_entropy_matches_hf_forward_text_model(lm_model, lm_batch, cpu_padding_free, padding_free):
+    """A text-only causal LM (2-D position ids)."""
+    assert lm_batch.batch["position_ids"].dim() == 2
+    actor = EchoActor(_config(len(lm_batch), micro=2, padding_free=padding_free), lm_model, echo=EchoConfig())
+    _check_against_hf(actor, lm_model, lm_batch)
+
+
+@pytest.mark.parametrize("padding_free", [False, True])
+def test_entropy_skips_prompt_and_padding_chunks(vl_model, vl_batch, cpu_padding_free, monkeypatch, padding_free):
+    """Only chunks holding a row that predicts a response token are computed; the rest read as 0."""
+    calls = []
+    actor = EchoActor(
+        _config(len(vl_batch), micro=3, padding_free=padding_free), vl_model, echo=EchoConfig(entropy_chunk_size=4)
+    )
+    real = actor._token_entropy
+
+    def counting(logits, chunk_size):
+        calls.append(logits.shape[0])
+        return real(logits, chunk_size=chunk_size)
+
+    actor._token_entropy = counting
+    _check_against_hf(actor, vl_model, vl_batch)
+    data = vl_batch.batch
+    response_rows = int(data["response_mask"].sum())
+    all_rows = int(data["attention_mask"].sum()) if padding_free else data["responses"].numel()
+    assert response_rows <= sum(calls) < all_rows  # prompt tokens / response padding skipped
+    _, entropy = actor.compute_log_prob_and_entropy(vl_batch)
+    last_chunk_end = (data["response_mask"].sum(-1) + 3) // 4 * 4  # padded path: chunks of 4 along the response
+    if not padding_free:
+        beyond = torch.arange(data["responses"].shape[1]) >= last_chunk_end.unsqueeze(1)
+        assert beyond.any() and not entropy[beyond].any()
+
+
+def test_rows_needing_entropy_under_ulysses(vl_model, vl_batch, monkeypatch):
+    """Padding-free + Ulysses: each sequence-parallel rank marks its slice of the padded token list, exactly as
+    EasyR1 pads and slices the labels."""
+    from verl.utils import ulysses
+
+    inputs = {k: v[:3] for k, v in vl_batch.batch.items()}
+    one = EchoActor(_config(3, padding_free=True), vl_model, echo=EchoConfig())
+    full = one._rows_needing_entropy(inputs)
+    assert int(full.sum()) == int(inputs["response_mask"].sum())
+    two = EchoActor(_config(3, padding_free=True, ulysses_size=2), vl_model, echo=EchoConfig())
+    parts = []
+    for rank in range(2):
+        monkeypatch.setattr(ulysses, "dist", types.SimpleNamespace(get_world_size=lambda group=None: 2))
+        monkeypatch.setattr(ulysses, "get_ulysses_sequence_parallel_rank", lambda group=None, r=rank: r)
+        parts.append(two._rows_needing_entropy(inputs))
+    assert parts[0].shape == parts[1].shape
+    joined = torch.cat(parts)
+    assert torch.equal(joined[: full.numel()], full) and not joined[full.numel() :].any()
+
+
+def test_entropy_with_torch_compile(vl_model, vl_batch, cpu_padding_free):
+    """use_torch_compile (EasyR1's default): its log-prob function and our entropy chunks are compiled."""
+    config = _config(len(vl_batch), micro=3, padding_free=True)
+    config.use_torch_compile = True
+    _check_against_hf(EchoActor(config, vl_model, echo=EchoConfig(entropy_chunk_size=64)), vl_model, vl_batch)
+
+
+def test_log_probs_identical_to_easyr1(vl_model, vl_batch):
+    """The log-probs of the entropy pass are EasyR1's own, bit for bit; outside the context nothing changes."""
+    config = _config(len(vl_batch))
+    vanilla = DataParallelPPOActor(config, vl_model).compute_log_prob(vl_batch)
+    actor = EchoActor(config, vl_model, echo=EchoConfig())
+    log_probs, _ = actor.compute_log_prob_and_entropy(vl_batch)
+    assert torch.equal(log_probs, vanilla)
+    assert torch.equal(actor.compute_log_prob(vl_batch), vanilla)
+
+
+def test_ulysses_gather_keeps_the_entropy_dim(monkeypatch):
+    """Under Ulysses EasyR1 gathers each rank's [local tokens] log-probs along dim 0 and strips the padding; the
+    same code carries [local tokens, 2] (log-prob, entropy) pairs. Two ranks simulated around EasyR1's Gather."""
+    from verl.utils import ulysses
+
+    full = torch.arange(22.0).view(11, 2)  # 11 tokens, padded to 12 and split over 2 ranks
+    padded = torch.cat([full, torch.zeros(1, 2)])
+    locals_ = padded.chunk(2)
+
+    def all_gather_into_tensor(output, local, group=None, async_op=False):
+        output.copy_(torch.cat(locals_))  # what the two ranks contribute
+
+    monkeypatch.setattr(
+        ulysses,
+        "dist",
+        types.SimpleNamespace(
+            get_world_size=lambda group=None: 2,
+            get_rank=lambda group=None: 1,
+            all_gather_into_tensor=all_gather_into_tensor,
+        ),
+    )
+    gathered = ulysses.gather_outputs_and_unpad(locals_[1], gather_dim=0, unpad_dim=0, padding_size=1, group=object())
+    assert torch.equal(gathered, full)
+
+
+# ------------------------------------------------------------------------------------------- update_policy
+
+
+def _update_batch(batch, model, *, advantages=0.0, clip_rows=(), seed=0):
+    """Old log-probs from the model, constant advantages, and an echo mask on the first half of ``clip_rows``."""
+    data = copy.copy(batch)
+    data.batch = batch.batch.clone()
+    data.non_tensor_batch = dict(batch.non_tensor_batch)
+    data.meta_info = dict(batch.meta_info)
+    actor = DataParallelPPOActor(_config(len(batch)), model)
+    data.batch["old_log_probs"] = actor.compute_log_prob(data)
+    response_mask = data.batch["response_mask"]
+    data.batch["advantages"] = torch.full(response_mask.shape, float(advantages)) * response_mask
+    echo_mask = torch.zeros(response_mask.shape, dtype=torch.bool)
+    for row in clip_rows:  # a prefix clip: the first half of the response
+        length = int(response_mask[row].sum())
+        echo_mask[row, : max(1, length // 2)] = True
+    data.batch[ECHO_MASK] = echo_mask
+    return data
+
+
+def _clone(model):
+    clone = copy.deepcopy(model)
+    clone.train()
+    return clone
+
+
+def _sgd_actor(cls, model, rows, **kwargs):
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    return cls(_config(rows, micro=2, max_grad_norm=1e9), model, optimizer, **kwargs)
+
+
+def _params(model):
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_update_policy_echo_only_gradient(vl_model, vl_batch):
+    """All advantages 0: the PG term is 0, the echo term alone moves the parameters; echo/loss = mean clip NLL."""
+    clip_rows = (0, 3, 4)
+    data = _update_batch(vl_batch, vl_model, advantages=0.0, clip_rows=clip_rows)
+    model = _clone(vl_model)
+    before = _params(model)
+    coef = 0.5
+    actor = _sgd_actor(EchoActor, model, len(data), echo=EchoConfig(coef=coef))
+    metrics = actor.update_policy(data)
+
+    # hand-computed J_echo: the mean over clips of each clip's mean NLL, from a plain forward
+    ref_log_probs, _ = reference_log_probs_and_entropy(vl_model, data, TEMPERATURE)
+    nll = [-ref_log_probs[r][data.batch[ECHO_MASK][r]].mean() for r in clip_rows]
+    expected = torch.stack(nll).mean()
+    assert metrics["echo/loss"] == [pytest.approx(float(expected), rel=1e-5)]
+    assert metrics["actor/pg_loss"] == [0.0, 0.0, 0.0]
+    delta = [float((a - b).abs().max()) for a, b in zip(_params(model), before)]
+    assert max(delta) > 0
+
+    # the step is exactly -lr * coef * grad(J_echo) (SGD, lr 1, no clipping)
+    reference = _clone(vl_model)
+    log_probs = _forward_log_probs(reference, data)
+    total, count = echo_nll(log_probs, data.batch[ECHO_MASK])
+    (coef * total / count).backward()
+    for p_new, p_old, p_ref in zip(model.parameters(), before, reference.parameters()):
+        expected_step = -p_ref.grad if p_ref.grad is not None else torch.zeros_like(p_old)
+        torch.testing.assert_close(p_new.detach() - p_old, expected_step, atol=1e-6, rtol=1e-4)
+
+
+def _forward_log_probs(model, data):
+    """Differentiable log-probs [B, R] of the whole batch through EasyR1's own forward."""
+    actor = DataParallelPPOActor(_config(len(data)), model)
+    inputs = {**data.batch, **data.non_tensor_batch}
+    return actor._forward_micro_batch(inputs, temperature=data.meta_info["temperature"])
+
+
+def test_update_policy_adds_echo_to_easyr1_gradient(vl_model, vl_batch):
+    """Non-zero advantages, clips spread over micro-batches: the step is EasyR1's plus coef * grad(J_echo)."""
+    clip_rows = (1, 2, 5)
+    data = _update_batch(vl_batch, vl_model, advantages=0.7, clip_rows=clip_rows)
+    coef = 0.25
+
+    vanilla_model = _clone(vl_model)
+    before = _params(vanilla_model)
+    _sgd_actor(DataParallelPPOActor, vanilla_model, len(data)).update_policy(data)
+    echo_model = _clone(vl_model)
+    _sgd_actor(EchoActor, echo_model, len(data), echo=EchoConfig(coef=coef)).update_policy(data)
+
+    reference = _clone(vl_model)
+    total, count = echo_nll(_forward_log_probs(reference, data), data.batch[ECHO_MASK])
+    (coef * total / count).backward()
+    for p_echo, p_vanilla, p_ref in zip(echo_model.parameters(), vanilla_model.parameters(), reference.parameters()):
+        echo_step = -p_ref.grad if p_ref.grad is not None else torch.zeros_like(p_echo)
+        torch.testing.assert_close(p_echo.detach() - p_vanilla.detach(), echo_step, atol=2e-6, rtol=1e-4)
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, vanilla_model.parameters()))
+
+
+def test_update_policy_world_size_normalisation(vl_model, vl_batch, monkeypatch):
+    """Two identical ranks (simulated: all-reduce doubles, world size 2): each rank's step equals the 1-rank step,
+    as FSDP's gradient averaging expects, for the PG and the echo term alike."""
+    data = _update_batch(vl_batch, vl_model, advantages=0.3, clip_rows=(0, 5))
+    one = _clone(vl_model)
+    _sgd_actor(EchoActor, one, len(data), echo=EchoConfig(coef=0.5)).update_policy(data)
+
+    def doubled(tensor, op=None, group=None):
+        tensor.mul_(2)
+
+    monkeypatch.setattr(dp_actor.dist, "all_reduce", doubled)
+    two = _clone(vl_model)
+    actor = _sgd_actor(EchoActor, two, len(data), echo=EchoConfig(coef=0.5))
+    actor.world_size = 2
+    actor.update_policy(data)
+    for a, b in zip(one.parameters(), two.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("echo", [EchoConfig(), EchoConfig(enable=False), EchoConfig(coef=0.0)])
+def test_update_policy_without_clips_is_easyr1_bit_for_bit(vl_model, vl_batch, echo):
+    """Empty echo mask (echo on), echo disabled, or coef 0: parameters after the step equal EasyR1's exactly
+    (AdamW, grad clipping, two micro-batches per mini-batch, two mini-batches, KL loss on)."""
+    from verl.protocol import DataProto
+
+    data = _update_batch(vl_batch, vl_model, advantages=0.5, clip_rows=())
+    data = DataProto.concat([data, data])  # 12 rows: 2 mini-batches of 6, 2 micro-batches of 3 each
+    data.batch["advantages"][::3] *= -1
+    data.batch["ref_log_probs"] = data.batch["old_log_probs"] - 0.05
+    if not echo.enable:
+        data.batch[ECHO_MASK][0, :3] = True  # ignored when echo is off
+    results = []
+    for cls, kwargs in ((DataParallelPPOActor, {}), (EchoActor, {"echo": echo})):
+        torch.manual_seed(0)
+        model = _clone(vl_model)
+        config = _config(len(data) // 2, micro=3)
+        config.use_kl_loss, config.kl_coef, config.kl_penalty = True, 0.1, "low_var_kl"
+        actor = cls(config, model, torch.optim.AdamW(model.parameters(), lr=1e-2), **kwargs)
+        metrics = actor.update_policy(data)
+        results.append((_params(model), {k: v for k, v in metrics.items() if not k.startswith("echo/")}))
+    (vanilla_params, vanilla_metrics), (echo_params, echo_metrics) = results
+    assert all(torch.equal(a, b) for a, b in zip(vanilla_params, echo_params))
+    assert echo_metrics == vanilla_metrics
