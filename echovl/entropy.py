@@ -13,12 +13,10 @@ DEFAULT_CHUNK_SIZE = 128
 
 
 def _chunk_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """H = logsumexp(z) - sum(p * z) = -sum(p * (z - logsumexp(z))), the latter without cancellation."""
+    """H = logsumexp(z) - sum(p * z) = -sum(p * log p): a sum of non-negative terms, no cancellation."""
+    log_p = torch.log_softmax(logits, dim=-1, dtype=torch.float32)  # the only upcast, one chunk at a time
     if torch.is_grad_enabled() and logits.requires_grad:
-        log_p = torch.log_softmax(logits.float(), dim=-1)
         return -(log_p.exp() * log_p.clamp(min=_FLOAT32_MIN)).sum(dim=-1)
-    log_p = logits.to(torch.float32, copy=True)  # the only upcast, one chunk at a time; the input is never written
-    log_p.sub_(torch.logsumexp(log_p, dim=-1, keepdim=True))
     p = log_p.exp()
     log_p.clamp_(min=_FLOAT32_MIN)  # -inf logits (masked vocabulary) have p = 0 and add 0, not nan
     return -p.mul_(log_p).sum(dim=-1)  # in place: two chunk-sized fp32 buffers in all
