@@ -130,7 +130,7 @@ def _lookup(table: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torc
     if flat_ids.numel() and not (0 <= int(flat_ids.min()) and int(flat_ids.max()) < table.numel()):
         valid = valid & (ids >= 0) & (ids < table.numel())
         flat_ids = torch.where(valid, ids, 0).reshape(-1)
-    return table.index_select(0, flat_ids).view(ids.shape).bool() & valid
+    return table.index_select(0, flat_ids).view(ids.shape).view(torch.bool) & valid  # 0/1 bytes read as bool
 
 
 def _block_steps(ids: torch.Tensor, valid: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
@@ -138,19 +138,17 @@ def _block_steps(ids: torch.Tensor, valid: torch.Tensor, table: torch.Tensor, ou
     delim = _lookup(table, ids, valid)
     batch, length = ids.shape
     # A step ends at a delimiter whose next valid token is not a delimiter; the step of a token is the
-    # number of step ends strictly before it.
+    # number of step ends strictly before it, i.e. the running count of step starts (the token after an end).
+    starts = torch.zeros_like(delim)
     if bool((valid[:, 1:] <= valid[:, :-1]).all()):  # valid tokens form a prefix (right padding): the usual case
-        next_is_delim = torch.zeros_like(delim)
-        next_is_delim[:, :-1] = delim[:, 1:]
+        torch.logical_and(delim[:, :-1], ~delim[:, 1:], out=starts[:, 1:])
     else:  # position of the next valid token, via a running min from the right
         positions = torch.arange(length, device=ids.device).expand(batch, length)
         valid_pos = torch.where(valid, positions, length)
         next_valid = torch.flip(torch.cummin(torch.flip(valid_pos, dims=[1]), dim=1).values, dims=[1])
         next_valid = torch.cat([next_valid[:, 1:], next_valid.new_full((batch, 1), length)], dim=1)
         next_is_delim = torch.gather(torch.cat([delim, delim.new_zeros(batch, 1)], dim=1), 1, next_valid)
-    step_end = delim & ~next_is_delim
-    starts = torch.zeros_like(step_end)
-    starts[:, 1:] = step_end[:, :-1]
+        starts[:, 1:] = (delim & ~next_is_delim)[:, :-1]
     steps = torch.cumsum(starts, dim=1, dtype=torch.int32)
     steps.masked_fill_(~valid, -1)
     out.copy_(steps)
