@@ -68,7 +68,7 @@ def test_quick_run_writes_a_plot(quick_run):
     out, _, _ = quick_run
     with Image.open(out / "plot.png") as image:
         assert image.format == "PNG" and image.width > 800 and image.height > 500
-        assert len(set(image.convert("L").getdata())) > 20  # not a blank canvas
+        assert sum(1 for count in image.convert("L").histogram() if count) > 20  # not a blank canvas
 
 
 def test_quick_run_writes_traces_the_demo_can_read(quick_run):

@@ -10,17 +10,13 @@ import json
 import os
 import sys
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
 
 def main(model_dir: str, out: str) -> None:
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from echovl.testing import tiny_image
-    from echovl.trl import EchoGRPOTrainer, GRPOConfig
+    from echovl.trl import EchoGRPOTrainer
+    from tests.trl_helpers import grpo_config, vl_dataset
 
     def accuracy(completions, **kwargs):  # local rows 0, 1 on each process: global rows 0 and 2 are verified
         return [1.0, 0.0][: len(completions)]
@@ -32,35 +28,12 @@ def main(model_dir: str, out: str) -> None:
             self.masks.append(int(inputs["echo_mask"].any(-1).sum()))
             return super()._echo_losses(model, inputs)
 
-    dataset = Dataset.from_list(
-        [
-            {"prompt": [{"role": "user", "content": f"Find x {i}."}], "image": tiny_image(i), "answer": str(i)}
-            for i in range(4)
-        ]
-    )
-    args = GRPOConfig(
-        output_dir=out,
-        use_cpu=True,
-        bf16=False,
-        per_device_train_batch_size=2,
-        num_generations=4,
-        max_completion_length=12,
-        temperature=0.8,
-        beta=0.0,
-        max_steps=2,
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        gradient_checkpointing=False,
-        disable_tqdm=True,
-        seed=0,
-    )
     torch.manual_seed(0)
     trainer = Recording(
         model=AutoModelForImageTextToText.from_pretrained(model_dir),
         reward_funcs=[accuracy],
-        args=args,
-        train_dataset=dataset,
+        args=grpo_config(out, per_device_train_batch_size=2),
+        train_dataset=vl_dataset(),
         processing_class=AutoProcessor.from_pretrained(model_dir, padding_side="left"),
         echo_config={"trace_freq": 1},
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 
@@ -13,8 +12,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 if sys.version_info < (3, 11):
     pytest.skip("echovl.trl needs Python >= 3.11 (TRL 1.16)", allow_module_level=True)
-if importlib.util.find_spec("trl") is None:
-    pytest.skip('TRL is not installed: pip install "echovl[trl]"', allow_module_level=True)
+try:
+    import trl  # noqa: F401
+except ImportError as error:
+    pytest.skip(f'TRL is not importable ({error}): pip install "echovl[trl]"', allow_module_level=True)
 
 
 def vl_dataset(count: int = 4):

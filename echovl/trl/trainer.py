@@ -102,8 +102,9 @@ class EchoGRPOTrainer(GRPOTrainer):
         answer_column: str = "answer",
         **kwargs,
     ) -> None:
+        echo_config = _as_echo_config(echo_config)  # bad settings fail before the model is set up
         super().__init__(*args, **kwargs)
-        self.echo_config = _as_echo_config(echo_config)
+        self.echo_config = echo_config
         self.answer_column = answer_column
         names = list(self.reward_func_names)
         key = self.echo_config.success_key
@@ -114,9 +115,7 @@ class EchoGRPOTrainer(GRPOTrainer):
                 "per-sample accuracy reward function after echo.success_key (e.g. echovl.trl.accuracy) or set "
                 "echo.success_key to its name."
             )
-        tokenizer = self._tokenizer
-        self._echo_delimiters = delimiter_table(tokenizer, self.echo_config.delimiters)
-        self._echo_non_text = special_table(tokenizer)
+        self._echo_table_cache: dict[str, torch.Tensor] = {}
         trace_dir = self.echo_config.trace_dir or os.path.join(self.args.output_dir, "echo_traces")
         self._echo_tracer = TraceWriter(trace_dir) if self.echo_config.trace_freq > 0 else None
         self._echo_traced_step = 0
@@ -132,6 +131,16 @@ class EchoGRPOTrainer(GRPOTrainer):
     def echo_trace_dir(self) -> str | None:
         """Folder of the trace files (``None`` when ``trace_freq`` is 0)."""
         return str(self._echo_tracer.folder) if self._echo_tracer is not None else None
+
+    def _echo_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The delimiter and non-text lookup tables on ``device`` (built once: it decodes the whole vocabulary)."""
+        if not self._echo_table_cache:
+            self._echo_table_cache["delimiter"] = delimiter_table(self._tokenizer, self.echo_config.delimiters)
+            self._echo_table_cache["non_text"] = special_table(self._tokenizer)
+        tables = self._echo_table_cache
+        if tables["delimiter"].device != device:
+            tables["delimiter"], tables["non_text"] = tables["delimiter"].to(device), tables["non_text"].to(device)
+        return tables["delimiter"], tables["non_text"]
 
     def _echo_has_old_logps_pass(self) -> bool:
         """Whether TRL computes old per-token log-probs in ``_generate_and_score_completions`` (its condition)."""
@@ -221,6 +230,7 @@ class EchoGRPOTrainer(GRPOTrainer):
             metrics["timing_s/echo_entropy_forward"].append(time.perf_counter() - start)
         self._echo_entropy = None
 
+        is_delimiter, non_text = self._echo_tables(self.accelerator.device)
         start = time.perf_counter()
         response_mask = out["completion_mask"]
         if out.get("tool_mask") is not None:
@@ -230,8 +240,8 @@ class EchoGRPOTrainer(GRPOTrainer):
         mask = self._echo_gather_rows(response_mask, 0).bool()
         entropy = self._echo_gather_rows(entropy.float(), 0.0)
         device = ids.device
-        steps = step_index(ids, mask, self._echo_delimiters.to(device))
-        text = text_mask(ids, mask, self._echo_non_text.to(device))
+        steps = step_index(ids, mask, is_delimiter)
+        text = text_mask(ids, mask, non_text)
         verified, group = verified.to(device), group.to(device)
         clips = mine_echo_clips(
             entropy, steps, text, verified, group, min_step_tokens=cfg.min_step_tokens, scope=cfg.scope
