@@ -1,0 +1,338 @@
+"""``EchoGRPOTrainer``: TRL's ``GRPOTrainer`` plus the EchoRL term.
+
+Data flow, per generation batch (``_generate_and_score_completions``, before TRL shuffles and splits the batch):
+
+1. **Entropy.** When TRL runs its old-log-prob forward (``gradient_accumulation_steps`` not a multiple of
+   ``steps_per_generation * num_iterations``, e.g. ``num_iterations=2``; or vLLM with importance-sampling
+   correction), the per-token entropy comes from that same call: TRL's fused LM head computes log-probs and entropy
+   together, so it is free. Otherwise (TRL's default aligned setup) TRL has no such forward and echovl runs **one
+   extra no-grad forward** over the generation batch; the EasyR1 integration pays none. Either way the entropy is
+   at the sampling temperature, like the RL log-probs.
+2. **Verified flags** from the reward function whose name is ``echo.success_key`` (``accuracy``): a rollout is
+   verified when that function's value is ``>= echo.success_threshold``. TRL gathers rewards over processes.
+3. **Mining** over whole groups: response ids, masks and entropies are padded and gathered over processes, every
+   process mines the same clips on the global batch (``echovl.clip.mine_echo_clips``) and keeps its own rows as
+   ``echo_mask``, which TRL's shuffle and split carry along with the other per-row tensors.
+
+Per micro-batch (``_compute_loss``): ``J_echo`` is ``echovl.loss.echo_nll`` of the log-probs of the loss forward
+(the same tensor TRL's policy loss uses), over ``echo_mask``, and ::
+
+    loss = TRL loss + coef * total / (C / num_processes * gradient_accumulation_steps / steps_per_generation)
+
+with ``C`` the number of clips in the whole generation batch. This is the normalisation TRL uses for its default
+``dapo`` loss with ``num_items_in_batch`` replaced by the clip count: DDP averages gradients over processes and
+micro-batches add up, so an optimizer step sees ``coef x`` (mean over its clips of the per-clip mean NLL), whatever
+the ``loss_type`` of the RL term.
+
+With ``echo.enable=false`` or ``coef=0`` nothing is mined and the loss is exactly ``GRPOTrainer``'s. The outcome
+fractions (``echo/degenerate_groups``, ``echo/all_wrong_groups``) are still logged when the success reward exists:
+they are read from the rewards and change nothing. Echo applies to training only; evaluation loss is TRL's.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from accelerate.utils import gather_object
+from trl import GRPOTrainer
+from trl.models.utils import disable_gradient_checkpointing
+
+from ..clip import group_outcomes, mine_echo_clips
+from ..config import EchoConfig
+from ..loss import echo_nll
+from ..steps import delimiter_table, special_table, step_index, text_mask
+from ..traces import TraceWriter, build_group_records, select_groups
+
+__all__ = ["EchoGRPOTrainer"]
+
+# the per-row inputs of TRL's policy forward, as `_compute_loss` passes them
+_FORWARD_KEYS = (
+    "pixel_values",
+    "image_grid_thw",
+    "num_images",
+    "pixel_attention_mask",
+    "spatial_shapes",
+    "num_tiles",
+    "image_sizes",
+    "token_type_ids",
+    "mm_token_type_ids",
+    "image_position_ids",
+)
+
+
+def _as_echo_config(value: EchoConfig | Mapping[str, Any] | None) -> EchoConfig:
+    if value is None:
+        return EchoConfig()
+    if isinstance(value, EchoConfig):
+        value.validate()
+        return value
+    if isinstance(value, Mapping):
+        return EchoConfig.from_dict(dict(value))
+    raise TypeError(f"echo_config must be an EchoConfig or a dict, got {type(value).__name__}")
+
+
+def _mean(values: torch.Tensor) -> float:
+    return float(values.float().mean()) if values.numel() else math.nan
+
+
+class EchoGRPOTrainer(GRPOTrainer):
+    """``trl.GRPOTrainer`` with the EchoRL term.
+
+    Takes every argument of ``GRPOTrainer`` plus:
+
+    Args:
+        echo_config: :class:`echovl.EchoConfig` or a dict of its fields (default: ``EchoConfig()``, echo on with
+            ``coef=0.001``).
+        answer_column: dataset column written as the reference answer in trace files.
+
+    The reward function named ``echo_config.success_key`` (default ``accuracy``, e.g.
+    :func:`echovl.trl.accuracy`) gives the verified flags; give it weight 0 in ``GRPOConfig.reward_weights`` to
+    use it for verification only.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        echo_config: EchoConfig | Mapping[str, Any] | None = None,
+        answer_column: str = "answer",
+        **kwargs,
+    ) -> None:
+        echo_config = _as_echo_config(echo_config)  # bad settings fail before the model is set up
+        super().__init__(*args, **kwargs)
+        self.echo_config = echo_config
+        self.answer_column = answer_column
+        names = list(self.reward_func_names)
+        key = self.echo_config.success_key
+        self._echo_success_index = names.index(key) if key in names else None
+        if self.echo_config.active and self._echo_success_index is None:
+            raise ValueError(
+                f"echo.success_key={key!r} names no reward function; the reward functions are {names}. Name the "
+                "per-sample accuracy reward function after echo.success_key (e.g. echovl.trl.accuracy) or set "
+                "echo.success_key to its name."
+            )
+        self._echo_table_cache: dict[str, torch.Tensor] = {}
+        trace_dir = self.echo_config.trace_dir or os.path.join(self.args.output_dir, "echo_traces")
+        self._echo_tracer = TraceWriter(trace_dir) if self.echo_config.trace_freq > 0 else None
+        self._echo_traced_step = 0
+        # hand-offs between TRL's methods and these overrides
+        self._echo_rewards: torch.Tensor | None = None
+        self._echo_capture_entropy = False
+        self._echo_entropy: torch.Tensor | None = None
+        self._echo_capture_logps = False
+        self._echo_loss_logps: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    @property
+    def echo_trace_dir(self) -> str | None:
+        """Folder of the trace files (``None`` when ``trace_freq`` is 0)."""
+        return str(self._echo_tracer.folder) if self._echo_tracer is not None else None
+
+    def _echo_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The delimiter and non-text lookup tables on ``device`` (built once: it decodes the whole vocabulary)."""
+        if not self._echo_table_cache:
+            self._echo_table_cache["delimiter"] = delimiter_table(self._tokenizer, self.echo_config.delimiters)
+            self._echo_table_cache["non_text"] = special_table(self._tokenizer)
+        tables = self._echo_table_cache
+        if tables["delimiter"].device != device:
+            tables["delimiter"], tables["non_text"] = tables["delimiter"].to(device), tables["non_text"].to(device)
+        return tables["delimiter"], tables["non_text"]
+
+    def _echo_has_old_logps_pass(self) -> bool:
+        """Whether TRL computes old per-token log-probs in ``_generate_and_score_completions`` (its condition)."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        return self.args.gradient_accumulation_steps % generate_every != 0 or bool(
+            self.use_vllm and self.vllm_importance_sampling_correction
+        )
+
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
+    ):
+        """TRL's forward; also hands the entropy of the old-log-prob pass and the log-probs of the loss pass over."""
+        capture_entropy = self._echo_capture_entropy and model is self.model
+        if capture_entropy:  # the first call on the policy in _generate_and_score_completions: old log-probs
+            self._echo_capture_entropy = False
+            compute_entropy = True  # the fused LM head computes it anyway
+        result = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
+        )
+        if capture_entropy:
+            self._echo_entropy = result[1]
+        if self._echo_capture_logps:  # the first call in _compute_loss: the policy forward with grad
+            self._echo_capture_logps = False
+            self._echo_loss_logps = result[0]
+        return result
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._echo_rewards = rewards  # (num_processes * B, num_funcs), gathered, NaN where a function gave None
+        return rewards
+
+    def _echo_extra_entropy_forward(self, out: dict[str, Any]) -> torch.Tensor:
+        """The no-grad forward TRL does not run in the aligned setup: per-token entropy of the completions."""
+        input_ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attention_mask = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        forward = {key: out[key] for key in _FORWARD_KEYS if out.get(key) is not None}
+        with torch.no_grad(), disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs):
+            _, entropy, _ = super()._get_per_token_logps_and_entropies(
+                self.model,
+                input_ids,
+                attention_mask,
+                out["completion_ids"].size(1),
+                batch_size=self.args.per_device_train_batch_size,
+                compute_entropy=True,
+                **forward,
+            )
+        return entropy
+
+    def _echo_gather_rows(self, tensor: torch.Tensor, pad_index: int | float) -> torch.Tensor:
+        """[B, T] per process -> [num_processes * B, max T] in process order."""
+        if self.accelerator.num_processes == 1:
+            return tensor
+        tensor = self.accelerator.pad_across_processes(tensor.contiguous(), dim=1, pad_index=pad_index)
+        return self.accelerator.gather(tensor)
+
+    # ------------------------------------------------------------------------------------- generation batch
+    def _generate_and_score_completions(self, inputs):
+        mode = "train" if self.model.training else "eval"
+        mine = mode == "train" and self.echo_config.active
+        self._echo_entropy = None
+        self._echo_capture_entropy = mine and self._echo_has_old_logps_pass()
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self._echo_capture_entropy = False
+        if mode == "train" and self._echo_success_index is not None:
+            self._echo_mine(inputs, out, mine)
+        self._echo_rewards = None
+        return out
+
+    def _echo_mine(self, inputs: list[dict[str, Any]], out: dict[str, Any], mine: bool) -> None:
+        metrics = self._metrics["train"]
+        cfg = self.echo_config
+        scores = self._echo_rewards[:, self._echo_success_index]
+        verified = scores >= cfg.success_threshold  # NaN (no score) is not verified
+        group = torch.arange(verified.numel(), device=verified.device) // self.num_generations
+        outcomes = group_outcomes(verified, group)
+        metrics["echo/degenerate_groups"].append(outcomes.all_correct / max(outcomes.num_groups, 1))
+        metrics["echo/all_wrong_groups"].append(outcomes.all_wrong / max(outcomes.num_groups, 1))
+        if not mine:
+            return
+
+        entropy = self._echo_entropy
+        if entropy is None:
+            start = time.perf_counter()
+            entropy = self._echo_extra_entropy_forward(out)
+            metrics["timing_s/echo_entropy_forward"].append(time.perf_counter() - start)
+        self._echo_entropy = None
+
+        is_delimiter, non_text = self._echo_tables(self.accelerator.device)
+        start = time.perf_counter()
+        response_mask = out["completion_mask"]
+        if out.get("tool_mask") is not None:
+            response_mask = response_mask * out["tool_mask"]
+        local_batch, local_length = out["completion_ids"].shape
+        ids = self._echo_gather_rows(out["completion_ids"], self._tokenizer.pad_token_id)
+        mask = self._echo_gather_rows(response_mask, 0).bool()
+        entropy = self._echo_gather_rows(entropy.float(), 0.0)
+        device = ids.device
+        steps = step_index(ids, mask, is_delimiter)
+        text = text_mask(ids, mask, non_text)
+        verified, group = verified.to(device), group.to(device)
+        clips = mine_echo_clips(
+            entropy, steps, text, verified, group, min_step_tokens=cfg.min_step_tokens, scope=cfg.scope
+        )
+        rows = slice(self.accelerator.process_index * local_batch, (self.accelerator.process_index + 1) * local_batch)
+        out["echo_mask"] = clips.mask[rows, :local_length]
+        out["echo_clip_count"] = torch.tensor(float(len(clips)), device=device)  # 0-dim: copied to every micro-batch
+        metrics["echo/clips"].append(float(len(clips)))
+        metrics["echo/clip_length"].append(_mean(clips.length))
+        metrics["echo/clip_step_entropy"].append(_mean(clips.step_entropy))
+        metrics["echo/entropy"].append(float((entropy * mask).sum() / mask.sum().clamp(min=1)))
+        metrics["timing_s/echo_mining"].append(time.perf_counter() - start)
+
+        train_step = self.state.global_step + 1  # the optimizer step this batch trains (the logged "step")
+        freq = cfg.trace_freq
+        if self._echo_tracer is not None and train_step // freq > self._echo_traced_step // freq:
+            self._echo_traced_step = train_step
+            rewards = (self._echo_rewards * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
+            self._echo_write_trace(
+                train_step, inputs, out, rows, ids, steps, text, entropy, verified, group, clips, rewards, scores
+            )
+
+    def _echo_write_trace(
+        self, train_step, inputs, out, rows, ids, steps, text, entropy, verified, group, clips, rewards, scores
+    ) -> None:
+        """Write up to ``trace_groups`` groups (mined first) of this batch; every process sends its prompts."""
+        groups = select_groups(group, clips, self.echo_config.trace_groups)
+        first_rows = {int((group == g).nonzero()[0]) for g in groups}
+        local = []
+        for index in range(rows.start, rows.stop):
+            if index in first_rows:
+                row = inputs[index - rows.start]
+                prompt_ids = out["prompt_ids"][index - rows.start][out["prompt_mask"][index - rows.start].bool()]
+                prompt = self._tokenizer.decode(prompt_ids, skip_special_tokens=True)
+                image = row.get("image")
+                if image is None and row.get("images"):
+                    image = row["images"][0]
+                local.append((index, prompt, str(row.get(self.answer_column, "")), image))
+        gathered = gather_object(local)
+        if not self.accelerator.is_main_process:
+            return
+        total = ids.shape[0]
+        prompts, answers, images = [""] * total, [""] * total, [None] * total
+        for index, prompt, answer, image in gathered:
+            prompts[index], answers[index], images[index] = prompt, answer, image
+        records = build_group_records(
+            self._tokenizer,
+            train_step=train_step,
+            groups=groups,
+            group=group,
+            response_ids=ids,
+            steps=steps,
+            text_mask=text,
+            entropy=entropy,
+            verified=verified,
+            clips=clips,
+            prompts=prompts,
+            answers=answers,
+            rewards=rewards.tolist(),
+            accuracy=scores.tolist(),
+            images=images,
+            source="trl",
+        )
+        self._echo_tracer.write(train_step, records)
+
+    # ------------------------------------------------------------------------------------------------ loss
+    def _echo_losses(self, model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(TRL's loss, coef * normalised J_echo or None)`` of one micro-batch."""
+        with_echo = "echo_mask" in inputs
+        self._echo_loss_logps = None
+        self._echo_capture_logps = True  # kept in _echo_loss_logps for subclasses that inspect the loss
+        try:
+            loss = super()._compute_loss(model, inputs)
+        finally:
+            self._echo_capture_logps = False
+        if not with_echo:
+            return loss, None
+        total, count = echo_nll(self._echo_loss_logps, inputs["echo_mask"])
+        stats = self.accelerator.reduce(torch.stack([total.detach().float(), count.float()]), reduction="sum")
+        self._metrics["train"]["echo/loss"].append(float(stats[0] / stats[1]) if stats[1] > 0 else math.nan)
+        clip_count = inputs["echo_clip_count"]
+        if clip_count <= 0:
+            return loss, None
+        normaliser = (
+            clip_count
+            / self.accelerator.num_processes
+            * self.current_gradient_accumulation_steps
+            / self.args.steps_per_generation
+        )
+        return loss, self.echo_config.coef * total / normaliser
+
+    def _compute_loss(self, model, inputs):
+        loss, echo = self._echo_losses(model, inputs)
+        return loss if echo is None else loss + echo
