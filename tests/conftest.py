@@ -1,4 +1,15 @@
+import sys
+
 import pytest
+
+
+def pytest_collectreport(report):
+    """The EasyR1 test modules import EasyR1 under a ``vllm`` import stub; as soon as a module is collected, take
+    the stub out again so that libraries probing for vllm (TRL) see that it is not installed."""
+    if "vllm" in sys.modules:
+        from tests.easyr1_stubs import uninstall_vllm_stub
+
+        uninstall_vllm_stub()
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,12 @@ class _Placeholder:
 
 
 def install_vllm_stub() -> None:
-    """Put the stub into ``sys.modules`` unless a real vllm is importable."""
+    """Put the stub into ``sys.modules`` unless a real vllm is importable.
+
+    EasyR1's modules keep the names they import, so the stub is only needed while they are being imported: the
+    test modules install it at import time and ``tests/conftest.py`` takes it out again once collection is over
+    (other libraries, TRL for one, probe ``importlib.util.find_spec("vllm")``, which a stub module breaks).
+    """
     if "vllm" in sys.modules or importlib.util.find_spec("vllm") is not None:
         return
     for name, attrs in VLLM_STUB_MODULES.items():
@@ -50,7 +55,15 @@ def install_vllm_stub() -> None:
                 setattr(module, attr, type(attr, (_Placeholder,), {}))
             else:
                 setattr(module, attr, _Placeholder)
+        module.__echovl_stub__ = True
         sys.modules[name] = module
+
+
+def uninstall_vllm_stub() -> None:
+    """Take the stub (and nothing else) out of ``sys.modules``."""
+    for name in VLLM_STUB_MODULES:
+        if getattr(sys.modules.get(name), "__echovl_stub__", False):
+            del sys.modules[name]
 
 
 def write_vllm_stub(folder: Path) -> Path:
