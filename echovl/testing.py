@@ -140,14 +140,14 @@ def build_tiny_tokenizer(*, vision_tokens: bool = True, vocab_size: int = 1024):
     return tokenizer
 
 
-def _text_config(vocab_size: int, token_ids: dict[str, int]) -> dict:
+def _text_config(vocab_size: int, token_ids: dict[str, int], hidden_size: int = 64, num_heads: int = 4) -> dict:
     return dict(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
         num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads // 2,
         max_position_embeddings=4096,
         rope_theta=1000000.0,
         rms_norm_eps=1e-6,
@@ -169,8 +169,32 @@ def _save_generation_config(path: Path, token_ids: dict[str, int]) -> None:
     ).save_pretrained(path)
 
 
-def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0) -> Path:
-    """Write a tiny random Qwen2.5-VL (hidden 64, 2 layers, depth-2 vision tower) with its processor."""
+def build_tiny_qwen2_5_vl(
+    path: str | Path,
+    *,
+    seed: int = 0,
+    hidden_size: int = 64,
+    num_heads: int = 4,
+    vision_hidden_size: int = 32,
+    mrope_section: list[int] | None = None,
+    min_pixels: int = 28 * 28 * 4,
+    max_pixels: int = 28 * 28 * 16,
+) -> Path:
+    """Write a tiny random Qwen2.5-VL (2 layers, depth-2 vision tower) with its processor.
+
+    The defaults (hidden 64, 4 heads, a 32-wide vision tower) are the test model; wider settings give a model that
+    learns faster (the CPU mini-experiment). ``mrope_section`` (temporal, height, width) must sum to
+    ``hidden_size / num_heads / 2``; by default it is split 1 : 1.5 : 1.5 as in the real Qwen2.5-VL.
+    Images are resized to between ``min_pixels`` and ``max_pixels`` (28 x 28 pixels make one image token).
+    """
+    if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+        raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of an even size")
+    half = hidden_size // num_heads // 2
+    if mrope_section is None:
+        temporal = half // 4
+        mrope_section = [temporal, (half - temporal) // 2, half - temporal - (half - temporal) // 2]
+    if sum(mrope_section) != half:
+        raise ValueError(f"mrope_section {mrope_section} must sum to head_dim / 2 = {half}")
     import torch
     from transformers import (
         Qwen2_5_VLConfig,
@@ -184,22 +208,21 @@ def build_tiny_qwen2_5_vl(path: str | Path, *, seed: int = 0) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tiny_tokenizer(vision_tokens=True)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_SPECIAL_TOKENS}
-    pixels = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
+    pixels = dict(min_pixels=min_pixels, max_pixels=max_pixels)
     processor = Qwen2_5_VLProcessor(
         image_processor=Qwen2VLImageProcessor(**pixels),
         tokenizer=tokenizer,
         video_processor=Qwen2VLVideoProcessor(**pixels),
         chat_template=QWEN_CHAT_TEMPLATE,
     )
-    text = _text_config(len(tokenizer), ids)
-    # head_dim = 64 / 4 = 16: the three mrope sections (temporal, height, width) sum to head_dim / 2
-    text["rope_scaling"] = {"type": "mrope", "rope_type": "default", "mrope_section": [2, 3, 3]}
+    text = _text_config(len(tokenizer), ids, hidden_size=hidden_size, num_heads=num_heads)
+    text["rope_scaling"] = {"type": "mrope", "rope_type": "default", "mrope_section": list(mrope_section)}
     config = Qwen2_5_VLConfig(
         text_config=text,
         vision_config=dict(
             depth=2,
-            hidden_size=32,
-            intermediate_size=64,
+            hidden_size=vision_hidden_size,
+            intermediate_size=2 * vision_hidden_size,
             num_heads=2,
             out_hidden_size=text["hidden_size"],
             patch_size=14,

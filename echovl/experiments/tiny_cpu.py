@@ -123,34 +123,21 @@ class ExperimentSettings:
 def build_model(folder: Path, settings: ExperimentSettings) -> Path:
     """The tiny offline Qwen2.5-VL, widened to ``hidden_size`` with ``attention_heads`` heads (it learns to read the
     digits several times faster than the 64-wide, 4-head test model); pictures of 28 x 28 pixels are one image token."""
-    import torch
-    from transformers import AutoConfig, AutoProcessor, Qwen2_5_VLForConditionalGeneration
-
     from ..testing import build_tiny_qwen2_5_vl
     from .digits import IMAGE_SIZE
 
-    build_tiny_qwen2_5_vl(folder, seed=settings.seed)  # tokenizer, processor, generation config
-    processor = AutoProcessor.from_pretrained(folder)
+    half = settings.hidden_size // settings.attention_heads // 2
     pixels = IMAGE_SIZE * IMAGE_SIZE
-    image_processor = processor.image_processor
-    image_processor.min_pixels, image_processor.max_pixels = pixels, 4 * pixels
-    image_processor.size = {"shortest_edge": pixels, "longest_edge": 4 * pixels}
-    processor.save_pretrained(folder)
-
-    config = AutoConfig.from_pretrained(folder)
-    hidden, heads = settings.hidden_size, settings.attention_heads
-    half = hidden // heads // 2  # M-RoPE sections (temporal, height, width) sum to head_dim / 2
-    sections = [half - 2 * (half // 3), half // 3, half // 3]
-    for section in (config, config.text_config):
-        section.hidden_size, section.intermediate_size = hidden, 2 * hidden
-        section.num_attention_heads, section.num_key_value_heads = heads, heads // 2
-        section.rope_scaling = {"type": "mrope", "rope_type": "default", "mrope_section": sections}
-    vision = config.vision_config
-    vision.hidden_size, vision.intermediate_size = settings.vision_hidden_size, 2 * settings.vision_hidden_size
-    vision.out_hidden_size = hidden
-    torch.manual_seed(settings.seed)
-    Qwen2_5_VLForConditionalGeneration(config).save_pretrained(folder, safe_serialization=True)
-    return folder
+    return build_tiny_qwen2_5_vl(
+        folder,
+        seed=settings.seed,
+        hidden_size=settings.hidden_size,
+        num_heads=settings.attention_heads,
+        vision_hidden_size=settings.vision_hidden_size,
+        mrope_section=[half - 2 * (half // 3), half // 3, half // 3],  # the split the measured runs used
+        min_pixels=pixels,
+        max_pixels=4 * pixels,
+    )
 
 
 def _prompt_messages() -> list[dict]:
