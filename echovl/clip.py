@@ -74,22 +74,20 @@ def _step_sums(
     if num_steps == 0:
         return sums, count
     blocks = row_blocks(batch, length)  # blocks of rows keep the temporaries in cache
-    ones = torch.ones(min(batch, blocks.step) * length, dtype=torch.long, device=entropy.device)
+    ones = torch.ones(min(batch, blocks.step), length, dtype=torch.long, device=entropy.device)
     for start in blocks:
         rows = slice(start, start + blocks.step)
-        counted = _counted(steps[rows], text_mask[rows])
-        block_rows = counted.shape[0]
-        size = block_rows * num_steps
-        # bucket row * S + step for counted tokens, one spare bucket (size) for all the others
-        flat = steps[rows] + torch.arange(0, size, num_steps, device=steps.device).unsqueeze(1)
-        flat = flat.masked_fill_(~counted, size).view(-1)
-        block_count = torch.zeros(size + 1, dtype=torch.long, device=entropy.device)
-        block_count.scatter_add_(0, flat, ones[: flat.numel()])
-        count[rows] = block_count[:size].view(block_rows, num_steps)
+        block_steps = steps[rows]
+        block_rows = block_steps.shape[0]
+        # column = step for counted tokens, one spare column (num_steps) for all the others
+        column = torch.where(_counted(block_steps, text_mask[rows]), block_steps, num_steps)
+        block_count = torch.zeros(block_rows, num_steps + 1, dtype=torch.long, device=entropy.device)
+        block_count.scatter_add_(1, column, ones[:block_rows])
+        count[rows] = block_count[:, :num_steps]
         # float64 sums: a step's mean does not depend on summation order, so equal steps tie exactly
-        block_sums = torch.zeros(size + 1, dtype=torch.float64, device=entropy.device)
-        block_sums.scatter_add_(0, flat, entropy[rows].reshape(-1).double())
-        sums[rows] = block_sums[:size].view(block_rows, num_steps)
+        block_sums = torch.zeros(block_rows, num_steps + 1, dtype=torch.float64, device=entropy.device)
+        block_sums.scatter_add_(1, column, entropy[rows].double())
+        sums[rows] = block_sums[:, :num_steps]
     return sums, count
 
 

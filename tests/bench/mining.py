@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import resource
 import subprocess
@@ -53,12 +54,19 @@ def make_batch(prompts: int, rollouts: int, length: int, seed: int = 0):
 
 
 def _best_of(repeats: int, fn, *args):
-    fn(*args)  # warm-up
+    """Best time of ``repeats`` calls after a warm-up call, with the garbage collector off (as timeit does: the
+    reference loop builds millions of Python objects and a collection in the middle is noise, not its cost)."""
+    fn(*args)
     times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(*args)
-        times.append(time.perf_counter() - start)
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = fn(*args)
+            times.append(time.perf_counter() - start)
+    finally:
+        gc.enable()
     return min(times), result
 
 
@@ -68,12 +76,10 @@ def bench_mining(prompts: int, rollouts: int, length: int, repeats: int) -> dict
     t_steps, steps = _best_of(repeats, step_index, ids, mask, is_delimiter)
     t_mine, clips = _best_of(repeats, mine_echo_clips, entropy, steps, text_mask, verified, group)
 
-    start = time.perf_counter()
-    ref_steps = step_index_ref(ids.tolist(), mask.long().tolist(), is_delimiter.tolist())
-    r_steps = time.perf_counter() - start
-    start = time.perf_counter()
-    expected, _ = mine_ref(entropy.tolist(), ref_steps, text_mask.tolist(), verified.tolist(), group.tolist())
-    r_mine = time.perf_counter() - start
+    r_steps, ref_steps = _best_of(1, lambda: step_index_ref(ids.tolist(), mask.long().tolist(), is_delimiter.tolist()))
+    r_mine, (expected, _) = _best_of(
+        1, lambda: mine_ref(entropy.tolist(), ref_steps, text_mask.tolist(), verified.tolist(), group.tolist())
+    )
 
     assert steps.tolist() == ref_steps, "vectorised and reference steps differ"
     got = dict(zip(clips.group.tolist(), zip(clips.row.tolist(), clips.step.tolist())))
