@@ -62,32 +62,34 @@ def _counted(steps: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _step_sums(
-    entropy: torch.Tensor, steps: torch.Tensor, text_mask: torch.Tensor
+    entropy: torch.Tensor, steps: torch.Tensor, text_mask: torch.Tensor, rows: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (row, step): float64 entropy sum and text-token count, both [B, S]."""
+    """Per (row, step): float64 entropy sum and text-token count, both [B, S]; only for ``rows`` if given (the
+    other rows read as empty steps)."""
     _check_2d("steps", steps, entropy.shape)
     _check_2d("text_mask", text_mask, entropy.shape)
     batch, length = entropy.shape
     num_steps = max(int(steps.max()) + 1, 0) if steps.numel() else 0
-    sums = torch.empty(batch, num_steps, dtype=torch.float64, device=entropy.device)
-    count = torch.empty(batch, num_steps, dtype=torch.long, device=entropy.device)
-    if num_steps == 0:
+    sums = torch.zeros(batch, num_steps, dtype=torch.float64, device=entropy.device)
+    count = torch.zeros(batch, num_steps, dtype=torch.long, device=entropy.device)
+    if rows is None:
+        rows = torch.arange(batch, device=entropy.device)
+    if num_steps == 0 or rows.numel() == 0:
         return sums, count
-    blocks = row_blocks(batch, length)  # blocks of rows keep the temporaries in cache
-    ones = torch.ones(min(batch, blocks.step), length, dtype=torch.long, device=entropy.device)
+    blocks = row_blocks(rows.numel(), length)  # blocks of rows keep the temporaries in cache
+    ones = torch.ones(min(rows.numel(), blocks.step), length, dtype=torch.long, device=entropy.device)
     for start in blocks:
-        rows = slice(start, start + blocks.step)
-        block_steps = steps[rows]
-        block_rows = block_steps.shape[0]
+        block = rows[start : start + blocks.step]
+        block_steps = steps.index_select(0, block)
         # column = step for counted tokens, one spare column (num_steps) for all the others
-        column = torch.where(_counted(block_steps, text_mask[rows]), block_steps, num_steps)
-        block_count = torch.zeros(block_rows, num_steps + 1, dtype=torch.long, device=entropy.device)
-        block_count.scatter_add_(1, column, ones[:block_rows])
-        count[rows] = block_count[:, :num_steps]
+        column = torch.where(_counted(block_steps, text_mask.index_select(0, block)), block_steps, num_steps)
+        block_count = torch.zeros(block.numel(), num_steps + 1, dtype=torch.long, device=entropy.device)
+        block_count.scatter_add_(1, column, ones[: block.numel()])
+        count.index_copy_(0, block, block_count[:, :num_steps])
         # float64 sums: a step's mean does not depend on summation order, so equal steps tie exactly
-        block_sums = torch.zeros(block_rows, num_steps + 1, dtype=torch.float64, device=entropy.device)
-        block_sums.scatter_add_(1, column, entropy[rows].double())
-        sums[rows] = block_sums[:, :num_steps]
+        block_sums = torch.zeros(block.numel(), num_steps + 1, dtype=torch.float64, device=entropy.device)
+        block_sums.scatter_add_(1, column, entropy.index_select(0, block).double())
+        sums.index_copy_(0, block, block_sums[:, :num_steps])
     return sums, count
 
 
@@ -167,15 +169,15 @@ def mine_echo_clips(
     steps = steps.to(device)
     text_mask = text_mask.to(device).bool()
 
-    sums, count = _step_sums(entropy, steps, text_mask)
-    mean = sums / count
-    num_steps = mean.shape[1]
     groups, row_group = _group_index(group)
     num_groups = groups.numel()
-
     row_ok = verified
     if scope == "degenerate":
         row_ok = row_ok & _all_per_group(verified, row_group, num_groups)[row_group]
+    # only the rows that can hold a clip need their step entropies
+    sums, count = _step_sums(entropy, steps, text_mask, rows=row_ok.nonzero().flatten())
+    mean = sums / count
+    num_steps = mean.shape[1]
     eligible = row_ok.unsqueeze(1) & (count >= min_step_tokens) & torch.isfinite(mean)
 
     # per group: max entropy over eligible (row, step), then the lowest flat index (row-major) among ties
