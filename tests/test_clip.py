@@ -53,6 +53,19 @@ def test_step_entropy_uses_text_tokens_only():
     assert clips.length.tolist() == [2]
 
 
+def test_non_finite_entropy_outside_counted_tokens_is_ignored():
+    # NaN / inf on a vision token and on padding must not reach any step's mean
+    clips = _mine(
+        entropy=[[2.0, float("nan"), 1.0, float("inf")], [0.5, float("-inf"), 0.5, float("nan")]],
+        steps=[[0, 0, 1, -1], [0, -1, 1, -1]],
+        text_mask=[[True, False, True, False], [True, True, True, False]],
+        group=[0, 1],
+    )
+    assert clips.row.tolist() == [0, 1] and clips.step.tolist() == [0, 0]
+    assert clips.step_entropy.tolist() == [2.0, 0.5]
+    assert clips.length.tolist() == [1, 1]
+
+
 def test_min_step_tokens():
     kwargs = dict(entropy=[[5.0, 1.0, 1.0, 2.0]], steps=[[0, 1, 1, 1]])
     assert _mine(**kwargs).step.tolist() == [0]
