@@ -149,9 +149,8 @@ def _block_steps(ids: torch.Tensor, valid: torch.Tensor, table: torch.Tensor, ou
         next_valid = torch.cat([next_valid[:, 1:], next_valid.new_full((batch, 1), length)], dim=1)
         next_is_delim = torch.gather(torch.cat([delim, delim.new_zeros(batch, 1)], dim=1), 1, next_valid)
         starts[:, 1:] = (delim & ~next_is_delim)[:, :-1]
-    steps = torch.cumsum(starts, dim=1, dtype=torch.int32)
-    steps.masked_fill_(~valid, -1)
-    out.copy_(steps)
+    torch.cumsum(starts, dim=1, dtype=out.dtype, out=out)
+    out.masked_fill_(~valid, -1)
 
 
 def step_index(
