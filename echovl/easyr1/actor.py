@@ -166,7 +166,8 @@ class EchoActor(DataParallelPPOActor):
                 dist.all_reduce(total_response_tokens, op=dist.ReduceOp.SUM)
                 total_clips = mini_batch.batch[ECHO_MASK].any(dim=-1).sum()  # echo: clips of the mini-batch, all ranks
                 dist.all_reduce(total_clips, op=dist.ReduceOp.SUM)
-                echo_sum = 0.0
+                with_echo = bool(total_clips > 0)  # the one host sync echo adds, per mini-batch
+                echo_sum = torch.zeros((), device=total_clips.device)
 
                 if self.config.dynamic_batching:
                     max_input_len = mini_batch.batch["input_ids"].size(-1)
@@ -182,19 +183,20 @@ class EchoActor(DataParallelPPOActor):
                     model_inputs = {**micro_batch.batch, **micro_batch.non_tensor_batch}
                     response_mask = model_inputs["response_mask"]
                     log_probs = self._forward_micro_batch(model_inputs, temperature=temperature)
-                    loss, batch_metrics = self._rl_loss(model_inputs, log_probs, metrics)
+                    loss, pg_loss, pg_metrics = self._rl_loss(model_inputs, log_probs, metrics)
                     loss = loss * torch.sum(response_mask) * self.world_size / total_response_tokens
-
-                    echo_total, echo_count = echo_nll(log_probs, model_inputs[ECHO_MASK])
-                    if echo_count > 0:  # echo: mean NLL per clip, normalised by the global clip count
+                    if with_echo:  # mean NLL per clip, normalised by the global clip count (0 without clip tokens)
+                        echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
                         loss = loss + self.echo.coef * echo_total * self.world_size / total_clips
-                        echo_sum += echo_total.item()
+                        echo_sum = echo_sum + echo_total.detach()
 
                     loss.backward()
+                    batch_metrics = {f"actor/{k}": v for k, v in pg_metrics.items()}
+                    batch_metrics["actor/pg_loss"] = pg_loss.detach().item()  # after backward, as EasyR1 does
                     append_to_dict(metrics, batch_metrics)
 
-                if total_clips > 0:  # this rank's share of J_echo; the driver's mean over ranks is J_echo
-                    metrics["echo/loss"].append(echo_sum * self.world_size / total_clips.item())
+                if with_echo:  # this rank's share of J_echo; the driver's mean over ranks is J_echo
+                    metrics["echo/loss"].append(echo_sum.item() * self.world_size / total_clips.item())
 
                 grad_norm = self._optimizer_step()
                 append_to_dict(metrics, {"actor/grad_norm": grad_norm.detach().item()})
@@ -203,8 +205,8 @@ class EchoActor(DataParallelPPOActor):
 
     def _rl_loss(
         self, model_inputs: dict[str, Any], log_probs: torch.Tensor, metrics: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, Any]]:
-        """EasyR1's per-micro-batch PG (+ KL) loss, unscaled, and its per-micro-batch metrics."""
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """EasyR1's per-micro-batch PG (+ KL) loss, unscaled, the PG loss alone and EasyR1's PG metrics."""
         response_mask = model_inputs["response_mask"]
         pg_loss, pg_metrics = compute_policy_loss(
             old_log_probs=model_inputs["old_log_probs"],
@@ -230,9 +232,7 @@ class EchoActor(DataParallelPPOActor):
         else:
             loss = pg_loss
 
-        batch_metrics = {f"actor/{k}": v for k, v in pg_metrics.items()}
-        batch_metrics["actor/pg_loss"] = pg_loss.detach().item()
-        return loss, batch_metrics
+        return loss, pg_loss, pg_metrics
 
 
 def split_log_probs_and_entropy(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -341,7 +341,24 @@ def bench_update(args, folder: Path) -> dict:
     times = interleaved(
         lambda: vanilla.update_policy(batch), lambda: echo.update_policy(batch), args.device, args.repeats
     )
-    return summary("update", *times)
+    result = summary("update", *times)
+    if args.device == "cuda":
+        base_gpu = gpu_kernel_seconds(lambda: vanilla.update_policy(batch))
+        echo_gpu = gpu_kernel_seconds(lambda: echo.update_policy(batch))
+        result.update(gpu_kernel_s=base_gpu, gpu_kernel_echo_s=echo_gpu, gpu_kernel_ratio=echo_gpu / base_gpu)
+    return result
+
+
+def gpu_kernel_seconds(fn) -> float:
+    """Total time of the GPU kernels one call launches (torch.profiler): the device work itself, free of the
+    host-side jitter (allocator, Python) that dominates wall-clock spread on a shared machine."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(event.self_device_time_total for event in prof.key_averages()) / 1e6
 
 
 def main() -> None:
@@ -391,6 +408,11 @@ def main() -> None:
             result = bench_update(args, folder)
             print("update_policy with echo vs without:", json.dumps(result, indent=1))
             print(f"  time ratio {result['time_ratio']:.3f} (target <= 1.02)")
+            if "gpu_kernel_ratio" in result:
+                print(
+                    f"  GPU kernel time {result['gpu_kernel_s']:.3f} s vs {result['gpu_kernel_echo_s']:.3f} s with echo: "
+                    f"ratio {result['gpu_kernel_ratio']:.4f}"
+                )
 
 
 if __name__ == "__main__":
