@@ -15,6 +15,7 @@ from echovl.demo.live import (
     sample_group,
 )
 from echovl.reward.math import grade
+from echovl.steps import vision_table
 from echovl.testing import tiny_image
 from tests.demo_support import demo_model_once
 
@@ -26,7 +27,7 @@ def demo_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_vl(tiny_vl_dir):
-    return load_model(str(tiny_vl_dir))
+    return load_model(str(tiny_vl_dir), device="cpu")  # fp32: compared with a float64 reference
 
 
 def test_parse_delimiters():
@@ -116,10 +117,11 @@ def _reference_entropy(loaded, sampled, image, request):
         ids = torch.cat([prompt, sampled.response[row, :length]]).unsqueeze(0)
         with torch.no_grad():
             logits = loaded.model(input_ids=ids, **extra).logits[0].double() / request.temperature
+        logits[:, vision_table(loaded.tokenizer).nonzero().flatten()] = -torch.inf  # never sampled
         # the token at position p is predicted by the logits at p - 1
         predicting = logits[len(prompt) - 1 : len(prompt) - 1 + length]
         p = predicting.softmax(-1)
-        out[row, :length] = -(p * predicting.log_softmax(-1)).sum(-1).float()
+        out[row, :length] = -torch.where(p > 0, p * predicting.log_softmax(-1), 0).sum(-1).float()
     return out
 
 
@@ -148,6 +150,26 @@ def test_sample_group_entropy_mask_and_texts(tiny_vl):
     hotter = LiveRequest("Find angle C.", "70", num_rollouts=3, temperature=1.5, max_new_tokens=24, seed=3)
     hotter.validate()
     assert float(sample_group(tiny_vl, hotter, image).entropy.max()) > float(sampled.entropy.max())
+
+
+def test_vision_placeholders_are_never_sampled(tiny_vl_dir):
+    # a policy that would rather write <|image_pad|> than anything else: sampling one would make the entropy
+    # forward read it as an image slot and fail (seen on a GPU in bf16)
+    loaded = load_model(str(tiny_vl_dir), device="cpu")
+    vision_ids = vision_table(loaded.tokenizer).nonzero().flatten()
+    pad_id = loaded.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert pad_id in vision_ids.tolist()
+
+    def favour_image_pad(module, args, output):
+        output[..., pad_id] += 30.0
+        return output
+
+    loaded.model.get_output_embeddings().register_forward_hook(favour_image_pad)
+    request = LiveRequest("Find x.", "1", num_rollouts=2, temperature=1.0, max_new_tokens=8, seed=0)
+    request.validate()
+    sampled = sample_group(loaded, request, tiny_image(0))
+    assert not torch.isin(sampled.response[sampled.mask.bool()], vision_ids).any()
+    assert bool(torch.isfinite(sampled.entropy).all()) and float(sampled.entropy[sampled.mask.bool()].min()) > 0
 
 
 def test_random_model_group_is_all_wrong_without_clip(tiny_vl):

@@ -42,7 +42,7 @@ def grpo_config(output_dir, **overrides):
 
     values = dict(
         output_dir=str(output_dir),
-        use_cpu=True,
+        use_cpu=os.environ.get("ECHOVL_TEST_DEVICE", "cpu") == "cpu",  # ECHOVL_TEST_DEVICE=cuda: TRL's accelerator
         bf16=False,
         fp16=False,
         per_device_train_batch_size=8,

@@ -25,7 +25,7 @@ import torch
 from ..clip import mine_echo_clips
 from ..entropy import token_entropy
 from ..reward.math import grade
-from ..steps import delimiter_table, special_table, step_index, text_mask
+from ..steps import delimiter_table, special_table, step_index, text_mask, vision_table
 from ..traces import build_group_records
 from .examples import FORMAT_INSTRUCTION, format_question
 
@@ -309,6 +309,12 @@ def _progress_processor(progress: Progress, total: int):
     return _Report()
 
 
+def _vision_ids(loaded: LoadedModel) -> list[int]:
+    """Vision placeholder tokens (``<|image_pad|>``, ...): never sampled, since a forward over a response holding
+    one would read it as an image slot (and fail: more slots than image features)."""
+    return vision_table(loaded.tokenizer).nonzero().flatten().tolist()
+
+
 def _sample(loaded: LoadedModel, inputs: dict, request: LiveRequest, progress: Progress) -> tuple:
     """Response ids [G, T] (pad after the end) and the response mask [G, T] (eos included)."""
     from transformers import GenerationConfig, LogitsProcessorList
@@ -316,8 +322,10 @@ def _sample(loaded: LoadedModel, inputs: dict, request: LiveRequest, progress: P
     tokenizer = loaded.tokenizer
     eos = sorted(_eos_ids(loaded))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    # plain softmax(logits / T) sampling, whatever the model's own generation defaults (top-k, top-p, penalties)
+    # plain softmax(logits / T) sampling, whatever the model's own generation defaults (top-k, top-p, penalties),
+    # over the text vocabulary (vision placeholders suppressed; the entropy below uses the same distribution)
     config = GenerationConfig(
+        suppress_tokens=_vision_ids(loaded) or None,
         do_sample=True,
         temperature=request.temperature,
         top_k=0,
@@ -352,6 +360,7 @@ def _entropy(loaded: LoadedModel, inputs: dict, response, mask, temperature: flo
     prompt = inputs["input_ids"][0]
     entropy = torch.zeros(response.shape, dtype=torch.float32)
     lengths = mask.sum(dim=1).tolist()
+    suppressed = _vision_ids(loaded)
     with torch.inference_mode():
         for row, length in enumerate(lengths):
             progress(0.65 + 0.3 * row / len(lengths), desc=f"entropy: rollout {row + 1}/{len(lengths)}")
@@ -359,8 +368,9 @@ def _entropy(loaded: LoadedModel, inputs: dict, response, mask, temperature: flo
             kwargs = {"logits_to_keep": length + 1} if keep else {}
             logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra, **kwargs).logits[0]
             # the logits at position p predict token p + 1: the response tokens are predicted from prompt_len - 1
-            logits = logits[-(length + 1) : -1]
-            entropy[row, :length] = token_entropy(logits.float() / temperature).cpu()
+            logits = logits[-(length + 1) : -1].float()
+            logits[:, [i for i in suppressed if i < logits.shape[-1]]] = -torch.inf  # as sampled
+            entropy[row, :length] = token_entropy(logits / temperature).cpu()
     return entropy
 
 
