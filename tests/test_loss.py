@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from echovl.loss import echo_nll
@@ -37,7 +37,7 @@ def test_shape_mismatch_is_an_error():
         echo_nll(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a busy CI machine
 @given(st.data())
 def test_matches_reference(data):
     batch, length = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 8))
