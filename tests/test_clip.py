@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from echovl.clip import group_outcomes, mine_echo_clips, step_entropies
@@ -176,13 +176,25 @@ def mining_cases(draw):
     return entropy, steps, text_mask, verified, group, min_tokens, scope
 
 
+@example(
+    (
+        [[0.0] * 4 + [0.1] * 4],
+        [[0, 0, 0, 0, 1, 2, 2, 2]],
+        [[True] * 8],
+        [True],
+        [0],
+        1,
+        "all",
+    )
+)
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])  # a busy CI machine
 @given(mining_cases())
 def test_matches_reference(case):
     entropy, steps, text_mask, verified, group, min_tokens, scope = case
-    expected, expected_mask = mine_ref(entropy, steps, text_mask, verified, group, min_tokens, scope)
+    entropy = torch.tensor(entropy, dtype=torch.float32)  # both sides see the same (float32) values
+    expected, expected_mask = mine_ref(entropy.tolist(), steps, text_mask, verified, group, min_tokens, scope)
     clips = mine_echo_clips(
-        torch.tensor(entropy, dtype=torch.float32),
+        entropy,
         torch.tensor(steps),
         torch.tensor(text_mask),
         torch.tensor(verified),
