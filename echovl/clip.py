@@ -80,10 +80,10 @@ def _step_sums(
         return sums, count
     # Each (row, step) gets _LANES accumulators, token t adding to lane t % _LANES: neighbouring tokens (mostly the
     # same step) then go to different bins, which breaks the add-after-add chain through one memory cell that makes
-    # a plain scatter-add latency-bound (about 3x faster on CPU). Bins are [row, lane, 1 + step]; column 0 takes
-    # every token that does not count (outside the response, or not text) and is dropped, so whatever value such
-    # a token holds (even NaN) never reaches a step. Plain arithmetic instead of where/masked_fill: on CPU those
-    # are several times slower than a multiply.
+    # a plain scatter-add latency-bound (the lanes make it about 3x faster on CPU). Bins are [row, lane, 1 + step];
+    # column 0 takes every token that does not count (outside the response, or not text) and is dropped, so
+    # whatever value such a token holds (even NaN) never reaches a step. Plain arithmetic instead of
+    # where/masked_fill: on CPU those are several times slower than a multiply.
     blocks = row_blocks(rows.numel(), length)  # blocks of rows keep the temporaries in cache
     columns = num_steps + 1
     width = _LANES * columns  # bins per row

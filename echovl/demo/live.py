@@ -197,6 +197,13 @@ class LoadedModel:
             self.tables["special"] = special_table(self.tokenizer)
         return self.tables["special"]
 
+    def vision_ids(self) -> list[int]:
+        """Vision placeholder tokens (``<|image_pad|>``, ...): never sampled, since a forward over a response
+        holding one would read it as an image slot (and fail: more slots than image features)."""
+        if "vision_ids" not in self.tables:
+            self.tables["vision_ids"] = vision_table(self.tokenizer).nonzero().flatten().tolist()
+        return self.tables["vision_ids"]
+
 
 def load_model(path: str, *, device: str | torch.device | None = None) -> LoadedModel:
     """Load a Qwen2.5-VL / Qwen2-VL (any ``AutoModelForImageTextToText``) or a causal LM, detected by config."""
@@ -309,12 +316,6 @@ def _progress_processor(progress: Progress, total: int):
     return _Report()
 
 
-def _vision_ids(loaded: LoadedModel) -> list[int]:
-    """Vision placeholder tokens (``<|image_pad|>``, ...): never sampled, since a forward over a response holding
-    one would read it as an image slot (and fail: more slots than image features)."""
-    return vision_table(loaded.tokenizer).nonzero().flatten().tolist()
-
-
 def _sample(loaded: LoadedModel, inputs: dict, request: LiveRequest, progress: Progress) -> tuple:
     """Response ids [G, T] (pad after the end) and the response mask [G, T] (eos included)."""
     from transformers import GenerationConfig, LogitsProcessorList
@@ -325,7 +326,7 @@ def _sample(loaded: LoadedModel, inputs: dict, request: LiveRequest, progress: P
     # plain softmax(logits / T) sampling, whatever the model's own generation defaults (top-k, top-p, penalties),
     # over the text vocabulary (vision placeholders suppressed; the entropy below uses the same distribution)
     config = GenerationConfig(
-        suppress_tokens=_vision_ids(loaded) or None,
+        suppress_tokens=loaded.vision_ids() or None,
         do_sample=True,
         temperature=request.temperature,
         top_k=0,
@@ -360,7 +361,7 @@ def _entropy(loaded: LoadedModel, inputs: dict, response, mask, temperature: flo
     prompt = inputs["input_ids"][0]
     entropy = torch.zeros(response.shape, dtype=torch.float32)
     lengths = mask.sum(dim=1).tolist()
-    suppressed = _vision_ids(loaded)
+    suppressed = loaded.vision_ids()
     with torch.inference_mode():
         for row, length in enumerate(lengths):
             progress(0.65 + 0.3 * row / len(lengths), desc=f"entropy: rollout {row + 1}/{len(lengths)}")
