@@ -62,50 +62,77 @@ def _counted(steps: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     return text_mask.bool() & (steps >= 0)
 
 
+def _text_extents(text_mask: torch.Tensor) -> torch.Tensor:
+    """[B] a bound on each row's tokens that can count: every text token of row ``b`` is before
+    ``extent[b]`` (a multiple of 64, at most T). Rows are right-padded, so this skips their padding.
+
+    Reads the bool mask as 64-bit words: a byte of a bool tensor is 0 or 1, so a sum of 8 words has no carry
+    between bytes and is zero exactly when the 64 tokens it covers are all False.
+    """
+    batch, length = text_mask.shape
+    chunks = -(-length // 64)
+    padded = text_mask
+    if length != chunks * 64:
+        padded = torch.zeros(batch, chunks * 64, dtype=torch.bool, device=text_mask.device)
+        padded[:, :length] = text_mask
+    words = padded.contiguous().view(torch.int64).view(batch, chunks, 8).sum(dim=-1)
+    any_text, last_from_end = (words != 0).view(torch.uint8).flip(1).max(dim=1)
+    return ((chunks - last_from_end) * any_text * 64).clamp_(max=length)
+
+
 def _step_sums(
     entropy: torch.Tensor, steps: torch.Tensor, text_mask: torch.Tensor, rows: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (row, step): float64 entropy sum and text-token count, both [B, S]; only for ``rows`` if given (the
-    other rows read as empty steps)."""
+    """Per (row, step): float64 entropy sum and text-token count, both [R, S] for the R ``rows`` (default:
+    all rows, in order); S is the number of steps of the longest row of the batch."""
     _check_2d("steps", steps, entropy.shape)
     _check_2d("text_mask", text_mask, entropy.shape)
     batch, length = entropy.shape
+    device = entropy.device
     text_mask = text_mask.bool()
-    num_steps = max(int(steps.max()) + 1, 0) if steps.numel() else 0
-    sums = torch.zeros(batch, num_steps, dtype=torch.float64, device=entropy.device)
-    count = torch.zeros(batch, num_steps, dtype=torch.long, device=entropy.device)
     if rows is None:
-        rows = torch.arange(batch, device=entropy.device)
+        rows = torch.arange(batch, device=device)
+    num_steps = max(int(steps.max()) + 1, 0) if steps.numel() else 0
+    sums = torch.zeros(rows.numel(), num_steps, dtype=torch.float64, device=device)
+    count = torch.zeros(rows.numel(), num_steps, dtype=torch.long, device=device)
     if num_steps == 0 or rows.numel() == 0:
         return sums, count
+    # Blocks of rows keep the temporaries in cache. Rows go longest first, so that a block's rows have about
+    # the same length and the block stops at its longest row's last text token (the rest is padding).
+    extent = _text_extents(text_mask).index_select(0, rows)
+    extent, order = torch.sort(extent, descending=True, stable=True)
+    per_block = row_blocks(rows.numel(), length).step
+    block_extents = extent[::per_block].tolist()
     # Each (row, step) gets _LANES accumulators, token t adding to lane t % _LANES: neighbouring tokens (mostly the
     # same step) then go to different bins, which breaks the add-after-add chain through one memory cell that makes
     # a plain scatter-add latency-bound (the lanes make it about 3x faster on CPU). Bins are [row, lane, 1 + step];
     # column 0 takes every token that does not count (outside the response, or not text) and is dropped, so
     # whatever value such a token holds (even NaN) never reaches a step. Plain arithmetic instead of
     # where/masked_fill: on CPU those are several times slower than a multiply.
-    blocks = row_blocks(rows.numel(), length)  # blocks of rows keep the temporaries in cache
     columns = num_steps + 1
     width = _LANES * columns  # bins per row
-    lanes = torch.arange(length, device=entropy.device) % _LANES
-    rows_in_block = min(rows.numel(), blocks.step)
-    offset = torch.arange(rows_in_block, device=entropy.device).unsqueeze(1) * width + (lanes * columns).unsqueeze(0)
-    ones = torch.ones(rows_in_block * length, dtype=torch.long, device=entropy.device)
-    for start in blocks:
-        block = rows[start : start + blocks.step]
+    lanes = torch.arange(length, device=device) % _LANES
+    rows_in_block = min(rows.numel(), per_block)
+    offset = torch.arange(rows_in_block, device=device).unsqueeze(1) * width + (lanes * columns).unsqueeze(0)
+    ones = torch.ones(rows_in_block * length, dtype=torch.long, device=device)
+    for start, end in zip(range(0, rows.numel(), per_block), block_extents):
+        if end == 0:  # this block and the ones after it have no text token
+            break
+        place = order[start : start + per_block]  # positions in ``rows``
+        block = rows.index_select(0, place)
         n = block.numel()
         # 1 + step for counted tokens, 0 for the others; then the bin
-        text = text_mask.index_select(0, block).long()  # (an explicit cast: mul_ by a bool tensor casts slowly)
-        flat = steps.index_select(0, block).add_(1).clamp_(min=0).mul_(text)
-        flat = flat.add_(offset[:n]).view(-1)
-        block_count = torch.zeros(n * width, dtype=torch.long, device=entropy.device)
+        text = text_mask[:, :end].index_select(0, block).long()  # (mul_ by a bool tensor casts slowly)
+        flat = steps[:, :end].index_select(0, block).add_(1).clamp_(min=0).mul_(text)
+        flat = flat.add_(offset[:n, :end]).view(-1)
+        block_count = torch.zeros(n * width, dtype=torch.long, device=device)
         block_count.scatter_add_(0, flat, ones[: flat.numel()])
-        count.index_copy_(0, block, block_count.view(n, _LANES, columns).sum(dim=1)[:, 1:])
+        count.index_copy_(0, place, block_count.view(n, _LANES, columns).sum(dim=1)[:, 1:])
         # float64: the sum of a step's float32 values is exact unless they span a huge range, so it does not depend
         # on the order (or lanes) of the additions, and equal steps tie exactly
-        block_sums = torch.zeros(n * width, dtype=torch.float64, device=entropy.device)
-        block_sums.scatter_add_(0, flat, entropy.index_select(0, block).view(-1).double())
-        sums.index_copy_(0, block, block_sums.view(n, _LANES, columns).sum(dim=1)[:, 1:])
+        block_sums = torch.zeros(n * width, dtype=torch.float64, device=device)
+        block_sums.scatter_add_(0, flat, entropy[:, :end].index_select(0, block).view(-1).double())
+        sums.index_copy_(0, place, block_sums.view(n, _LANES, columns).sum(dim=1)[:, 1:])
     return sums, count
 
 
@@ -190,28 +217,33 @@ def mine_echo_clips(
     row_ok = verified
     if scope == "degenerate":
         row_ok = row_ok & _all_per_group(verified, row_group, num_groups)[row_group]
-    # only the rows that can hold a clip need their step entropies
-    sums, count = _step_sums(entropy, steps, text_mask, rows=row_ok.nonzero().flatten())
-    mean = sums / count
-    num_steps = mean.shape[1]
-    eligible = row_ok.unsqueeze(1) & (count >= min_step_tokens) & torch.isfinite(mean)
-
-    # per group: max entropy over eligible (row, step), then the lowest flat index (row-major) among ties
-    flat_group = row_group.repeat_interleave(num_steps)
-    flat_eligible = eligible.flatten()
-    score = torch.where(flat_eligible, mean.flatten(), -torch.inf)
-    best = torch.full((num_groups,), -torch.inf, dtype=score.dtype, device=device)
-    best = best.scatter_reduce(0, flat_group, score, reduce="amax")
-    flat_index = torch.arange(batch * num_steps, device=device)
-    candidate = flat_eligible & (score == best[flat_group])
-    sentinel = batch * num_steps
+    # only the rows that can hold a clip (ascending) need their step entropies
+    ok_rows = row_ok.nonzero().flatten()
+    sums, count = _step_sums(entropy, steps, text_mask, rows=ok_rows)
+    score = sums / count  # the step means; NaN where a step has no text token
+    if min_step_tokens > 1:
+        score.masked_fill_(count < min_step_tokens, torch.nan)
+    score.nan_to_num_(nan=-torch.inf, posinf=-torch.inf)  # ineligible: no (or too few) tokens, not finite
+    # per row: the best step (max returns the first, i.e. earliest, of tied maxima); then per group: the best
+    # row, the lowest of tied ones
+    if score.shape[1]:
+        best, best_step = score.max(dim=1)
+    else:
+        best = score.new_full((ok_rows.numel(),), -torch.inf)
+        best_step = torch.zeros(ok_rows.numel(), dtype=torch.long, device=device)
+    ok_group = row_group.index_select(0, ok_rows)
+    group_best = torch.full((num_groups,), -torch.inf, dtype=best.dtype, device=device)
+    group_best = group_best.scatter_reduce(0, ok_group, best, reduce="amax")
+    candidate = (best > -torch.inf) & (best == group_best[ok_group])
+    sentinel = ok_rows.numel()
+    position = torch.arange(sentinel, device=device).masked_fill_(~candidate, sentinel)
     first = torch.full((num_groups,), sentinel, dtype=torch.long, device=device)
-    first = first.scatter_reduce(0, flat_group, torch.where(candidate, flat_index, sentinel), reduce="amin")
+    first = first.scatter_reduce(0, ok_group, position, reduce="amin")
 
     mined = first < sentinel
-    chosen = first[mined]
-    row = torch.div(chosen, num_steps, rounding_mode="floor") if num_steps else chosen
-    step = chosen - row * num_steps
+    pick = first[mined]
+    row = ok_rows.index_select(0, pick)
+    step = best_step.index_select(0, pick)
 
     mask = torch.zeros_like(text_mask)  # only the chosen rows are touched
     chosen_steps = steps.index_select(0, row)
@@ -224,6 +256,6 @@ def mine_echo_clips(
         group=groups[mined],
         row=row,
         step=step,
-        step_entropy=mean[row, step].to(out_dtype),
+        step_entropy=best.index_select(0, pick).to(out_dtype),
         length=clip_mask.sum(dim=1),
     )

@@ -1,9 +1,12 @@
+from unittest import mock
+
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from echovl.clip import group_outcomes, mine_echo_clips, step_entropies
+import echovl.steps
+from echovl.clip import SCOPES, _text_extents, group_outcomes, mine_echo_clips, step_entropies
 from tests.reference import mine_ref
 
 
@@ -236,3 +239,53 @@ def test_mining_with_real_steps_from_step_index():
     assert clips.row.tolist() == [1, 0] and clips.step.tolist() == [0, 1]
     assert clips.mask[0].tolist() == [False, True, True, True, True, True, False]
     assert clips.mask[1].tolist() == [True, True, True, False, False, False, False]
+
+
+@st.composite
+def long_row_cases(draw):
+    """Rows of up to 300 tokens, right padding of any length, text tokens also in the padding (they never
+    count), and steps that need not rise: what the block and padding logic sees on real batches and more."""
+    batch = draw(st.integers(1, 10))
+    length = draw(st.integers(1, 300))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, length + 1, (batch,), generator=g)
+    valid = torch.arange(length).unsqueeze(0) < lengths.unsqueeze(1)
+    if draw(st.booleans()):  # as step_index makes them
+        steps = torch.cumsum(torch.rand(batch, length, generator=g) < 0.1, dim=1)
+    else:  # any order
+        steps = torch.randint(0, 6, (batch, length), generator=g)
+    steps = torch.where(valid, steps, -1)
+    text_mask = torch.rand(batch, length, generator=g) < draw(st.sampled_from([0.0, 0.5, 0.95, 1.0]))
+    entropy = torch.randint(0, 4, (batch, length), generator=g).float() / 2  # small values: many ties
+    verified = torch.rand(batch, generator=g) < 0.7
+    group = torch.randint(0, 3, (batch,), generator=g)
+    return entropy, steps, text_mask, verified, group, draw(st.integers(1, 3)), draw(st.sampled_from(SCOPES))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(long_row_cases(), st.sampled_from([64, 300, 1 << 17]))
+def test_matches_reference_on_long_rows_in_small_blocks(case, chunk_elements):
+    entropy, steps, text_mask, verified, group, min_tokens, scope = case
+    expected, expected_mask = mine_ref(
+        entropy.tolist(), steps.tolist(), text_mask.tolist(), verified.tolist(), group.tolist(), min_tokens, scope
+    )
+    with mock.patch.object(echovl.steps, "_CHUNK_ELEMENTS", chunk_elements):  # blocks of one row and more
+        clips = mine_echo_clips(entropy, steps, text_mask, verified, group, min_step_tokens=min_tokens, scope=scope)
+    got = dict(zip(clips.group.tolist(), zip(clips.row.tolist(), clips.step.tolist(), clips.length.tolist())))
+    assert got == {g: (row, step, length) for g, (row, step, _, length) in expected.items()}
+    assert clips.mask.tolist() == expected_mask
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 130])
+def test_text_extents_bound_the_last_text_token(length):
+    g = torch.Generator().manual_seed(length)
+    text_mask = torch.rand(40, length, generator=g) < 0.05
+    text_mask[0] = False
+    text_mask[1, -1] = True
+    extent = _text_extents(text_mask)
+    positions = torch.arange(length)
+    last = torch.where(text_mask, positions + 1, 0).amax(dim=1)
+    assert (extent >= last).all() and (extent <= length).all()
+    assert (extent - last < 64).all()  # 64-token granularity: it skips the padding
+    assert extent[0] == 0 and extent[1] == length
