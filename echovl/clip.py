@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .steps import row_blocks
+from .steps import row_blocks, row_extents
 
 __all__ = ["SCOPES", "EchoClips", "GroupOutcomes", "group_outcomes", "mine_echo_clips", "step_entropies"]
 
@@ -62,24 +62,6 @@ def _counted(steps: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
     return text_mask.bool() & (steps >= 0)
 
 
-def _text_extents(text_mask: torch.Tensor) -> torch.Tensor:
-    """[B] a bound on each row's tokens that can count: every text token of row ``b`` is before
-    ``extent[b]`` (a multiple of 64, at most T). Rows are right-padded, so this skips their padding.
-
-    Reads the bool mask as 64-bit words: a byte of a bool tensor is 0 or 1, so a sum of 8 words has no carry
-    between bytes and is zero exactly when the 64 tokens it covers are all False.
-    """
-    batch, length = text_mask.shape
-    chunks = -(-length // 64)
-    padded = text_mask
-    if length != chunks * 64:
-        padded = torch.zeros(batch, chunks * 64, dtype=torch.bool, device=text_mask.device)
-        padded[:, :length] = text_mask
-    words = padded.contiguous().view(torch.int64).view(batch, chunks, 8).sum(dim=-1)
-    any_text, last_from_end = (words != 0).view(torch.uint8).flip(1).max(dim=1)
-    return ((chunks - last_from_end) * any_text * 64).clamp_(max=length)
-
-
 def _step_sums(
     entropy: torch.Tensor, steps: torch.Tensor, text_mask: torch.Tensor, rows: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,14 +74,15 @@ def _step_sums(
     text_mask = text_mask.bool()
     if rows is None:
         rows = torch.arange(batch, device=device)
-    num_steps = max(int(steps.max()) + 1, 0) if steps.numel() else 0
+    low, high = (int(v) for v in torch.aminmax(steps)) if steps.numel() else (0, -1)
+    num_steps = max(high + 1, 0)
     sums = torch.zeros(rows.numel(), num_steps, dtype=torch.float64, device=device)
     count = torch.zeros(rows.numel(), num_steps, dtype=torch.long, device=device)
     if num_steps == 0 or rows.numel() == 0:
         return sums, count
     # Blocks of rows keep the temporaries in cache. Rows go longest first, so that a block's rows have about
     # the same length and the block stops at its longest row's last text token (the rest is padding).
-    extent = _text_extents(text_mask).index_select(0, rows)
+    extent = row_extents(text_mask).index_select(0, rows)
     extent, order = torch.sort(extent, descending=True, stable=True)
     per_block = row_blocks(rows.numel(), length).step
     block_extents = extent[::per_block].tolist()
@@ -113,7 +96,11 @@ def _step_sums(
     width = _LANES * columns  # bins per row
     lanes = torch.arange(length, device=device) % _LANES
     rows_in_block = min(rows.numel(), per_block)
+    # the bin arithmetic runs in int32 (about twice as fast on CPU) whenever every value fits
+    fits_int32 = rows_in_block * width < 2**31 and low >= -(2**31)
+    index_dtype = torch.int32 if fits_int32 else torch.long
     offset = torch.arange(rows_in_block, device=device).unsqueeze(1) * width + (lanes * columns).unsqueeze(0)
+    offset = offset.to(index_dtype)
     ones = torch.ones(rows_in_block * length, dtype=torch.long, device=device)
     for start, end in zip(range(0, rows.numel(), per_block), block_extents):
         if end == 0:  # this block and the ones after it have no text token
@@ -122,9 +109,9 @@ def _step_sums(
         block = rows.index_select(0, place)
         n = block.numel()
         # 1 + step for counted tokens, 0 for the others; then the bin
-        text = text_mask[:, :end].index_select(0, block).long()  # (mul_ by a bool tensor casts slowly)
-        flat = steps[:, :end].index_select(0, block).add_(1).clamp_(min=0).mul_(text)
-        flat = flat.add_(offset[:n, :end]).view(-1)
+        text = text_mask[:, :end].index_select(0, block).to(index_dtype)  # (mul_ by a bool tensor casts slowly)
+        flat = steps[:, :end].index_select(0, block).to(index_dtype).add_(1).clamp_(min=0).mul_(text)
+        flat = flat.add_(offset[:n, :end]).view(-1).long()  # scatter takes int64 indices
         block_count = torch.zeros(n * width, dtype=torch.long, device=device)
         block_count.scatter_add_(0, flat, ones[: flat.numel()])
         count.index_copy_(0, place, block_count.view(n, _LANES, columns).sum(dim=1)[:, 1:])
@@ -250,6 +237,8 @@ def mine_echo_clips(
     chosen_counted = _counted(chosen_steps, text_mask.index_select(0, row))
     clip_mask = chosen_counted & (chosen_steps <= step.unsqueeze(1))
     mask.index_copy_(0, row, clip_mask)
+    # the clip's tokens are the counted tokens of its steps 0..step (cheaper than summing a bool mask on CPU)
+    length = count.index_select(0, pick).cumsum(dim=1).gather(1, step.unsqueeze(1)).squeeze(1)
     out_dtype = torch.promote_types(entropy.dtype, torch.float32)
     return EchoClips(
         mask=mask,
@@ -257,5 +246,5 @@ def mine_echo_clips(
         row=row,
         step=step,
         step_entropy=best.index_select(0, pick).to(out_dtype),
-        length=clip_mask.sum(dim=1),
+        length=length,
     )

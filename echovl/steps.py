@@ -124,10 +124,40 @@ def row_blocks(batch: int, length: int) -> range:
     return range(0, batch, max(1, _CHUNK_ELEMENTS // max(length, 1)))
 
 
+def row_extents(mask: torch.Tensor) -> torch.Tensor:
+    """[B] a bound on where each row's True values end: every True of row ``b`` of the [B, T] bool ``mask`` is
+    before ``extent[b]``, a multiple of 64 (or T) at most 63 past the last one. With right padding, what lies
+    from a row's extent on is padding, which mining skips.
+
+    Reads the mask as 64-bit words: a byte of a bool tensor is 0 or 1, so a sum of 8 words has no carry between
+    bytes and is zero exactly when the 64 values it covers are all False (and it is much faster than a bool
+    reduction on CPU).
+    """
+    batch, length = mask.shape
+    chunks = -(-length // 64)
+    padded = mask.bool()
+    if length != chunks * 64:
+        padded = torch.zeros(batch, chunks * 64, dtype=torch.bool, device=mask.device)
+        padded[:, :length] = mask
+    words = padded.contiguous().view(torch.int64).view(batch, chunks, 8).sum(dim=-1)
+    found, last_from_end = (words != 0).view(torch.uint8).flip(1).max(dim=1)
+    return ((chunks - last_from_end) * found * 64).clamp_(max=length)
+
+
+def _within(ids: torch.Tensor, size: int) -> bool:
+    low, high = torch.aminmax(ids)  # one pass for both
+    return 0 <= int(low) and int(high) < size
+
+
+def _any(mask: torch.Tensor) -> bool:
+    """``bool(mask.any())``, a lot faster on CPU for a bool tensor (a byte max instead of a bool reduction)."""
+    return mask.numel() > 0 and bool(mask.view(torch.uint8).max())
+
+
 def _lookup(table: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``table[ids]`` where ``valid``, False elsewhere; ids outside the table read as False."""
     flat_ids = ids.reshape(-1)
-    if flat_ids.numel() and not (0 <= int(flat_ids.min()) and int(flat_ids.max()) < table.numel()):
+    if flat_ids.numel() and not _within(flat_ids, table.numel()):
         valid = valid & (ids >= 0) & (ids < table.numel())
         flat_ids = torch.where(valid, ids, 0).reshape(-1)
     return table.index_select(0, flat_ids).view(ids.shape).view(torch.bool) & valid  # 0/1 bytes read as bool
@@ -140,7 +170,7 @@ def _block_steps(ids: torch.Tensor, valid: torch.Tensor, table: torch.Tensor, ou
     # A step ends at a delimiter whose next valid token is not a delimiter; the step of a token is the
     # number of step ends strictly before it, i.e. the running count of step starts (the token after an end).
     starts = torch.zeros_like(delim)
-    if bool((valid[:, 1:] <= valid[:, :-1]).all()):  # valid tokens form a prefix (right padding): the usual case
+    if not _any(valid[:, 1:] > valid[:, :-1]):  # valid tokens form a prefix (right padding): the usual case
         torch.logical_and(delim[:, :-1], ~delim[:, 1:], out=starts[:, 1:])
     else:  # position of the next valid token, via a running min from the right
         positions = torch.arange(length, device=ids.device).expand(batch, length)
@@ -172,10 +202,11 @@ def step_index(
             f"response_ids and response_mask must both be [B, T], got {tuple(response_ids.shape)} "
             f"and {tuple(response_mask.shape)}"
         )
-    table = is_delimiter.to(device=response_ids.device, dtype=torch.uint8)  # uint8 gathers are the cheapest
+    device = response_ids.device
+    table = is_delimiter.to(device=device, dtype=torch.uint8)  # uint8 gathers are the cheapest
     valid = response_mask.bool()
-    out = torch.empty(response_ids.shape, dtype=torch.long, device=response_ids.device)
     batch, length = response_ids.shape
+    out = torch.empty(batch, length, dtype=torch.long, device=device)
     step = row_blocks(batch, length).step
     for start in row_blocks(batch, length):
         rows = slice(start, start + step)

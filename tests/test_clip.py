@@ -6,7 +6,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import echovl.steps
-from echovl.clip import SCOPES, _text_extents, group_outcomes, mine_echo_clips, step_entropies
+from echovl.clip import SCOPES, group_outcomes, mine_echo_clips, step_entropies
 from tests.reference import mine_ref
 
 
@@ -275,17 +275,3 @@ def test_matches_reference_on_long_rows_in_small_blocks(case, chunk_elements):
     got = dict(zip(clips.group.tolist(), zip(clips.row.tolist(), clips.step.tolist(), clips.length.tolist())))
     assert got == {g: (row, step, length) for g, (row, step, _, length) in expected.items()}
     assert clips.mask.tolist() == expected_mask
-
-
-@pytest.mark.parametrize("length", [1, 63, 64, 65, 130])
-def test_text_extents_bound_the_last_text_token(length):
-    g = torch.Generator().manual_seed(length)
-    text_mask = torch.rand(40, length, generator=g) < 0.05
-    text_mask[0] = False
-    text_mask[1, -1] = True
-    extent = _text_extents(text_mask)
-    positions = torch.arange(length)
-    last = torch.where(text_mask, positions + 1, 0).amax(dim=1)
-    assert (extent >= last).all() and (extent <= length).all()
-    assert (extent - last < 64).all()  # 64-token granularity: it skips the padding
-    assert extent[0] == 0 and extent[1] == length

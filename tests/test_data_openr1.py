@@ -347,7 +347,9 @@ def test_outputs_load_with_datasets_and_rlhf_dataset(tmp_path, text_only_tokeniz
             answer_key="answer",
             image_key="images",
             max_prompt_length=256,
-            filter_overlong_prompts_workers=1,
+            # datasets >= 5 runs even a one-worker filter in a forked pool, which can hang in a test process
+            # that already runs torch threads; that filter is EasyR1's, not what this test is about
+            filter_overlong_prompts=False,
         )
         item = dataset[2]
         assert item["ground_truth"] == "2" and item["position_ids"].shape == (256,)

@@ -3,7 +3,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echovl.steps import VISION_TOKENS, delimiter_table, special_table, step_index, text_mask, vision_table
+from echovl.steps import (
+    VISION_TOKENS,
+    delimiter_table,
+    row_extents,
+    special_table,
+    step_index,
+    text_mask,
+    vision_table,
+)
 from tests.reference import step_index_ref
 
 
@@ -201,3 +209,17 @@ def test_step_index_matches_reference(case):
     )
     assert got.dtype == torch.long
     assert got.tolist() == expected
+
+
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 130])
+def test_row_extents_bound_the_last_true_value(length):
+    g = torch.Generator().manual_seed(length)
+    mask = torch.rand(40, length, generator=g) < 0.05
+    mask[0] = False
+    mask[1, -1] = True
+    extent = row_extents(mask)
+    positions = torch.arange(length)
+    last = torch.where(mask, positions + 1, 0).amax(dim=1)
+    assert (extent >= last).all() and (extent <= length).all()
+    assert (extent - last < 64).all()  # 64-token granularity: it skips the padding
+    assert extent[0] == 0 and extent[1] == length
