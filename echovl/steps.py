@@ -135,11 +135,13 @@ def row_extents(mask: torch.Tensor) -> torch.Tensor:
     """
     batch, length = mask.shape
     chunks = -(-length // 64)
+    if chunks == 0:
+        return torch.zeros(batch, dtype=torch.long, device=mask.device)
     padded = mask.bool()
-    if length != chunks * 64:
+    if length != chunks * 64 or not padded.is_contiguous() or padded.storage_offset() % 8:
         padded = torch.zeros(batch, chunks * 64, dtype=torch.bool, device=mask.device)
         padded[:, :length] = mask
-    words = padded.contiguous().view(torch.int64).view(batch, chunks, 8).sum(dim=-1)
+    words = padded.view(torch.int64).view(batch, chunks, 8).sum(dim=-1)
     found, last_from_end = (words != 0).view(torch.uint8).flip(1).max(dim=1)
     return ((chunks - last_from_end) * found * 64).clamp_(max=length)
 

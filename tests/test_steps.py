@@ -223,3 +223,15 @@ def test_row_extents_bound_the_last_true_value(length):
     assert (extent >= last).all() and (extent <= length).all()
     assert (extent - last < 64).all()  # 64-token granularity: it skips the padding
     assert extent[0] == 0 and extent[1] == length
+
+
+def test_row_extents_of_views_and_empty_masks():
+    big = torch.zeros(3, 129, dtype=torch.bool)
+    big[1, 70] = True
+    assert row_extents(big[:, 1:]).tolist() == [0, 128, 0]  # a view at an odd offset
+    assert row_extents(big[:, 1:65]).tolist() == [0, 0, 0]
+    flat = torch.zeros(1 + 2 * 64, dtype=torch.bool)
+    flat[1 + 64 + 3] = True
+    assert row_extents(flat[1:].view(2, 64)).tolist() == [0, 64]  # contiguous, at an odd storage offset
+    assert row_extents(torch.zeros(2, 0, dtype=torch.bool)).tolist() == [0, 0]
+    assert row_extents(torch.zeros(0, 64, dtype=torch.bool)).tolist() == []
