@@ -69,6 +69,15 @@ def test_non_finite_entropy_outside_counted_tokens_is_ignored():
     assert clips.length.tolist() == [1, 1]
 
 
+def test_any_negative_step_is_outside_the_response():
+    """Steps below -1 count as outside too, even ones that do not fit in int32 (the bin arithmetic then stays in
+    int64: -2**40 cast to int32 would read as step 0)."""
+    for outside in (-1, -7, -(2**40)):
+        clips = _mine(entropy=[[1.0, 9.0, 2.0]], steps=[[0, outside, 1]])
+        assert clips.step.tolist() == [1] and clips.step_entropy.tolist() == [2.0]
+        assert clips.mask.tolist() == [[True, False, True]]
+
+
 def test_min_step_tokens():
     kwargs = dict(entropy=[[5.0, 1.0, 1.0, 2.0]], steps=[[0, 1, 1, 1]])
     assert _mine(**kwargs).step.tolist() == [0]
