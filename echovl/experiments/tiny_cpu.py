@@ -193,20 +193,17 @@ def warm_up(model, processor, train, probe, settings: ExperimentSettings, progre
     """Supervised steps on reference solutions until the sampled probe accuracy reaches the target."""
     import torch
 
-    from .digits import digit_image, solution
+    from .digits import solution
 
     tokenizer = processor.tokenizer
     rng = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.warmup_lr, weight_decay=0.0)
-    prompt_text = _prompt_text(processor)
     model.train()
     accuracy, step, loss = 0.0, 0, math.nan
     bar = progress(total=settings.warmup_max_steps, desc="warm-up (supervised)", unit="step")
     for step in range(1, settings.warmup_max_steps + 1):
         batch = [train[rng.randrange(len(train))] for _ in range(settings.warmup_batch)]
-        prompts = processor(
-            images=[digit_image(p) for p in batch], text=[prompt_text] * len(batch), return_tensors="pt"
-        )
+        prompts = _encode_prompts(processor, batch)
         answers = [tokenizer(solution(p) + tokenizer.eos_token)["input_ids"] for p in batch]
         width = max(len(a) for a in answers)
         answer_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
