@@ -9,7 +9,18 @@ from typing import Any, Optional
 
 from .clip import SCOPES
 
-__all__ = ["EchoConfig"]
+__all__ = ["EchoConfig", "reject_unknown_keys"]
+
+
+def reject_unknown_keys(cls, values: dict[str, Any], section: str) -> None:
+    """Raise ``ValueError`` for a key of ``values`` that is not a field of the dataclass ``cls``, naming the
+    closest valid key (``Unknown key echo.coeff. Did you mean echo.coef?``)."""
+    known = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {section}.{close[0]}?" if close else ""
+            raise ValueError(f"Unknown key {section}.{key}.{hint} Valid keys: {', '.join(known)}.")
 
 
 _ESCAPES = {"\\n": "\n", "\\r": "\r", "\\t": "\t"}
@@ -99,12 +110,7 @@ class EchoConfig:
     def from_dict(cls, values: dict[str, Any] | None) -> EchoConfig:
         """Build from a plain mapping, rejecting unknown keys with the closest valid name."""
         values = dict(values or {})
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean echo.{close[0]}?" if close else ""
-                raise ValueError(f"Unknown key echo.{key}.{hint} Valid keys: {', '.join(known)}.")
+        reject_unknown_keys(cls, values, "echo")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
