@@ -19,6 +19,10 @@ ranks (all-reduced like EasyR1's token count). EasyR1 scales the PG loss to
 two terms add up, over micro-batches and ranks, to ``token_mean(PG) + coef * mean over clips(J_echo)``.
 With echo inactive it is EasyR1's ``update_policy`` itself; micro-batches without clip tokens run exactly
 EasyR1's arithmetic.
+
+LUFFY and UFT (:class:`~echovl.easyr1.guidance.GuidedUpdate`) hook into the same loop: LUFFY's PG loss on
+micro-batches holding an expert row (``_rl_loss``), UFT's hint log-probs from the same forward and its hint NLL
+term. A batch without their keys (or ``guidance.method: none``) leaves the loop as it is.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor
 from ..config import EchoConfig
 from ..entropy import token_entropy
 from ..loss import echo_nll
+from .guidance import GuidedUpdate
 
 __all__ = ["ECHO_MASK", "EchoActor"]
 
@@ -63,6 +68,7 @@ class EchoActor(DataParallelPPOActor):
         if echo is None:
             echo = getattr(config, "echo", None) or EchoConfig(enable=False)
         self.echo = echo
+        self.guidance = getattr(config, "guidance", None)  # LUFFY / UFT (echovl.easyr1.guidance), copied like echo
         self._log_probs_only = self.log_probs_from_logits  # EasyR1's (possibly torch.compile'd) function
         # like EasyR1's log-prob function, compiled when use_torch_compile: the chunk's fp32 passes fuse into a few
         # kernels that read the logits once or twice, instead of about ten full-chunk memory passes in eager mode
@@ -146,13 +152,16 @@ class EchoActor(DataParallelPPOActor):
     # ------------------------------------------------------------------ PPO update with the echo term
 
     def update_policy(self, data: DataProto) -> dict[str, Any]:
-        if not self.echo.active or ECHO_MASK not in data.batch.keys():
+        guided = GuidedUpdate(self.guidance, data)
+        echo_batch = self.echo.active and ECHO_MASK in data.batch.keys()
+        if not echo_batch and not guided.active:
             return super().update_policy(data)  # exactly EasyR1
 
         self.actor_module.train()
         temperature = data.meta_info["temperature"]  # must be there, as in EasyR1
         select_keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
-        select_keys.extend(["old_log_probs", "ref_log_probs", "advantages", ECHO_MASK])
+        select_keys.extend(["old_log_probs", "ref_log_probs", "advantages", *[ECHO_MASK] * echo_batch])
+        select_keys.extend(guided.select_keys())
         non_tensor_select_keys = ["multi_modal_inputs"]
         mini_batches = data.select(select_keys, non_tensor_select_keys).split(self.config.global_batch_size_per_device)
 
@@ -164,10 +173,13 @@ class EchoActor(DataParallelPPOActor):
             for mini_batch in mini_batches:
                 total_response_tokens = torch.sum(mini_batch.batch["response_mask"])
                 dist.all_reduce(total_response_tokens, op=dist.ReduceOp.SUM)
-                total_clips = mini_batch.batch[ECHO_MASK].any(dim=-1).sum()  # echo: clips of the mini-batch, all ranks
-                dist.all_reduce(total_clips, op=dist.ReduceOp.SUM)
-                with_echo = bool(total_clips > 0)  # the one host sync echo adds, per mini-batch
+                total_clips = torch.zeros((), dtype=torch.long, device=total_response_tokens.device)
+                if echo_batch:  # echo: clips of the mini-batch, all ranks
+                    total_clips = mini_batch.batch[ECHO_MASK].any(dim=-1).sum()
+                    dist.all_reduce(total_clips, op=dist.ReduceOp.SUM)
+                with_echo = echo_batch and bool(total_clips > 0)  # the one host sync echo adds, per mini-batch
                 echo_sum = torch.zeros((), device=total_clips.device)
+                guided.start_mini_batch(mini_batch)
 
                 if self.config.dynamic_batching:
                     max_input_len = mini_batch.batch["input_ids"].size(-1)
@@ -182,9 +194,12 @@ class EchoActor(DataParallelPPOActor):
                 for micro_batch in micro_batches:
                     model_inputs = {**micro_batch.batch, **micro_batch.non_tensor_batch}
                     response_mask = model_inputs["response_mask"]
-                    log_probs = self._forward_micro_batch(model_inputs, temperature=temperature)
-                    loss, pg_loss, pg_metrics = self._rl_loss(model_inputs, log_probs, metrics)
+                    log_probs = guided.forward(self, model_inputs, temperature)  # (UFT: + the hint log-probs)
+                    loss, pg_loss, pg_metrics = self._rl_loss(model_inputs, log_probs, metrics, guided)
                     loss = loss * torch.sum(response_mask) * self.world_size / total_response_tokens
+                    hint_term = guided.extra_loss(self.world_size)  # UFT: beta * hint NLL (None without hints)
+                    if hint_term is not None:
+                        loss = loss + hint_term
                     if with_echo:  # mean NLL per clip, normalised by the global clip count (0 without clip tokens)
                         echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
                         loss = loss + self.echo.coef * echo_total * self.world_size / total_clips
@@ -197,6 +212,7 @@ class EchoActor(DataParallelPPOActor):
 
                 if with_echo:  # this rank's share of J_echo; the driver's mean over ranks is J_echo
                     metrics["echo/loss"].append(echo_sum.item() * self.world_size / total_clips.item())
+                guided.end_mini_batch(metrics, self.world_size)
 
                 grad_norm = self._optimizer_step()
                 append_to_dict(metrics, {"actor/grad_norm": grad_norm.detach().item()})
@@ -204,11 +220,17 @@ class EchoActor(DataParallelPPOActor):
         return metrics
 
     def _rl_loss(
-        self, model_inputs: dict[str, Any], log_probs: torch.Tensor, metrics: dict[str, Any]
+        self,
+        model_inputs: dict[str, Any],
+        log_probs: torch.Tensor,
+        metrics: dict[str, Any],
+        guided: GuidedUpdate | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """EasyR1's per-micro-batch PG (+ KL) loss, unscaled, the PG loss alone and EasyR1's PG metrics."""
+        """EasyR1's per-micro-batch PG (+ KL) loss, unscaled, the PG loss alone and EasyR1's PG metrics (LUFFY:
+        its PG loss on micro-batches holding an expert row)."""
         response_mask = model_inputs["response_mask"]
-        pg_loss, pg_metrics = compute_policy_loss(
+        luffy = guided.pg_loss(self.config, model_inputs, log_probs, metrics) if guided is not None else None
+        pg_loss, pg_metrics = luffy or compute_policy_loss(
             old_log_probs=model_inputs["old_log_probs"],
             log_probs=log_probs,
             advantages=model_inputs["advantages"],
