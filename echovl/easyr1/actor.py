@@ -44,6 +44,7 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor
 
 from ..config import EchoConfig
 from ..entropy import token_entropy
+from ..guidance import GuidanceConfig
 from ..loss import echo_nll
 from .guidance import GuidedUpdate
 
@@ -61,14 +62,22 @@ class EchoActor(DataParallelPPOActor):
             from the run's ``echo:`` section) is used unless ``echo`` is given.
         actor_module, actor_optimizer: as for ``DataParallelPPOActor``.
         echo: the echo settings (defaults to ``config.echo``, else echo disabled).
+        guidance: LUFFY / UFT settings (defaults to ``config.guidance``, else none).
     """
 
-    def __init__(self, config, actor_module, actor_optimizer=None, echo: EchoConfig | None = None):
+    def __init__(
+        self,
+        config,
+        actor_module,
+        actor_optimizer=None,
+        echo: EchoConfig | None = None,
+        guidance: GuidanceConfig | None = None,
+    ):
         super().__init__(config, actor_module, actor_optimizer)
         if echo is None:
             echo = getattr(config, "echo", None) or EchoConfig(enable=False)
         self.echo = echo
-        self.guidance = getattr(config, "guidance", None)  # LUFFY / UFT (echovl.easyr1.guidance), copied like echo
+        self.guidance = guidance or getattr(config, "guidance", None)  # LUFFY / UFT (echovl.easyr1.guidance)
         self._log_probs_only = self.log_probs_from_logits  # EasyR1's (possibly torch.compile'd) function
         # like EasyR1's log-prob function, compiled when use_torch_compile: the chunk's fp32 passes fuse into a few
         # kernels that read the logits once or twice, instead of about ten full-chunk memory passes in eager mode

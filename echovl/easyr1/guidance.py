@@ -295,8 +295,9 @@ class GuidedUpdate:
         return log_probs
 
     def pg_loss(self, config, model_inputs: dict[str, Any], log_probs: torch.Tensor, metrics: dict[str, list]):
-        """LUFFY's PG loss and metrics when the micro-batch holds an expert row, else None (EasyR1's own)."""
-        if not self.luffy or not bool(model_inputs[EXPERT_ROW].any()):
+        """LUFFY's PG loss and metrics when the micro-batch holds an expert row (or always, without on-policy
+        clipping), else None: EasyR1's own."""
+        if not self.luffy or (self.guidance.clip_on_policy and not bool(model_inputs[EXPERT_ROW].any())):
             return None
         loss, pg_metrics, extra = luffy_pg_loss(config, model_inputs, log_probs, self.guidance)
         for key, value in extra.items():

@@ -261,6 +261,8 @@ def luffy_pg_loss(
         loss = on_loss + (shaped.sum(-1) / (off_tokens + 1e-8)).sum() / response_mask.shape[0]
     else:
         raise NotImplementedError(f"LUFFY: unknown loss_avg_mode {mode!r}")
+    if not bool(off_mask.any()):
+        return loss, pg_metrics, {}
     with torch.no_grad():
         detached = log_probs.detach()
         extra = {

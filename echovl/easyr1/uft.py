@@ -242,4 +242,5 @@ def forward_with_hints(
     widened["responses"] = input_ids[:, -(width + response_length) :]  # EasyR1 reads its width and its labels
     with _window_log_probs(actor, hint_mask):
         both = actor._forward_micro_batch(widened, temperature=temperature)
-    return both[:, width:], both[:, :width], hint_mask
+    hint_log_probs = torch.where(hint_mask.to(both.device), both[:, :width], 0.0)  # (padding-free: all computed)
+    return both[:, width:], hint_log_probs, hint_mask
