@@ -136,7 +136,18 @@ def test_without_easyr1_the_entry_point_says_how_to_install(monkeypatch, capsys)
 
 
 @pytest.mark.parametrize(
-    "script", ["geo3k_grpo_echo.sh", "geo3k_grpo.sh", "geo3k_dapo_echo.sh", "openr1_math_grpo_echo.sh"]
+    "script",
+    [
+        "geo3k_grpo_echo.sh",
+        "geo3k_grpo.sh",
+        "geo3k_dapo_echo.sh",
+        "openr1_math_grpo_echo.sh",
+        "openr1_math_grpo.sh",
+        "openr1_math_luffy_echo.sh",
+        "openr1_math_luffy.sh",
+        "openr1_math_uft_echo.sh",
+        "openr1_math_uft.sh",
+    ],
 )
 def test_launch_scripts_build_valid_configs(tmp_path, script):
     """Each script, with its environment overrides, passes arguments that load into a valid config."""
@@ -160,7 +171,8 @@ def test_launch_scripts_build_valid_configs(tmp_path, script):
     assert config.worker.actor.model.model_path == "/models/m"
     assert config.data.train_files == "/data/train.parquet"
     assert (config.trainer.n_gpus_per_node, config.trainer.nnodes, config.trainer.max_steps) == (4, 2, 3)
-    assert config.echo.enable == (script != "geo3k_grpo.sh")
+    assert config.echo.enable == ("echo" in script)
+    assert config.guidance.method == next((m for m in ("luffy", "uft") if m in script), "none")
     if script == "geo3k_dapo_echo.sh":
         assert config.algorithm.online_filtering and config.algorithm.disable_kl
         assert config.algorithm.filter_key == "accuracy"

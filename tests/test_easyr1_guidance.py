@@ -36,6 +36,7 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
 from echovl.easyr1.actor import EchoActor  # noqa: E402
+from echovl.easyr1.config import ConfigError, load_config  # noqa: E402
 from echovl.easyr1.luffy import EXPERT_ROW, luffy_pg_loss  # noqa: E402
 from echovl.easyr1.uft import HINT_LENGTH, HintMaker, forward_with_hints, hinted_reward  # noqa: E402
 from echovl.guidance import GuidanceConfig  # noqa: E402
@@ -368,3 +369,75 @@ def test_hints_are_cut_to_fit_and_missing_solutions_are_errors(tiny_lm_dir, tmp_
     del batch["solution"]
     with pytest.raises(KeyError, match="solution"):
         maker(batch)
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_luffy_and_uft_configs_have_the_paper_settings(monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    luffy = load_config(["config=configs/openr1_math_luffy_echo.yaml"])
+    uft = load_config(["config=configs/openr1_math_uft_echo.yaml"])
+    for config in (luffy, uft):
+        assert (config.data.rollout_batch_size, config.worker.actor.global_batch_size) == (128, 64)
+        assert config.worker.rollout.n == 8 and config.worker.rollout.temperature == 0.6
+        assert config.echo.enable and config.echo.coef == 0.001
+        assert config.worker.actor.guidance is config.guidance  # it reaches the workers
+        rollout = config.worker.rollout
+        assert rollout.max_num_batched_tokens >= config.data.max_prompt_length + config.data.max_response_length
+    g = luffy.guidance
+    assert (g.method, g.shaping_gamma, g.adv_std, g.clip_on_policy, g.expert_in_clip_pool) == (
+        "luffy",
+        0.1,
+        False,
+        True,
+        False,
+    )
+    assert luffy.algorithm.disable_kl and luffy.data.max_response_length == 8192
+    g = uft.guidance
+    assert (g.method, g.hint_low, g.hint_high, g.hint_steps, g.hint_coef, g.hint_max_parts) == (
+        "uft",
+        0.05,
+        0.95,
+        300,
+        0.001,
+        5,
+    )
+    assert uft.algorithm.use_kl_loss and uft.algorithm.kl_coef == 0.001
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["guidance.method=luffy", "guidance.shaping_gama=0.2"], "Did you mean 'guidance.shaping_gamma'?"),
+        (["guidance.method=sft"], "guidance.method must be one of none, luffy, uft"),
+        (["guidance.method=luffy", "algorithm.online_filtering=true"], "does not support algorithm.online_filtering"),
+        (["guidance.method=uft", "algorithm.online_filtering=true"], "does not support algorithm.online_filtering"),
+        (["guidance.method=luffy", "algorithm.adv_estimator=gae"], "needs algorithm.adv_estimator=grpo"),
+        (["guidance.method=luffy", "worker.rollout.n=1"], "needs worker.rollout.n >= 2"),
+        (
+            ["guidance.method=luffy", "guidance.clip_on_policy=false", "worker.actor.loss_type=gspo"],
+            "loss_type=default",
+        ),
+    ],
+)
+def test_guidance_settings_are_checked(args, message):
+    with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace(".", r"\.")):
+        load_config(["worker.rollout.n=4", *args] if "worker.rollout.n=1" not in args else args)
+
+
+def test_a_missing_solution_column_is_an_error_before_ray(tmp_path):
+    import pandas as pd
+
+    reward = "worker.reward.reward_function=./echovl/reward/math.py:compute_score"
+    data = tmp_path / "train.parquet"
+    pd.DataFrame({"problem": ["1 + 1?"], "answer": ["2"]}).to_parquet(data)
+    for method in ("luffy", "uft"):
+        args = [f"data.train_files={data}", f"data.val_files={data}", reward, f"guidance.method={method}"]
+        with pytest.raises(ConfigError, match=r"column 'solution' \(guidance.solution_key\).*has: answer, problem"):
+            load_config([*args, "worker.rollout.n=4"], check_files=True)
+    load_config([f"data.train_files={data}", f"data.val_files={data}", reward], check_files=True)  # method none
+    pd.DataFrame({"problem": ["1 + 1?"], "answer": ["2"], "solution": ["2"]}).to_parquet(data)
+    load_config([f"data.train_files={data}", reward, "guidance.method=uft"], check_files=True)
