@@ -1,27 +1,13 @@
 #!/bin/bash
-# LUFFY + EchoRL, text only: Qwen2.5-Math-7B on OpenR1-Math 45k (configs/openr1_math_luffy_echo.yaml).
+# LUFFY + EchoRL, text only: Qwen2.5-Math-7B on OpenR1-Math 45k (configs/openr1_math_luffy_echo.yaml; docs/luffy_uft.md).
 #   bash configs/openr1_math_luffy_echo.sh [key=value ...]
 # Environment: MODEL_PATH, TRAIN_FILES, VAL_FILES, N_GPUS_PER_NODE, NNODES, EXPERIMENT_NAME, PYTHON.
-# Relative paths are relative to the repository root (the script runs from there). The training file needs the
-# expert solutions (column `solution`, written by data_prep/openr1_math.py).
+# The training file needs the expert solutions (column `solution`, written by data_prep/openr1_math.py).
 
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-MODEL_PATH=${MODEL_PATH:-Elliott/Qwen2.5-Math-7B-16k-think}  # or a local folder
-TRAIN_FILES=${TRAIN_FILES:-data/openr1_math/train.parquet}
-VAL_FILES=${VAL_FILES:-data/openr1_math/eval/all.parquet}
-N_GPUS_PER_NODE=${N_GPUS_PER_NODE:-8}
-NNODES=${NNODES:-1}
-EXPERIMENT_NAME=${EXPERIMENT_NAME:-qwen2_5_math_7b_openr1_luffy_echo}
-
-set -x
-${PYTHON:-python3} -m echovl.train \
-    config=configs/openr1_math_luffy_echo.yaml \
-    data.train_files="${TRAIN_FILES}" \
-    data.val_files="${VAL_FILES}" \
-    worker.actor.model.model_path="${MODEL_PATH}" \
-    trainer.experiment_name="${EXPERIMENT_NAME}" \
-    trainer.n_gpus_per_node="${N_GPUS_PER_NODE}" \
-    trainer.nnodes="${NNODES}" \
-    "$@"
+CONFIG=configs/openr1_math_luffy_echo.yaml \
+    MODEL_PATH=${MODEL_PATH:-Elliott/Qwen2.5-Math-7B-16k-think} \
+    EXPERIMENT_NAME=${EXPERIMENT_NAME:-qwen2_5_math_7b_openr1_luffy_echo} \
+    bash configs/openr1_math_grpo_echo.sh "$@"

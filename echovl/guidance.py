@@ -12,10 +12,9 @@ Both read the expert solution from the training data's ``solution_key`` column.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-from .config import reject_unknown_keys
+from .config import ConfigSection
 from .hints import HINT_SPLITS
 
 __all__ = ["METHODS", "GuidanceConfig"]
@@ -24,8 +23,10 @@ METHODS = ("none", "luffy", "uft")
 
 
 @dataclass
-class GuidanceConfig:
+class GuidanceConfig(ConfigSection):
     """Expert-guided base method. Invalid values raise ``ValueError`` naming the key (``guidance.<key>``)."""
+
+    SECTION = "guidance"
 
     method: str = "none"
     """``none``, ``luffy`` or ``uft``. With ``none`` training is exactly the base method."""
@@ -58,13 +59,6 @@ class GuidanceConfig:
     """UFT: a solution is cut into at most this many parts; ``k ~ Binomial(parts, p(t))`` of them form the hint."""
     hint_split: str = "lines"
     """UFT: the units parts are made of: ``lines`` or ``sentences``."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def post_init(self) -> None:
-        """EasyR1 calls ``post_init`` on every config section after merging; validate again."""
-        self.validate()
 
     @property
     def active(self) -> bool:
@@ -110,13 +104,3 @@ class GuidanceConfig:
                 raise bad(key, "must be an integer >= 1")
         if self.hint_split not in HINT_SPLITS:
             raise bad("hint_split", f"must be one of {', '.join(HINT_SPLITS)}")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> GuidanceConfig:
-        """Build from a plain mapping, rejecting unknown keys with the closest valid name."""
-        values = dict(values or {})
-        reject_unknown_keys(cls, values, "guidance")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

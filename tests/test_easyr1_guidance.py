@@ -11,7 +11,7 @@ pytest.importorskip("verl", reason="EasyR1 (package verl) is not installed: pip 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tests.easyr1_stubs import install_vllm_stub, write_prompt_parquet  # noqa: E402
+from tests.easyr1_stubs import collate_prompts, install_vllm_stub, write_prompt_parquet  # noqa: E402
 from tests.test_easyr1_actor import (  # noqa: E402, F401 (module fixtures: the tiny models and rollout batches)
     TEMPERATURE,
     _clone,
@@ -295,24 +295,8 @@ def test_the_reward_sees_hint_and_response(lm_batch, tiny_lm_dir, monkeypatch):
 
 
 def _dataset_batch(model_dir, tmp_path, *, images):
-    from transformers import AutoProcessor, AutoTokenizer
-    from verl.utils.dataset import RLHFDataset, collate_fn
-
     parquet = write_prompt_parquet(tmp_path / "train.parquet", images=images)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = AutoProcessor.from_pretrained(model_dir) if images else None
-    dataset = RLHFDataset(
-        str(parquet),
-        tokenizer,
-        processor,
-        prompt_key="problem",
-        answer_key="answer",
-        max_prompt_length=160,
-        filter_overlong_prompts=False,
-        min_pixels=28 * 28 * 4,
-        max_pixels=28 * 28 * 16,
-    )
-    batch = collate_fn([dataset[i] for i in range(len(dataset))])
+    batch, tokenizer, processor = collate_prompts(model_dir, parquet, max_prompt_length=160)
     batch["solution"] = np.array(
         ["<think>\nA line.\nAnother line.\n</think>\n\\boxed{6}", "First.\nSecond.\nThird.", "x\ny"], dtype=object
     )
