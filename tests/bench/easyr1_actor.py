@@ -18,7 +18,8 @@ Models have random weights, built from a config (no download): ``tiny``/``wide``
 :func:`echovl.testing.build_tiny_qwen2_5_vl`, ``3b`` with Qwen2.5-VL-3B-Instruct's dimensions (36 layers,
 hidden 2048, 152k vocabulary, 32-layer vision tower) in bf16. Batches: one image per prompt, ``--rollouts``
 responses per prompt, laid out like EasyR1's vLLM rollout, mrope position ids from EasyR1's ``get_rope_index``.
-EasyR1's padded path (``padding_free=False``) is timed: the padding-free path needs flash-attn.
+EasyR1's padded path (``padding_free=False``) is timed: the padding-free path needs flash-attn (``--padding-free``
+runs it on CPU with the tests' pure-torch unpad/pad in place of flash-attn's).
 """
 
 from __future__ import annotations
@@ -203,9 +204,13 @@ def make_batch(
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info={"temperature": 0.6})
 
 
+PADDING_FREE = False
+"""``--padding-free``: EasyR1's padding-free path (set in ``main``)."""
+
+
 def actor_config(rows: int, preset: dict, compile_log_probs: bool) -> ActorConfig:
     config = ActorConfig(
-        padding_free=False,
+        padding_free=PADDING_FREE,
         dynamic_batching=False,
         use_torch_compile=compile_log_probs,
         micro_batch_size_per_device_for_experience=preset["micro_exp"],
@@ -489,10 +494,20 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile EasyR1's log-prob function")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--only", choices=["update", "logprob", "guided"], default=None)
+    parser.add_argument("--padding-free", action="store_true", help="EasyR1's padding-free path (pure-torch unpad)")
     parser.add_argument("--hint", type=int, default=48, help="UFT hint tokens per prompt (--only guided)")
     parser.add_argument("--_rss", choices=["baseline", "entropy"], default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_rss_update", choices=["grpo", *GUIDED], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.padding_free:
+        global PADDING_FREE
+        from verl.workers.actor import dp_actor
+
+        from tests.test_easyr1_actor import _pad_input, _unpad_input
+
+        PADDING_FREE = True
+        dp_actor.unpad_input, dp_actor.pad_input = _unpad_input, _pad_input
+        dp_actor.index_first_axis = lambda x, indices: x[indices]
     if args.threads:
         torch.set_num_threads(args.threads)
     init_gloo_group()
@@ -504,7 +519,10 @@ def main() -> None:
         if args._rss_update:
             print(json.dumps(measure_update_rss(args, args._rss_update, folder)))
             return
-        print(f"device={args.device} model={args.model_size} chunk={args.chunk_size} compile={args.compile}")
+        print(
+            f"device={args.device} model={args.model_size} chunk={args.chunk_size} compile={args.compile} "
+            f"padding_free={args.padding_free}"
+        )
         if args.only in (None, "logprob"):
             result = bench_log_probs(args, folder)
             if args.device == "cpu":
@@ -543,6 +561,7 @@ def main() -> None:
                 for method in ("grpo", *GUIDED):
                     cmd = [sys.executable, __file__, f"--_rss_update={method}", f"--model-size={args.model_size}"]
                     cmd += [f"--threads={args.threads}", "--only=guided", f"--hint={args.hint}"]
+                    cmd += ["--padding-free"] if args.padding_free else []
                     cmd += [f"--response={args.response}"] if args.response else []
                     line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
                     rss[method] = json.loads(line[-1])
