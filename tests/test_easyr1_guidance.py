@@ -425,3 +425,28 @@ def test_a_missing_solution_column_is_an_error_before_ray(tmp_path):
     load_config([f"data.train_files={data}", f"data.val_files={data}", reward], check_files=True)  # method none
     pd.DataFrame({"problem": ["1 + 1?"], "answer": ["2"], "solution": ["2"]}).to_parquet(data)
     load_config([f"data.train_files={data}", reward, "guidance.method=uft"], check_files=True)
+
+
+def test_the_clip_pool_leaves_out_the_expert_row_but_it_counts_for_degenerate_groups(text_only_tokenizer):
+    """EchoMiner with a pool: the expert row never gives the clip, even when its step has the highest entropy;
+    with scope 'degenerate' a group is all-correct only if its expert row is correct too."""
+    from echovl.easyr1.mining import EchoMiner
+
+    ids = text_only_tokenizer("First step.\nSecond step.\n", add_special_tokens=False)["input_ids"]
+    responses = torch.tensor([ids] * 6)
+    mask = torch.ones_like(responses)
+    entropy = torch.ones(responses.shape)
+    entropy[0] = 5.0  # the expert row of group 0 has the highest entropy
+    entropy[3] = 4.0  # the expert row of group 1
+    verified = torch.tensor([True, True, True, False, True, True])  # group 1's expert row is wrong
+    uids = ["a", "a", "a", "b", "b", "b"]
+    pool = torch.tensor([False, True, True, False, True, True])  # rows 0 and 3 are expert rows
+    for scope, mined_groups in (("all", 2), ("degenerate", 1)):
+        miner = EchoMiner(text_only_tokenizer, EchoConfig(scope=scope))
+        mined = miner.mine(responses, mask, entropy, verified, uids, pool=pool)
+        assert len(mined.clips) == mined_groups
+        assert not mined.clips.mask[~pool].any()
+        assert mined.clips.row.tolist() == [1, 4][:mined_groups]  # the lowest on-policy row of each mined group
+        assert mined.outcomes.all_correct == 1  # group a (expert row included); b's expert row is wrong
+        unpooled = miner.mine(responses, mask, entropy, verified, uids)
+        assert 0 in unpooled.clips.row.tolist()  # without the pool the expert row would give group a's clip
