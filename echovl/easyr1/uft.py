@@ -49,7 +49,7 @@ class HintStats:
     cut: int = 0
     parts: int = 0
     hint_parts: int = 0
-    unit_fraction: float = 0.0
+    char_fraction: float = 0.0
     hint_tokens: int = 0
     probability: float = 0.0
 
@@ -135,7 +135,7 @@ class HintMaker:
         stats.parts += len(parts)
         stats.hint_parts += k
         units = sum(len(p) for p in parts)
-        stats.unit_fraction += sum(len(p) for p in parts[:k]) / units if units else 0.0
+        stats.char_fraction += sum(len(p) for p in parts[:k]) / units if units else 0.0
         stats.hint_tokens += tokens
 
     def metrics(self) -> dict[str, float]:
@@ -145,7 +145,7 @@ class HintMaker:
         return {
             "uft/hint_probability": stats.probability,
             "uft/hinted_prompts": stats.hinted / prompts,
-            "uft/hint_fraction": stats.unit_fraction / prompts,
+            "uft/hint_fraction": stats.char_fraction / prompts,
             "uft/hint_parts": stats.hint_parts / prompts,
             "uft/hint_tokens": stats.hint_tokens / prompts,
             "uft/hint_cut": float(stats.cut),
