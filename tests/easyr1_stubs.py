@@ -260,3 +260,52 @@ def reference_log_probs_and_entropy(model, batch, temperature: float) -> tuple[t
             log_probs[row, :num_response] = torch.log_softmax(scores, -1).gather(-1, targets[:, None])[:, 0]
             entropy[row, :num_response] = token_entropy(scores)
     return log_probs, entropy
+
+
+# ------------------------------------------------------------------------------------------- simulated ranks
+
+
+def run_simulated_ranks(world_size: int, fn, monkeypatch) -> list:
+    """Run ``fn(rank)`` for every rank at once, one thread each, with ``torch.distributed.all_reduce`` (SUM and
+    MAX) reducing over the threads as a process group of ``world_size`` would; returns the results by rank.
+
+    Every rank must make the same sequence of all-reduce calls (as real collectives require); a rank that fails
+    breaks the barrier, so the others stop instead of waiting forever, and the first error is raised.
+    """
+    import threading
+
+    import torch.distributed as dist
+
+    barrier = threading.Barrier(world_size, timeout=120)
+    slots: list = [None] * world_size
+    local = threading.local()
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        slots[local.rank] = tensor.detach().clone()
+        barrier.wait()
+        stacked = torch.stack(slots)
+        result = stacked.max(0).values if op == dist.ReduceOp.MAX else stacked.sum(0)
+        barrier.wait()  # every rank has read the slots before any writes the next call's value
+        tensor.copy_(result)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    results: list = [None] * world_size
+    errors: list = []
+
+    def target(rank: int) -> None:
+        local.rank = rank
+        try:
+            results[rank] = fn(rank)
+        except BaseException as error:  # noqa: BLE001 (re-raised below, in the calling thread)
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=target, args=(rank,)) for rank in range(world_size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+        raise (real or errors)[0]
+    return results

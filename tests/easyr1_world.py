@@ -75,6 +75,7 @@ class FakeActorWorkerGroup:
         self.generated = []  # every generation round's gen batch
         self.log_prob_calls = []
         self.updates = []
+        self.update_metrics = []  # the actor's metrics of each update, per mini-batch (before EasyR1 averages them)
 
     # -- dispatch rules of Dispatch.DP_COMPUTE_PROTO
     def _check_dispatch(self, data, micro: int | None = None):
@@ -132,6 +133,7 @@ class FakeActorWorkerGroup:
         self._check_dispatch(data, self.actor.config.micro_batch_size_per_device_for_update)
         self.updates.append(data)
         metrics = self.actor.update_policy(data)
+        self.update_metrics.append(metrics)
         return DataProto(non_tensor_batch={k: np.array(v if isinstance(v, list) else [v]) for k, v in metrics.items()})
 
 
@@ -143,3 +145,59 @@ class ListLoader(list):
 
     def load_state_dict(self, state):
         pass
+
+
+# ------------------------------------------------------------------------------------------- synthetic rollouts
+
+STEP_LINES = ("We look at the numbers.", "Adding them gives the sum.", "Check the sum again.", "So the total is 7.")
+
+
+def synthetic_round(tokenizer, patterns, *, n: int, response_length: int, prompt_length: int = 8, seed: int = 0):
+    """A scored generation round laid out like EasyR1's (vLLM's tensors, ``uid`` per group), without a model.
+
+    ``patterns`` gives each group's outcome (``all_correct``, ``mixed``: the first half of its rollouts correct,
+    ``all_wrong``). Responses have 1 to 6 reasoning lines, so lengths and step counts vary. Returns the
+    ``DataProto`` (with ``token_level_scores``) and the per-row ``accuracy`` scores.
+    """
+    import torch
+    from verl.protocol import DataProto
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(patterns) * n
+    eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    pool = ["\n".join(STEP_LINES[(k + i) % 4] for i in range(1 + k % 6)) for k in range(12)]
+    pool_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in pool]
+    picks = torch.randint(len(pool), (rows,), generator=generator).tolist()
+    prompts = torch.randint(300, (rows, prompt_length), generator=generator)
+    tensors = vllm_layout(
+        prompts,
+        torch.ones(rows, prompt_length, dtype=torch.long),
+        torch.arange(prompt_length).expand(rows, -1),
+        [pool_ids[k] for k in picks],
+        eos=eos,
+        pad=pad,
+        length=response_length,
+    )
+    accuracy = []
+    for pattern in patterns:
+        accuracy += [float(pattern == "all_correct" or (pattern == "mixed" and k < n // 2)) for k in range(n)]
+    scores = torch.zeros(rows, response_length)
+    last = tensors["response_mask"].sum(-1) - 1
+    scores[torch.arange(rows), last] = torch.tensor(accuracy)
+    tensors["token_level_scores"] = scores
+    uids = np.array([f"{seed}-{g}" for g in range(len(patterns)) for _ in range(n)], dtype=object)
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": uids}), accuracy
+
+
+def add_experience(batch, *, seed: int = 0) -> None:
+    """What EasyR1's ``fit`` adds before ``update_actor`` (old log-probs and entropies, advantages), random."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    mask = batch.batch["response_mask"].float()
+    shape = mask.shape
+    batch.batch["old_log_probs"] = -torch.rand(shape, generator=generator) * 3 * mask
+    batch.batch["old_entropy"] = torch.rand(shape, generator=generator) * 2 * mask
+    batch.batch["advantages"] = torch.randn(shape[0], 1, generator=generator) * mask
+    batch.batch["returns"] = batch.batch["advantages"].clone()
+    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"].clone()
