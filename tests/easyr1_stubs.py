@@ -262,6 +262,43 @@ def reference_log_probs_and_entropy(model, batch, temperature: float) -> tuple[t
     return log_probs, entropy
 
 
+def actor_config(batch_rows, *, micro=2, padding_free=False, dynamic_batching=False, **kwargs):
+    """EasyR1's ``ActorConfig`` for CPU tests: no torch.compile, ``batch_rows`` rows per mini-batch per device."""
+    from verl.workers.actor.config import ActorConfig
+
+    config = ActorConfig(
+        padding_free=padding_free,
+        dynamic_batching=dynamic_batching,
+        use_torch_compile=False,
+        micro_batch_size_per_device_for_experience=micro,
+        micro_batch_size_per_device_for_update=micro,
+        **kwargs,
+    )
+    config.global_batch_size_per_device = batch_rows
+    return config
+
+
+def reference_clip_nll(model, batch, rows, temperature: float, mask_key: str = "echo_mask") -> torch.Tensor:
+    """Mean over ``rows`` of each row's mean NLL over its ``mask_key`` tokens, differentiable: a plain Hugging Face
+    forward per row over the row's valid tokens (as its ``attention_mask`` gives them), temperature-scaled."""
+    data = batch.batch
+    length = data["responses"].shape[1]
+    inputs = batch.non_tensor_batch.get("multi_modal_inputs")
+    per_clip = []
+    for row in rows:
+        valid = data["attention_mask"][row].bool()
+        ids = data["input_ids"][row][valid].unsqueeze(0)
+        position_ids = data["position_ids"][row]
+        position_ids = position_ids[:, valid].unsqueeze(1) if position_ids.dim() == 2 else position_ids[valid][None]
+        extra = dict(inputs[row]) if inputs is not None else {}
+        logits = model(input_ids=ids, position_ids=position_ids, use_cache=False, **extra).logits[0].float()
+        prompt_len = int(data["attention_mask"][row][:-length].sum())
+        positions = data[mask_key][row].nonzero().flatten()  # position t of the response is predicted at t - 1
+        log_probs = torch.log_softmax(logits[prompt_len - 1 + positions] / temperature, dim=-1)
+        per_clip.append(-log_probs.gather(-1, data["responses"][row][positions, None]).mean())
+    return torch.stack(per_clip).mean()
+
+
 # ------------------------------------------------------------------------------------------- simulated ranks
 
 
