@@ -201,3 +201,84 @@ def add_experience(batch, *, seed: int = 0) -> None:
     batch.batch["advantages"] = torch.randn(shape[0], 1, generator=generator) * mask
     batch.batch["returns"] = batch.batch["advantages"].clone()
     batch.batch["token_level_rewards"] = batch.batch["token_level_scores"].clone()
+
+
+# ------------------------------------------------------------------------------------------- a DAPO step at paper sizes
+
+PAPER_RANKS, PAPER_N, PAPER_PROMPTS = 8, 8, 128
+LATE_DAPO_STEP = ["mixed"] * 128 + ["all_correct"] * 300 + ["all_wrong"] * 20
+"""One DAPO step late in training: 300 all-correct groups dropped while the filter collected 128 mixed ones."""
+
+
+class EntropyPass:
+    """The actor worker group as the trainer sees it: ``world_size`` ranks; ``compute_log_probs`` gives random old
+    log-probs and entropies (the dropped groups' entropy pass) and counts the rows it was given."""
+
+    def __init__(self, world_size: int = PAPER_RANKS):
+        self.world_size = world_size
+        self.rows = 0
+
+    def compute_log_probs(self, data):
+        import torch
+        from verl.protocol import DataProto
+
+        assert len(data) % self.world_size == 0
+        self.rows += len(data)
+        generator = torch.Generator().manual_seed(len(data))
+        shape = data.batch["responses"].shape
+        old_log_probs, entropy = -torch.rand(shape, generator=generator), torch.rand(shape, generator=generator) * 2
+        tensors = {"old_log_probs": old_log_probs, "old_entropy": entropy}
+        return DataProto.from_dict(tensors=tensors)
+
+
+def paper_dapo_update(tokenizer, global_batch_size: int, checkpoint_dir, *, patterns=LATE_DAPO_STEP, overrides=()):
+    """The update batch ``EchoTrainer`` hands to ``update_actor`` for one synthetic DAPO step at the paper's sizes
+    (``configs/geo3k_grpo_echo.yaml``: 128 prompts x 8 rollouts, 8 ranks; run from the repository root), through
+    EasyR1's real ``_balance_batch``. Returns ``(config, dapo_batch, update_batch, echo_metrics, entropy_pass)``.
+    """
+    from unittest import mock
+
+    import ray
+    from verl.trainer.ray_trainer import ResourcePoolManager
+
+    from echovl.easyr1.config import load_config
+    from echovl.easyr1.trainer import EchoTrainer
+
+    generated, accuracy = synthetic_round(tokenizer, patterns, n=PAPER_N, response_length=64, seed=3)
+    config = load_config(
+        [
+            "config=configs/geo3k_grpo_echo.yaml",  # the paper's sizes: 128 x 8, dynamic batching, 8 GPUs
+            "algorithm.online_filtering=true",
+            "algorithm.disable_kl=true",
+            f"worker.actor.global_batch_size={global_batch_size}",
+            "trainer.max_steps=1",
+            f"trainer.save_checkpoint_path={checkpoint_dir}",
+            "echo.trace_freq=0",
+            *overrides,
+        ]
+    )
+    trainer = EchoTrainer(
+        config=config,
+        tokenizer=tokenizer,
+        processor=None,
+        train_dataloader=ListLoader([{}]),
+        val_dataloader=[],
+        role_worker_mapping={},
+        resource_pool_manager=ResourcePoolManager({"global_pool": [PAPER_RANKS]}, {}),
+        reward_fn=object(),
+        val_reward_fn=None,
+    )
+    trainer.actor_rollout_ref_wg = entropy_pass = EntropyPass()
+    trainer.global_step = 1
+    trainer.reward_fn.calls = [(generated, (generated.batch["token_level_scores"], {"accuracy": accuracy}))]
+    # what EasyR1's _make_batch_data returns: the kept (mixed) groups, in generation order
+    kept = [
+        i for i, uid in enumerate(generated.non_tensor_batch["uid"]) if patterns[int(uid.split("-")[1])] == "mixed"
+    ]
+    with mock.patch.object(ray, "get", lambda value: value):
+        batch = trainer._after_online_filtering(generated[kept][: PAPER_PROMPTS * PAPER_N])
+        trainer._balance_batch(batch, metrics={})  # EasyR1's fit, as is
+        batch.meta_info = {"temperature": 0.6, "global_token_num": batch.batch["attention_mask"].sum(-1).tolist()}
+        add_experience(batch, seed=1)
+        update, metrics = trainer.prepare_update(batch)
+    return config, batch, update, metrics, entropy_pass

@@ -15,39 +15,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from tests.easyr1_stubs import install_vllm_stub, run_simulated_ranks  # noqa: E402
-from tests.easyr1_world import ListLoader, add_experience, synthetic_round  # noqa: E402
+from tests.easyr1_world import PAPER_N, PAPER_PROMPTS, PAPER_RANKS, paper_dapo_update  # noqa: E402
 
 install_vllm_stub()
 
-import ray  # noqa: E402
-from verl.protocol import DataProto  # noqa: E402
-from verl.trainer.ray_trainer import ResourcePoolManager  # noqa: E402
 from verl.utils import seqlen_balancing  # noqa: E402
 from verl.utils.seqlen_balancing import prepare_dynamic_batch  # noqa: E402
 
+import echovl.easyr1.trainer  # noqa: E402,F401  (paper_dapo_update imports it; vllm is stubbed only now)
 from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
-from echovl.easyr1.config import load_config  # noqa: E402
-from echovl.easyr1.trainer import EchoTrainer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-N, PROMPTS, RANKS = 8, 128, 8
-RESPONSE_LENGTH = 64
-# one DAPO step late in training: 300 all-correct groups dropped by the filter while it collected 128 mixed ones
-PATTERNS = ["mixed"] * 128 + ["all_correct"] * 300 + ["all_wrong"] * 20
-
-
-class _EntropyPass:
-    """The actor worker group as the trainer sees it: 8 ranks; ``compute_log_probs`` gives random old log-probs and
-    entropies (the dropped groups' entropy pass)."""
-
-    world_size = RANKS
-
-    def compute_log_probs(self, data):
-        assert len(data) % RANKS == 0
-        generator = torch.Generator().manual_seed(len(data))
-        shape = data.batch["responses"].shape
-        tensors = {"old_log_probs": -torch.rand(shape, generator=generator), "old_entropy": torch.rand(shape) * 2}
-        return DataProto.from_dict(tensors=tensors)
+N, PROMPTS, RANKS = PAPER_N, PAPER_PROMPTS, PAPER_RANKS  # LATE_DAPO_STEP: 300 dropped all-correct groups
 
 
 class _RecordingActor(EchoActor):
@@ -76,47 +55,14 @@ def paper_step(tiny_lm_dir, tmp_path, monkeypatch):
     from transformers import AutoTokenizer
 
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr(ray, "get", lambda value: value)
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm_dir)
-    generated, accuracy = synthetic_round(tokenizer, PATTERNS, n=N, response_length=RESPONSE_LENGTH, seed=3)
-    reward = (generated.batch["token_level_scores"], {"accuracy": accuracy})
 
     def build(global_batch_size: int):
-        config = load_config(
-            [
-                "config=configs/geo3k_grpo_echo.yaml",  # the paper's sizes: 128 x 8, dynamic batching, 8 GPUs
-                "algorithm.online_filtering=true",
-                "algorithm.disable_kl=true",
-                f"worker.actor.global_batch_size={global_batch_size}",
-                "worker.actor.micro_batch_size_per_device_for_update=4",  # (1 in the paper: 4x the micro-batches)
-                "trainer.max_steps=1",
-                f"trainer.save_checkpoint_path={tmp_path}",
-                "echo.trace_freq=0",
-            ]
+        # 4 rows per micro-batch (1 in the paper): the same layout, a quarter of the micro-batches to run
+        overrides = ["worker.actor.micro_batch_size_per_device_for_update=4"]
+        config, batch, update, metrics, _ = paper_dapo_update(
+            tokenizer, global_batch_size, tmp_path, overrides=overrides
         )
-        trainer = EchoTrainer(
-            config=config,
-            tokenizer=tokenizer,
-            processor=None,
-            train_dataloader=ListLoader([{}]),
-            val_dataloader=[],
-            role_worker_mapping={},
-            resource_pool_manager=ResourcePoolManager({"global_pool": [RANKS]}, {}),
-            reward_fn=object(),
-            val_reward_fn=None,
-        )
-        trainer.actor_rollout_ref_wg = _EntropyPass()
-        trainer.global_step = 1
-        trainer.reward_fn.calls = [(generated, reward)]
-        # what EasyR1's _make_batch_data returns: the kept (mixed) groups, in generation order
-        kept = [
-            i for i, uid in enumerate(generated.non_tensor_batch["uid"]) if PATTERNS[int(uid.split("-")[1])] == "mixed"
-        ]
-        batch = trainer._after_online_filtering(generated[kept][: PROMPTS * N])
-        trainer._balance_batch(batch, metrics={})  # EasyR1's fit, as is
-        batch.meta_info = {"temperature": 0.6, "global_token_num": batch.batch["attention_mask"].sum(-1).tolist()}
-        add_experience(batch, seed=1)
-        update, metrics = trainer.prepare_update(batch)
         return config, batch, update, metrics
 
     return build

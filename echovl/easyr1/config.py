@@ -46,10 +46,10 @@ class EasyR1EchoConfig(EchoConfig):
 
     keep_filtered_clips: int = -1
     """With DAPO's online filtering (``algorithm.online_filtering``): how many EchoClips to keep from the
-    all-correct groups the filter drops. Each kept clip's rollout joins the update with zero advantage and no
-    policy-gradient/KL term, at the cost of one group slot per ``rollout.n`` clips and a no-grad forward over
-    those groups (for their entropies). ``-1``: as many as there are, using at most half of the batch's group
-    slots; ``0``: none (plain DAPO, echo only on the groups it keeps)."""
+    all-correct groups the filter drops (one per group). Each kept group costs a no-grad forward over its
+    ``rollout.n`` rollouts (for their entropies), and its clip one extra row in the update (prompt + clip prefix,
+    zero advantage, no policy-gradient/KL term), beyond DAPO's batch: no DAPO group is given up. ``-1``: all of
+    them; ``0``: none (plain DAPO, echo only on the groups it keeps); ``N``: at most ``N``."""
 
     def validate(self) -> None:
         super().validate()
