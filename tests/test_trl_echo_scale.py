@@ -98,6 +98,7 @@ def test_every_optimizer_step_gets_coef_times_the_mean_clip_nll(
         num_iterations=iterations,
         max_grad_norm=0.0,  # no clipping: the optimizer sees the raw gradient
         max_completion_length=8,
+        per_device_train_batch_size=4,  # one group per micro-batch
         max_steps=2,
     )
     trainer = _echo_only_trainer(
