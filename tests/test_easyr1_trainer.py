@@ -3,6 +3,7 @@ GRPO + EchoRL, DAPO + EchoRL (the dropped all-correct groups' clips), and echo o
 
 import copy
 import json
+import math
 
 import pytest
 
@@ -27,7 +28,7 @@ from verl.utils.dataset import RLHFDataset, collate_fn  # noqa: E402
 from verl.workers.reward import AutoRewardManager  # noqa: E402
 
 from echovl import delimiter_table, mine_echo_clips, special_table, step_index, text_mask  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW, EchoActor  # noqa: E402
 from echovl.easyr1.config import load_config  # noqa: E402
 from echovl.easyr1.mining import group_ids  # noqa: E402
 from echovl.easyr1.trainer import EchoTrainer  # noqa: E402
@@ -47,7 +48,7 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray, "get", lambda value: value)
 
 
-def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_worker=True):
+def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_worker=True, world_size=2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     parquet = write_problem_parquet(tmp_path / "train.parquet", 24)
@@ -92,7 +93,9 @@ def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_work
     actor_config = config.worker.actor
     actor_config.global_batch_size_per_device = actor_config.global_batch_size * N  # one process holds every row
     actor = EchoActor(actor_config, model, torch.optim.AdamW(model.parameters(), lr=1e-3))
-    wg = FakeActorWorkerGroup(actor, tokenizer, n=N, response_length=96, echo_worker=echo_worker)
+    wg = FakeActorWorkerGroup(
+        actor, tokenizer, n=N, response_length=96, echo_worker=echo_worker, world_size=world_size
+    )
     reward = FakeRewardHandle(AutoRewardManager(config.worker.reward, tokenizer))
     trainer = trainer_cls(
         config=config,
@@ -174,39 +177,55 @@ def _reward_accuracy(trainer, batch):
 
 
 def test_dapo_keeps_the_clips_of_dropped_all_correct_groups(tmp_path, tiny_lm_dir, fake_ray, monkeypatch):
+    """Update batch 1 prompt (4 mini-batches), 1 rank: before the echo rows got their own layout, the last
+    mini-batch held echo rows only, its PG term was 0 * 1 / 0 and the logged grad_norm NaN."""
     trainer, wg, model, tokenizer = _build(
-        tmp_path, tiny_lm_dir, "algorithm.online_filtering=true", "data.mini_rollout_batch_size=4"
+        tmp_path,
+        tiny_lm_dir,
+        "algorithm.online_filtering=true",
+        "data.mini_rollout_batch_size=4",
+        "worker.actor.global_batch_size=1",
+        world_size=1,
     )
+    wg.actor.config.global_batch_size_per_device = N
     initial = EchoActor(wg.actor.config, copy.deepcopy(model))  # the parameters the last step starts from
     logs = _fit(
         trainer, wg, monkeypatch, before_last_step=lambda: initial.actor_module.load_state_dict(model.state_dict())
     )
-    for entry, batch in zip(logs, wg.updates):
-        assert len(batch) == PROMPTS * N  # EasyR1's batch size: divisibility rules hold
-        echo_only = batch.batch["response_mask"].sum(-1) == 0
+    mini_batches = PROMPTS  # update batch 1 prompt: one optimizer step per prompt
+    for entry, batch, metrics in zip(logs, wg.updates, wg.update_metrics):
+        echo_only = batch.batch[ECHO_ROW]
+        assert torch.equal(echo_only, batch.batch["response_mask"].sum(-1) == 0)
         uids = np.asarray(batch.non_tensor_batch["uid"])
         scores = np.asarray(batch.non_tensor_batch["echo_score"], dtype=float)
-        # policy-gradient rows: whole mixed groups only (DAPO's filter), one slot (N rows) given to echo rows
+        # policy-gradient rows: every group DAPO kept (whole mixed groups), none given up for echo rows
         pg_uids = set(uids[~echo_only.numpy()])
-        assert len(pg_uids) == PROMPTS - 1
+        assert len(pg_uids) == PROMPTS and int((~echo_only).sum()) == PROMPTS * N
         for uid in pg_uids:
             group_scores = scores[uids == uid]
             assert len(group_scores) == N and 0 < group_scores.mean() < 1
-        # echo rows: rollouts of dropped all-correct groups, zero advantage, PG/KL masked, clip tokens kept
-        assert int(echo_only.sum()) == N
+        # echo rows: rollouts of dropped all-correct groups, zero advantage, PG/KL masked, clip tokens kept,
+        # padded to whole micro-batches (2 rows) in every mini-batch
+        clips = int(entry["echo"]["filtered_clips"])
+        assert clips > 0 and int(echo_only.sum()) == entry["echo"]["filtered_rows"] == math.ceil(clips / 8) * 8
         assert torch.all(batch.batch["advantages"][echo_only] == 0)
         assert np.all(scores[echo_only.numpy()] == 1.0)
         clip_rows = batch.batch[ECHO_MASK][echo_only].any(-1)
-        assert int(clip_rows.sum()) == entry["echo"]["filtered_clips"] > 0
-        assert len(set(uids[echo_only.numpy()][clip_rows.numpy()])) == int(clip_rows.sum())  # one clip per group
+        assert int(clip_rows.sum()) == clips
+        assert len(set(uids[echo_only.numpy()][clip_rows.numpy()])) == clips  # one clip per group
         assert entry["echo"]["degenerate_groups"] > 0  # counted over every generated group
         assert entry["timing_s"]["echo_filtered_forward"] >= 0
+        # every optimizer step is finite (EasyR1 skips a NaN step silently)
+        assert len(metrics["actor/grad_norm"]) == mini_batches
+        assert all(math.isfinite(g) for g in metrics["actor/grad_norm"]), metrics["actor/grad_norm"]
+        assert len(metrics["actor/pg_loss"]) == PROMPTS * N // 2  # only PG micro-batches add PG metrics
+        assert len(metrics["echo/loss"]) == mini_batches
     # each echo row's clip is the clip mine_echo_clips finds in its whole (dropped) group (last step's rounds)
     last = wg.updates[-1]
-    echo_only = last.batch["response_mask"].sum(-1) == 0
+    echo_only = last.batch[ECHO_ROW]
     clip_rows = torch.nonzero(echo_only & last.batch[ECHO_MASK].any(-1)).flatten()
     main_pass, filtered_pass = wg.log_prob_calls[-2:]  # the dropped groups' pass is padded to the dispatch sizes
-    assert main_pass == (PROMPTS - 1) * N and filtered_pass % 4 == 0 and filtered_pass >= N
+    assert main_pass == PROMPTS * N and filtered_pass % 2 == 0 and filtered_pass >= N
     for row in clip_rows.tolist():
         uid = last.non_tensor_batch["uid"][row]
         group = _generated_group(initial, trainer, uid)

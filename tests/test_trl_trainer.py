@@ -68,7 +68,7 @@ def recorded_run(tiny_vl_dir, tmp_path_factory):
                     "mask": inputs["echo_mask"].clone(),
                     "completion_mask": inputs["completion_mask"].clone(),
                     "token_logps": token_logps,
-                    "clip_count": float(inputs["echo_clip_count"]),
+                    "clip_count": self._echo_step_clips()[0],
                 }
             )
             return loss, echo
