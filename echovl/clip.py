@@ -254,7 +254,17 @@ def mine_echo_clips(
     ok_group = row_group.index_select(0, ok_rows)
     if selection != "max":
         return _mine_several(
-            score, count, ok_rows, ok_group, groups, steps, text_mask, entropy.dtype, selection, top_k, soft_temperature
+            score,
+            count,
+            ok_rows,
+            ok_group,
+            groups,
+            steps,
+            text_mask,
+            entropy.dtype,
+            selection,
+            top_k,
+            soft_temperature,
         )
     # per row: the best step (max returns the first, i.e. earliest, of tied maxima); then per group: the best
     # row, the lowest of tied ones

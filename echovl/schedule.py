@@ -43,6 +43,8 @@ def echo_coef(
         return coef * min(1.0, done / warmup_steps)
     if schedule == "adaptive":
         if degenerate_fraction is None or not 0.0 <= degenerate_fraction <= 1.0:
-            raise ValueError(f"the adaptive schedule needs a degenerate fraction in [0, 1], got {degenerate_fraction!r}")
+            raise ValueError(
+                f"the adaptive schedule needs a degenerate fraction in [0, 1], got {degenerate_fraction!r}"
+            )
         return coef * degenerate_fraction
     return coef

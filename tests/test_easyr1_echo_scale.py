@@ -150,3 +150,73 @@ def test_echo_adds_coef_times_the_mean_clip_nll_to_every_step(
     for (_, echo_metrics), (_, easyr1_metrics) in zip(with_echo, easyr1):  # EasyR1's PG metrics, as many and equal
         for key in ("actor/pg_loss", "actor/ppo_kl", "actor/pg_clipfrac_higher", "actor/entropy_loss"):
             assert echo_metrics[key] == pytest.approx(easyr1_metrics[key], rel=1e-5, abs=1e-7), key
+
+
+def _nested_clip_weights(rollouts):
+    """Two nested prefix clips per clip row, weights 0.7 (short) and 0.3 (long), as top_k / soft lay them out:
+    ``echo_weight`` [B, R] (sum of weight / length over the clips holding a token) and ``echo_clip_weight`` [B]."""
+    mask = rollouts.batch["response_mask"]
+    token_weight = torch.zeros(mask.shape)
+    clips = {}  # row -> [(length, weight)]
+    for row in PG_ROWS + CLIP_ROWS:
+        full = int(mask[row].sum())
+        clips[row] = [(max(1, full // 4), 0.7), (max(2, full // 2), 0.3)]
+        for length, weight in clips[row]:
+            token_weight[row, :length] += weight / length
+    return token_weight, clips
+
+
+def test_weighted_clips_add_coef_times_the_weighted_mean_clip_nll_to_every_step(lm_model, rollouts, monkeypatch):
+    """``echo.selection`` top_k / soft: nested clips with weights; each step gets
+    ``coef * sum_c w_c * meanNLL(c) / sum_c w_c`` over the step's clips (PG rows and DAPO echo rows)."""
+    from echovl.easyr1.actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_WEIGHT
+
+    monkeypatch.setattr(seqlen_balancing, "dist", type("NoDist", (), {"is_initialized": staticmethod(lambda: False)}))
+    weighted = copy.deepcopy(rollouts)
+    token_weight, clips = _nested_clip_weights(weighted)
+    weighted.batch[ECHO_WEIGHT] = token_weight
+    weighted.batch[ECHO_CLIP_WEIGHT] = torch.tensor(
+        [sum(w for _, w in clips.get(r, [])) for r in range(len(weighted))]
+    )
+    weighted.batch[ECHO_MASK] = token_weight > 0
+    main, update = _update_batch(weighted)
+    step_coef = 0.25  # the trainer's lambda of this step (meta_info), not echo.coef
+    update.meta_info[ECHO_COEF] = step_coef
+    config = actor_config(len(main) // RANKS // MINI_BATCHES, micro=1)
+
+    def run(actor_cls, shares, **kwargs):
+        def rank_update(rank):
+            actor = actor_cls(config, copy.deepcopy(lm_model).train(), **kwargs)
+            actor.rank, actor.world_size, actor.step_grads = rank, RANKS, []
+            return actor, actor.update_policy(shares[rank])
+
+        return run_simulated_ranks(RANKS, rank_update, monkeypatch)
+
+    with_echo = run(_EchoSteps, update.chunk(RANKS), echo=EchoConfig(coef=COEF, selection="soft"))
+    easyr1 = run(_EasyR1Steps, main.chunk(RANKS))
+    responses = weighted.batch["responses"].shape[1]
+    for step in range(MINI_BATCHES):
+        row_ids = []
+        for share in update.chunk(RANKS):
+            is_echo = share.batch[ECHO_ROW].tolist()
+            pg_rows = [i for i, e in enumerate(is_echo) if not e]
+            echo_rows_ = [i for i, e in enumerate(is_echo) if e]
+            per_step = len(pg_rows) // MINI_BATCHES, len(echo_rows_) // MINI_BATCHES
+            rows = pg_rows[step * per_step[0] : (step + 1) * per_step[0]]
+            rows += echo_rows_[step * per_step[1] : (step + 1) * per_step[1]]
+            row_ids += [int(share.non_tensor_batch["row_id"][i]) for i in rows if share.batch[ECHO_WEIGHT][i].any()]
+        reference = copy.deepcopy(lm_model).train()
+        total, weight_sum = 0.0, 0.0
+        for row in row_ids:
+            for length, weight in clips[row]:
+                weighted.batch["ref_clip"] = torch.zeros(len(weighted), responses, dtype=torch.bool)
+                weighted.batch["ref_clip"][row, :length] = True
+                total = total + weight * reference_clip_nll(reference, weighted, [row], TEMPERATURE, "ref_clip")
+                weight_sum += weight
+        (step_coef * total / weight_sum).backward()
+        echo_step = [a - b for a, b in zip(_mean_over_ranks(with_echo, step), _mean_over_ranks(easyr1, step))]
+        for got, param in zip(echo_step, reference.parameters()):
+            expected = torch.zeros_like(param) if param.grad is None else param.grad
+            torch.testing.assert_close(got, expected, atol=2e-6, rtol=2e-4)
+        logged = np.mean([metrics["echo/loss"][step] for _, metrics in with_echo])
+        assert logged == pytest.approx(float(total.detach()) / weight_sum, rel=1e-5)

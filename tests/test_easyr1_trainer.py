@@ -283,3 +283,59 @@ def _counter():
         return uuid.UUID(int=state["n"])
 
     return next_uuid
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("echo.selection=soft", "echo.soft_temperature=0.5", "echo.start_step=2"),
+        ("echo.selection=top_k", "echo.top_k=2", "algorithm.online_filtering=true", "data.mini_rollout_batch_size=4"),
+    ],
+    ids=["grpo-soft-start2", "dapo-top2"],
+)
+def test_selection_variants_and_start_step_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch, overrides):
+    """top_k / soft: the update batch carries the core's clip weights (PG rows and DAPO echo rows), the logs the
+    step's lambda and the weights; before echo.start_step the update is EasyR1's (no echo keys)."""
+    from echovl.easyr1.actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_WEIGHT
+
+    trainer, wg, _, tokenizer = _build(tmp_path, tiny_lm_dir, *overrides)
+    logs = _fit(trainer, wg, monkeypatch)
+    echo, steps_with_echo_rows = trainer.echo, 0
+    for step, (entry, batch) in enumerate(zip(logs, wg.updates), start=1):
+        assert entry["echo"]["coef"] == (0.5 if step >= echo.start_step else 0.0)
+        if step < echo.start_step:
+            assert ECHO_MASK not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
+            continue
+        assert batch.meta_info[ECHO_COEF] == 0.5
+        pg_rows = ~batch.batch[ECHO_ROW] if ECHO_ROW in batch.batch.keys() else torch.ones(len(batch), dtype=bool)
+        main = batch[torch.nonzero(pg_rows).flatten().tolist()]
+        accuracy = torch.tensor([float(s) for s in _reward_accuracy(trainer, main)])
+        mask = main.batch["attention_mask"][:, -main.batch["responses"].shape[1] :]
+        steps = step_index(main.batch["responses"], mask, delimiter_table(tokenizer))
+        text = text_mask(main.batch["responses"], mask, special_table(tokenizer))
+        clips = mine_echo_clips(
+            main.batch["old_entropy"],
+            steps,
+            text,
+            accuracy >= 1.0,
+            group_ids(main.non_tensor_batch["uid"]),
+            **echo.mining_kwargs(),
+        )
+        torch.testing.assert_close(main.batch[ECHO_WEIGHT], clips.token_weight)
+        expected_weight = torch.zeros(len(main)).index_add_(0, clips.row, clips.weight)
+        torch.testing.assert_close(main.batch[ECHO_CLIP_WEIGHT], expected_weight)
+        assert entry["echo"]["clips"] >= len(clips) > 0 and entry["echo"]["clips_per_group"] > 1
+        assert 0 < entry["echo"]["clip_weight_max"] <= 1
+        if ECHO_ROW in batch.batch.keys() and bool(batch.batch[ECHO_ROW].any()):  # DAPO: weighted echo rows
+            echo_rows = batch.batch[ECHO_ROW]
+            weights = batch.batch[ECHO_CLIP_WEIGHT][echo_rows]
+            assert torch.all((weights == 0) | (weights >= 1))  # top_k: whole clips; fillers 0
+            assert torch.equal(batch.batch[ECHO_WEIGHT][echo_rows] > 0, batch.batch[ECHO_MASK][echo_rows])
+            assert float(weights.sum()) == entry["echo"]["filtered_clips"]
+            steps_with_echo_rows += 1
+    assert steps_with_echo_rows == (2 if trainer.config.algorithm.online_filtering else 0)
+    records = [r for _, path in list_trace_files(tmp_path / "ckpt" / "echo_traces") for r in read_trace_file(path)]
+    mined = [r for r in records if r["clips"]]
+    assert mined and all(c["weight"] > 0 for r in mined for c in r["clips"])
+    if echo.selection == "soft":
+        assert all(sum(c["weight"] for c in r["clips"]) == pytest.approx(1.0, abs=1e-5) for r in mined)

@@ -46,9 +46,9 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor
 
 from ..config import EchoConfig
 from ..entropy import token_entropy
-from ..loss import echo_nll
+from ..loss import echo_nll, weighted_echo_nll
 
-__all__ = ["ECHO_MASK", "ECHO_ROW", "EchoActor"]
+__all__ = ["ECHO_CLIP_WEIGHT", "ECHO_COEF", "ECHO_MASK", "ECHO_ROW", "ECHO_WEIGHT", "EchoActor"]
 
 ECHO_MASK = "echo_mask"
 """Batch key of the clip tokens ([B, response_len] bool), written by the trainer."""
@@ -57,6 +57,20 @@ ECHO_ROW = "echo_row"
 """Batch key ([B] bool) of rows that carry the echo term only: the clip rollouts of the all-correct groups DAPO's
 filter dropped (zero advantage, ``response_mask`` 0). The update trains them after the PG rows of each
 mini-batch, in micro-batches of their own."""
+
+ECHO_WEIGHT = "echo_weight"
+"""Batch key of the per-token clip weights ([B, response_len] float, :attr:`echovl.clip.EchoClips.token_weight`),
+present under ``echo.selection`` ``top_k`` / ``soft`` only (then J_echo is :func:`echovl.loss.weighted_echo_nll`)."""
+
+ECHO_CLIP_WEIGHT = "echo_clip_weight"
+"""Batch key ([B] float) of the summed weight of each row's clips, the J_echo denominator's share of the row
+(with :data:`ECHO_WEIGHT`)."""
+
+ECHO_COEF = "echo_coef"
+"""``meta_info`` key: lambda of this training step (the trainer's schedule, ``EchoConfig.coef_at``)."""
+
+_ECHO_ROWS_ONLY = "echovl_echo_rows_only"
+"""``meta_info`` flag of the micro-batches :meth:`EchoActor._echo_micro_batches` cuts from the echo rows."""
 
 
 class EchoActor(DataParallelPPOActor):
@@ -166,7 +180,8 @@ class EchoActor(DataParallelPPOActor):
         temperature = data.meta_info["temperature"]  # temperature must be in the data.meta_info to avoid slient error
         select_keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
         select_keys.extend(["old_log_probs", "ref_log_probs", "advantages"])
-        select_keys.extend([ECHO_MASK, ECHO_ROW])  # echo
+        select_keys.extend([ECHO_MASK, ECHO_ROW, ECHO_WEIGHT, ECHO_CLIP_WEIGHT])  # echo
+        self._echo_coef = data.meta_info.get(ECHO_COEF, self.echo.coef)  # echo: lambda of this step
         non_tensor_select_keys = ["multi_modal_inputs"]
 
         # Split to make minibatch iterator for updating the actor
@@ -206,7 +221,7 @@ class EchoActor(DataParallelPPOActor):
                     # all return: (bsz, response_length)
                     log_probs = self._forward_micro_batch(model_inputs, temperature=temperature)
                     echo_loss = self._echo_loss(log_probs, model_inputs, total_clips)  # echo
-                    if self._holds_echo_rows_only(model_inputs):  # echo: no PG/KL term, no PG metrics
+                    if micro_batch.meta_info.get(_ECHO_ROWS_ONLY):  # echo: no PG/KL term, no PG metrics
                         echo_loss.backward()
                         continue
 
@@ -286,14 +301,15 @@ class EchoActor(DataParallelPPOActor):
             )
         return echo_rows.chunk(count)
 
-    def _global_clip_count(self, mini_batch: DataProto, echo_share: DataProto | None) -> int:
-        """Clips of the mini-batch and its echo share, summed over all ranks (all ranks get the same number)."""
-        clips = mini_batch.batch[ECHO_MASK].any(dim=-1).sum()
+    def _global_clip_count(self, mini_batch: DataProto, echo_share: DataProto | None) -> int | float:
+        """Clips of the mini-batch and its echo share, summed over all ranks (all ranks get the same number); with
+        clip weights (:data:`ECHO_CLIP_WEIGHT`), their sum."""
+        clips = _clip_count(mini_batch)
         if echo_share is not None:
-            clips = clips + echo_share.batch[ECHO_MASK].any(dim=-1).sum()
+            clips = clips + _clip_count(echo_share)
         dist.all_reduce(clips, op=dist.ReduceOp.SUM)
         self._echo_total = 0.0
-        return int(clips.item())  # the one host sync echo adds, per mini-batch
+        return clips.item()  # the one host sync echo adds, per mini-batch
 
     def _echo_micro_batches(self, echo_share: DataProto | None, total_clips: int) -> list[DataProto]:
         """Micro-batches of the echo rows, cut like EasyR1 cuts the PG rows; none when the mini-batch has no clip
@@ -303,8 +319,12 @@ class EchoActor(DataParallelPPOActor):
         micro = self.config.micro_batch_size_per_device_for_update
         if self.config.dynamic_batching:
             max_token_len = micro * echo_share.batch["input_ids"].size(-1)
-            return prepare_dynamic_batch(echo_share, max_token_len=max_token_len)[0]
-        return echo_share.split(micro)
+            micro_batches = prepare_dynamic_batch(echo_share, max_token_len=max_token_len)[0]
+        else:
+            micro_batches = echo_share.split(micro)
+        for micro_batch in micro_batches:  # marked on the host: telling them apart costs no device sync
+            micro_batch.meta_info = {**micro_batch.meta_info, _ECHO_ROWS_ONLY: True}
+        return micro_batches
 
     def _echo_loss(
         self, log_probs: torch.Tensor, model_inputs: dict[str, Any], total_clips: int
@@ -314,18 +334,24 @@ class EchoActor(DataParallelPPOActor):
         of each clip's mean NLL."""
         if total_clips == 0:
             return None
-        echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
+        if ECHO_WEIGHT in model_inputs:  # top_k / soft selection: weighted, possibly nested clips
+            echo_total = weighted_echo_nll(log_probs, model_inputs[ECHO_WEIGHT])
+        else:
+            echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
         self._echo_total = self._echo_total + echo_total.detach()  # summed on the device: no sync here
-        return echo_total * (self.echo.coef * self.world_size / total_clips)
-
-    @staticmethod
-    def _holds_echo_rows_only(model_inputs: dict[str, Any]) -> bool:
-        return ECHO_ROW in model_inputs and bool(model_inputs[ECHO_ROW].all())
+        return echo_total * (self._echo_coef * self.world_size / total_clips)
 
     def _append_echo_metrics(self, metrics: dict[str, list], total_clips: int) -> None:
         """``echo/loss``: this rank's share of J_echo (the driver's mean over ranks is J_echo of the mini-batch)."""
         if total_clips:
             metrics["echo/loss"].append(float(self._echo_total) * self.world_size / total_clips)
+
+
+def _clip_count(batch: DataProto) -> torch.Tensor:
+    """This rank's clips in ``batch``: rows with clip tokens, or their summed clip weights (top_k / soft)."""
+    if ECHO_CLIP_WEIGHT in batch.batch.keys():
+        return batch.batch[ECHO_CLIP_WEIGHT].sum()
+    return batch.batch[ECHO_MASK].any(dim=-1).sum()
 
 
 def split_log_probs_and_entropy(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,7 +33,7 @@ import torch
 from verl.protocol import DataProto
 from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions
 
-from .actor import ECHO_MASK, ECHO_ROW
+from .actor import ECHO_CLIP_WEIGHT, ECHO_MASK, ECHO_ROW, ECHO_WEIGHT
 
 __all__ = [
     "dropped_correct_groups",
@@ -107,7 +107,8 @@ def echo_rows(source: DataProto, rows: torch.Tensor, echo_mask: torch.Tensor, si
 
     Args:
         source: the dropped groups' rows, with ``old_log_probs`` and ``old_entropy``.
-        rows: [M] rows of ``source`` holding a clip.
+        rows: [M] rows of ``source`` holding a clip (each once; with ``echo_weight``, the row carries the weights
+            of all its clips).
         echo_mask: [len(source), R] bool clip tokens.
         size: number of rows to return (>= M).
         like: the batch the rows join.
@@ -127,6 +128,9 @@ def echo_rows(source: DataProto, rows: torch.Tensor, echo_mask: torch.Tensor, si
             tensors[key] = clip_mask
         elif key == ECHO_ROW:
             tensors[key] = torch.ones(size, dtype=value.dtype)
+        elif key in (ECHO_WEIGHT, ECHO_CLIP_WEIGHT):  # top_k / soft: the row's clip weights; padding rows none
+            keep = keeps_clip.view(-1, *[1] * (value.dim() - 1))
+            tensors[key] = data.batch[key].to(value.dtype) * keep
         elif key == "attention_mask":
             tensors[key] = _attention_up_to_clip_end(data.batch[key], clip_mask).to(value.dtype)
         elif key in data.batch.keys() and key != "advantages":

@@ -30,9 +30,9 @@ import torch
 from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
 from verl.trainer.ray_trainer import RayPPOTrainer
 
-from ..clip import group_outcomes
+from ..clip import GroupOutcomes, group_outcomes, row_clip_weight
 from ..traces import TraceWriter, build_group_records, select_groups
-from .actor import ECHO_MASK, ECHO_ROW
+from .actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_MASK, ECHO_ROW, ECHO_WEIGHT
 from .filtering import (
     dropped_correct_groups,
     echo_row_unit,
@@ -94,6 +94,9 @@ def mine_rollout_batch(miner: EchoMiner, batch: DataProto, scores: np.ndarray) -
         batch.non_tensor_batch["uid"],
     )
     batch.batch[ECHO_MASK] = mined.clips.mask
+    if mined.clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
+        batch.batch[ECHO_WEIGHT] = mined.clips.token_weight
+        batch.batch[ECHO_CLIP_WEIGHT] = row_clip_weight(mined.clips, len(batch))
     return mined
 
 
@@ -178,7 +181,7 @@ class EchoTrainer(RayPPOTrainer):
         all_verified = verified_flags(np.concatenate([s for _, s in rounds]), self.echo)
         self._generated_outcomes = group_outcomes(all_verified, group_ids(all_uids))
 
-        if not self.echo.active or self.echo.keep_filtered_clips == 0:
+        if self.echo.keep_filtered_clips == 0 or self._echo_coef(self._generated_outcomes) == 0:
             return batch
         if self.use_critic:  # the critic would be updated on the main batch only; not worth the complexity
             if not getattr(self, "_warned_critic", False):
@@ -233,7 +236,8 @@ class EchoTrainer(RayPPOTrainer):
         world_size, mini_batches = self.actor_rollout_ref_wg.world_size, self._update_mini_batches(batch)
         unit = echo_row_unit(world_size, mini_batches, self._micro_batch_size("update"))
         batch.batch[ECHO_ROW] = torch.zeros(len(batch), dtype=torch.bool)
-        rows = echo_rows(data, mined.clips.row, mined.clips.mask, padded_echo_rows(len(mined.clips), unit), like=batch)
+        clip_rows = torch.unique(mined.clips.row)  # one echo row per rollout (top_k may nest clips in one rollout)
+        rows = echo_rows(data, clip_rows, mined.clips.mask, padded_echo_rows(clip_rows.numel(), unit), like=batch)
         return layout_update_batch(batch, rows, world_size, mini_batches), data, scores, mined
 
     def _update_mini_batches(self, batch: DataProto) -> int:
@@ -252,7 +256,13 @@ class EchoTrainer(RayPPOTrainer):
         metrics = outcome_metrics(outcomes)
         if not self.echo.active:
             return batch, metrics
+        coef = self._echo_coef(outcomes)
+        metrics["echo/coef"] = coef
+        if coef == 0:  # before echo.start_step, or an adaptive lambda on a step without all-correct groups
+            self._filtered = None
+            return batch, metrics
 
+        batch.meta_info[ECHO_COEF] = coef
         mined = mine_rollout_batch(self.miner, batch, scores)
         metrics["echo/entropy"] = mean_entropy(batch.batch["old_entropy"], batch.batch["response_mask"])
         traced, update_batch, timing = [(batch, scores, mined)], batch, {}
@@ -268,6 +278,11 @@ class EchoTrainer(RayPPOTrainer):
         if self.echo.trace_freq and self.global_step % self.echo.trace_freq == 0:
             self._write_traces(traced)
         return update_batch, metrics
+
+    def _echo_coef(self, outcomes: GroupOutcomes) -> float:
+        """lambda of this training step (``echo.start_step``, ``echo.coef_schedule``; the adaptive schedule reads
+        the fraction of all-correct groups among the step's generated groups)."""
+        return self.echo.coef_at(self.global_step, outcomes.all_correct / max(outcomes.num_groups, 1))
 
     # ------------------------------------------------------------------ traces
 
