@@ -51,6 +51,7 @@ def _echo_only_trainer(loss_types, **kwargs):
             part = self.steps[-1]["parts"].setdefault(self._echo_generated_at, {"share": share, "rows": []})
             rows = inputs["echo_mask"].any(-1).nonzero().flatten().tolist()
             keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "echo_mask")
+            keys += tuple(k for k in ("echo_weight", "echo_clip_weight") if k in inputs)  # top_k / soft
             part["rows"] += [{k: inputs[k][r] for k in keys} for r in rows]
             part["clips"] = clips
             return loss * 0 if echo is None else loss * 0 + echo
@@ -60,16 +61,22 @@ def _echo_only_trainer(loss_types, **kwargs):
 
 def _clip_nll(model, rows, temperature):
     """Mean over ``rows`` of each clip's mean NLL: the model's plain logits over prompt + completion (left-padded
-    prompt, as TRL feeds it), at the sampling temperature."""
-    per_clip = []
+    prompt, as TRL feeds it), at the sampling temperature. Rows with clip weights (top_k / soft): the sum of their
+    token-weighted NLLs over the sum of their clip weights."""
+    per_clip, weights = [], []
     for row in rows:
         ids = torch.cat([row["prompt_ids"], row["completion_ids"]])[None]
         mask = torch.cat([row["prompt_mask"], row["completion_mask"]])[None]
         start, length = row["prompt_ids"].numel() - 1, row["completion_ids"].numel()
         logits = model(input_ids=ids, attention_mask=mask).logits[0, start : start + length].float()
         log_probs = torch.log_softmax(logits / temperature, -1).gather(-1, row["completion_ids"][:, None])[:, 0]
-        per_clip.append(-log_probs[row["echo_mask"]].mean())
-    return torch.stack(per_clip).mean()
+        if "echo_weight" in row:
+            per_clip.append(-(log_probs * row["echo_weight"])[row["echo_mask"]].sum())
+            weights.append(row["echo_clip_weight"])
+        else:
+            per_clip.append(-log_probs[row["echo_mask"]].mean())
+            weights.append(torch.tensor(1.0))
+    return torch.stack(per_clip).sum() / torch.stack(weights).sum()
 
 
 LOSS_TYPES = ("grpo", "dapo", "cispo", "bnpo", "dr_grpo", "luspo", "sapo", "vespo")  # every loss_type of TRL 1.16
@@ -144,3 +151,48 @@ def test_the_runs_cover_every_loss_type():
         for t in params[0]
     }
     assert covered == set(LOSS_TYPES)  # ...and each is tested above
+
+
+def test_weighted_clips_and_a_lambda_warm_up_scale_every_step(tiny_lm_dir, tmp_path):
+    """echo.selection top_k (nested clips, weight 1 each) with a linear lambda warm-up over 2 steps: step t gets
+    ``coef_t x`` (sum of its clips' weighted NLL / sum of their weights), coef_1 = coef / 2, coef_2 = coef."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    config = grpo_config(
+        tmp_path,
+        gradient_accumulation_steps=2,
+        steps_per_generation=2,
+        max_grad_norm=0.0,
+        max_completion_length=8,
+        per_device_train_batch_size=4,
+        max_steps=2,
+    )
+    trainer = _echo_only_trainer(
+        ("grpo", "grpo"),
+        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        reward_funcs=[accuracy],
+        args=config,
+        train_dataset=text_dataset(12),
+        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
+        echo_config={
+            "coef": COEF,
+            "selection": "top_k",
+            "top_k": 3,
+            "coef_schedule": "linear",
+            "coef_warmup_steps": 2,
+        },
+    )
+    trainer.train()
+    nested = 0
+    for coef, step in zip((COEF / 2, COEF), trainer.steps):
+        reference = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
+        reference.load_state_dict(step["weights"])
+        (part,) = step["parts"].values()
+        assert part["rows"] and sum(float(r["echo_clip_weight"]) for r in part["rows"]) == part["clips"]
+        nested += sum(float(r["echo_clip_weight"]) > 1 for r in part["rows"])
+        (coef * _clip_nll(reference, part["rows"], config.temperature)).backward()
+        for got, param in zip(step["grads"], reference.parameters()):
+            expected = torch.zeros_like(param) if param.grad is None else param.grad
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+    assert nested > 0  # some rollout holds two clips

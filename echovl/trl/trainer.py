@@ -47,9 +47,9 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from ..clip import group_outcomes, mine_echo_clips
+from ..clip import group_outcomes, mine_echo_clips, row_clip_weight
 from ..config import EchoConfig
-from ..loss import echo_nll
+from ..loss import echo_nll, weighted_echo_nll
 from ..steps import delimiter_table, special_table, step_index, text_mask
 from ..traces import TraceWriter, build_group_records, select_groups
 
@@ -79,6 +79,13 @@ def _as_echo_config(value: EchoConfig | Mapping[str, Any] | None) -> EchoConfig:
     if isinstance(value, Mapping):
         return EchoConfig.from_dict(dict(value))
     raise TypeError(f"echo_config must be an EchoConfig or a dict, got {type(value).__name__}")
+
+
+def _clip_count(inputs: dict[str, Any]) -> torch.Tensor:
+    """Clips in a (split of a) batch: rows with clip tokens, or their summed clip weights (top_k / soft)."""
+    if "echo_clip_weight" in inputs:
+        return inputs["echo_clip_weight"].sum()
+    return inputs["echo_mask"].any(dim=-1).sum()
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -130,6 +137,7 @@ class EchoGRPOTrainer(GRPOTrainer):
         self._echo_entropy: torch.Tensor | None = None
         self._echo_capture_logps = False
         self._echo_loss_logps: torch.Tensor | None = None
+        self._echo_batch_coef = self.echo_config.coef  # lambda of the current generation batch (echo.coef_schedule)
         self._echo_split_clips: list[float] = []  # clips per split of the current generation batch, all processes
         self._echo_generated_at = 0  # the micro-batch at which it was generated
 
@@ -229,6 +237,12 @@ class EchoGRPOTrainer(GRPOTrainer):
         metrics["echo/all_wrong_groups"].append(outcomes.all_wrong / max(outcomes.num_groups, 1))
         if not mine:
             return
+        train_step = self.state.global_step + 1  # the optimizer step this batch trains first (the logged "step")
+        coef = cfg.coef_at(train_step, outcomes.all_correct / max(outcomes.num_groups, 1))
+        metrics["echo/coef"].append(coef)
+        if coef == 0:  # before echo.start_step (or an adaptive lambda without all-correct groups): TRL's loss alone
+            self._echo_entropy = None
+            return
 
         entropy = self._echo_entropy
         if entropy is None:
@@ -250,18 +264,25 @@ class EchoGRPOTrainer(GRPOTrainer):
         steps = step_index(ids, mask, is_delimiter)
         text = text_mask(ids, mask, non_text)
         verified, group = verified.to(device), group.to(device)
-        clips = mine_echo_clips(
-            entropy, steps, text, verified, group, min_step_tokens=cfg.min_step_tokens, scope=cfg.scope
-        )
+        clips = mine_echo_clips(entropy, steps, text, verified, group, **cfg.mining_kwargs())
         rows = slice(self.accelerator.process_index * local_batch, (self.accelerator.process_index + 1) * local_batch)
         out["echo_mask"] = clips.mask[rows, :local_length]
+        self._echo_batch_coef = coef  # the micro-batches of this generation batch train with it
+        if clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
+            out["echo_weight"] = clips.token_weight[rows, :local_length]
+            out["echo_clip_weight"] = row_clip_weight(clips, ids.shape[0])[rows]
+            if len(clips):
+                largest = torch.full((int(group.max()) + 1,), 0.0, device=device)
+                largest = largest.scatter_reduce(0, clips.group, clips.weight, reduce="amax")
+                mined_groups = torch.unique(clips.group)
+                metrics["echo/clips_per_group"].append(len(clips) / mined_groups.numel())
+                metrics["echo/clip_weight_max"].append(float(largest[mined_groups].mean()))
         metrics["echo/clips"].append(float(len(clips)))
         metrics["echo/clip_length"].append(_mean(clips.length))
         metrics["echo/clip_step_entropy"].append(_mean(clips.step_entropy))
         metrics["echo/entropy"].append(float((entropy * mask).sum() / mask.sum().clamp(min=1)))
         metrics["timing_s/echo_mining"].append(time.perf_counter() - start)
 
-        train_step = self.state.global_step + 1  # the optimizer step this batch trains (the logged "step")
         freq = cfg.trace_freq
         if self._echo_tracer is not None and train_step // freq > self._echo_traced_step // freq:
             self._echo_traced_step = train_step
@@ -326,7 +347,7 @@ class EchoGRPOTrainer(GRPOTrainer):
     def _echo_count_clips(self, splits: list[dict[str, Any]]) -> None:
         """Clips in each of the generation batch's ``steps_per_generation`` splits, summed over processes (every
         process computes the same); split ``k % steps_per_generation`` trains micro-batch ``k``."""
-        counts = torch.stack([split["echo_mask"].any(dim=-1).sum() for split in splits]).float()
+        counts = torch.stack([_clip_count(split) for split in splits]).float()
         self._echo_split_clips = self.accelerator.reduce(counts, reduction="sum").tolist()
         self._echo_generated_at = self._step
 
@@ -360,14 +381,17 @@ class EchoGRPOTrainer(GRPOTrainer):
             self._echo_capture_logps = False
         if not with_echo:
             return loss, None
-        total, count = echo_nll(self._echo_loss_logps, inputs["echo_mask"])
+        if "echo_weight" in inputs:  # top_k / soft: sum of weight x clip mean NLL; the count is the summed weight
+            total, count = weighted_echo_nll(self._echo_loss_logps, inputs["echo_weight"]), _clip_count(inputs)
+        else:
+            total, count = echo_nll(self._echo_loss_logps, inputs["echo_mask"])
         stats = self.accelerator.reduce(torch.stack([total.detach().float(), count.float()]), reduction="sum")
         self._metrics["train"]["echo/loss"].append(float(stats[0] / stats[1]) if stats[1] > 0 else math.nan)
         clips, share = self._echo_step_clips()
         if clips <= 0:
             return loss, None
         # DDP averages gradients over processes and the step's micro-batches add up: coef x the mean over the clips
-        return loss, total * (self.echo_config.coef * self.accelerator.num_processes * share / clips)
+        return loss, total * (self._echo_batch_coef * self.accelerator.num_processes * share / clips)
 
     def _compute_loss(self, model, inputs):
         loss, echo = self._echo_losses(model, inputs)
