@@ -102,10 +102,10 @@ def context_length(config: Any) -> int | None:
 def _token_budget(prompt: Prompt, sampling: Sampling, context: int | None) -> int:
     budget = sampling.max_new_tokens
     if context is not None:
-        budget = min(budget, context - len(prompt.token_ids))
+        budget = min(budget, context - prompt.input_length)
     if budget < 1:
         raise EvalError(
-            f"a prompt of {len(prompt.token_ids)} tokens leaves no room in the model's {context}-token context"
+            f"a prompt of {prompt.input_length} tokens leaves no room in the model's {context}-token context"
         )
     return budget
 
@@ -354,7 +354,7 @@ class TransformersBackend:
         # sequences (prompt, sample), longest prompts first: less padding, same batches for the same prompts
         order = sorted(
             ((i, j) for i in range(len(prompts)) for j in range(sampling.n)),
-            key=lambda s: (-len(prompts[s[0]].token_ids), s[0], s[1]),
+            key=lambda s: (-prompts[s[0]].input_length, s[0], s[1]),
         )
         texts: list[list[str | None]] = [[None] * sampling.n for _ in prompts]
         for start in range(0, len(order), self.batch_size):

@@ -75,6 +75,13 @@ class Prompt:
     """The resized RGB images (PIL), or None for a text prompt."""
     multimodal: bool = False
     """True when the prompt goes through the processor (its benchmark file has an image column)."""
+    length: int | None = None
+    """Tokens the model reads (image placeholders expanded); None: ``len(token_ids)``."""
+
+    @property
+    def input_length(self) -> int:
+        """Tokens of context the prompt takes (with the image placeholders expanded)."""
+        return len(self.token_ids) if self.length is None else self.length
 
     @property
     def think_opened(self) -> bool:
@@ -151,7 +158,10 @@ class PromptBuilder:
             text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             resized = None
         ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-        return Prompt(text, ids, resized if resized else None, multimodal)
+        length = None
+        if resized:  # the processor expands each image placeholder to the image's tokens
+            length = len(self.processor(list(resized), [text], add_special_tokens=False)["input_ids"][0])
+        return Prompt(text, ids, resized if resized else None, multimodal, length)
 
     def model_inputs(self, prompts: Sequence[Prompt]) -> dict:
         """Left-padded tensors for Hugging Face ``generate`` (``input_ids``, ``attention_mask``, and
