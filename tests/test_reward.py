@@ -110,6 +110,22 @@ def test_hard_cases_and_training_reward_agree(response, reference, think_opened,
     assert score["accuracy"] == float(correct)
 
 
+def test_shortcuts_agree_with_math_verify():
+    """The sure cases settled before math-verify (layout, integers, rationals) are ones math-verify settles the same
+    way; mathruler only speaks for percent signs, e-notation and empty sets."""
+    from echovl.reward.math import _MATHRULER_ADDS, _math_verify_equal
+
+    pairs = [
+        (answer, reference) for _, reference, _, answer, _ in HARD_CASES if answer and not choice_letter(reference)
+    ]
+    pairs += [("(1 , 2]", "\\left(1,2\\right]"), ("\\dfrac{1}{2}", "\\frac{1}{2}"), ("0.50", "1/2"), ("-3", "-3.0")]
+    for answer, reference in pairs:
+        if _MATHRULER_ADDS.search(answer + reference):
+            assert not _math_verify_equal(answer, reference) and answers_match(answer, reference)
+        else:
+            assert answers_match(answer, reference) == _math_verify_equal(answer, reference), (answer, reference)
+
+
 def test_helpers():
     assert last_boxed("a \\boxed{x^{2}} b \\fbox{7}") == "7"
     assert last_boxed("no box") is None

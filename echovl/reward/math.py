@@ -8,10 +8,13 @@ One verdict for a response, wherever it is graded (EasyR1's reward, TRL's reward
 - **Math** (any reference that is not a choice letter): the answer is the content of the last ``\\boxed{}`` (or
   ``\\fbox{}``) there. It is correct when it is equal to the reference for `math-verify
   <https://github.com/huggingface/Math-Verify>`_ (LaTeX and plain expressions parsed to sympy: fractions and
-  decimals, ``\\dfrac``, degrees, units, intervals, sets, tuples, matrices, equations ``x = 5``). Where math-verify
-  says no, mathruler's ``grade_answer`` gets a second look: it adds three things math-verify misses, a percent
-  sign against a bare number (``10\\%`` = ``10``), e-notation (``1.5e3`` = ``1500``) and ``\\emptyset`` =
-  ``\\varnothing`` (``tests/test_reward.py`` pins each).
+  decimals, ``\\dfrac``, degrees, units, intervals, sets, tuples, matrices, equations ``x = 5``). Sure cases are
+  settled before math-verify parses anything (its LaTeX parser takes milliseconds per new answer): the same text up
+  to spacing, ``\\left``/``\\right``, ``\\dfrac`` and degree signs; integers (equal or not); equal rationals
+  written as integers, decimals or simple fractions. mathruler's ``grade_answer`` is kept only where it adds to
+  math-verify, for the three things math-verify misses: a percent sign against a bare number (``10\\%`` =
+  ``10``), e-notation (``1.5e3`` = ``1500``) and ``\\emptyset`` = ``\\varnothing``; it is asked only when
+  math-verify said no and the answer or reference has one of them (``tests/test_reward.py`` pins each).
 - **Multiple choice** (the reference is one capital letter, as in ARC-c, GPQA and MMLU-Pro): the letter of the
   last ``\\boxed{}`` (``C``, ``(C)``, ``\\text{C}``, ``C) text``), or, with no box, the last letter stated as an
   answer (``the answer is (C)``, ``Answer: C``, ``ANSWER: C``). It is correct when it is the reference letter.
@@ -32,6 +35,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from fractions import Fraction
 from typing import Any, NamedTuple
 
 from mathruler.grader import grade_answer as _mathruler_equal
@@ -72,6 +76,14 @@ _STATED_LETTER = re.compile(
     r"(?i:answer)(?:\s+(?i:is))?\s*[:*]*\s*(?:(?i:option|choice)\s*)?[(\[]?([A-Z])(?![A-Za-z0-9])"
 )
 _INTEGER = re.compile(r"^[+-]?\d+$")
+_LAYOUT = re.compile(r"\s+|\\left|\\right|\\[,;:! ]|\^\{?\\circ\}?|\$")
+_FRAC = re.compile(r"\\[dt]frac")
+_RATIONAL = re.compile(
+    r"^(?P<sign>[+-]?)(?:(?P<decimal>\d+(?:\.\d*)?|\.\d+)|\\[dt]?frac\{(?P<num>\d+)\}\{(?P<den>\d+)\}"
+    r"|(?P<num2>\d+)/(?P<den2>\d+))$"
+)
+_MATHRULER_ADDS = re.compile(r"%|\d[eE][+-]?\d|\\emptyset|\\varnothing")
+""" Where mathruler's ``grade_answer`` finds equal what math-verify does not: percent signs, e-notation, empty sets."""
 
 
 def _normalise(response: str) -> str:
@@ -158,16 +170,41 @@ def _math_verify_equal(answer: str, reference: str) -> bool:
     return bool(verify(gold, pred, timeout_seconds=timeout))
 
 
+def _spelled_alike(answer: str, reference: str) -> bool:
+    """Equal once spacing, ``\\left``/``\\right``, ``\\dfrac``/``\\tfrac`` and degree signs are set aside (a
+    sure "equal": math-verify would say so too, only slower)."""
+    return _LAYOUT.sub("", _FRAC.sub(r"\\frac", answer)) == _LAYOUT.sub("", _FRAC.sub(r"\\frac", reference))
+
+
+def _rational(text: str) -> Fraction | None:
+    match = _RATIONAL.match(text)
+    if match is None:
+        return None
+    sign = -1 if match.group("sign") == "-" else 1
+    if match.group("decimal") is not None:
+        return sign * Fraction(match.group("decimal"))
+    numerator, denominator = match.group("num") or match.group("num2"), match.group("den") or match.group("den2")
+    return sign * Fraction(int(numerator), int(denominator)) if int(denominator) else None
+
+
 @functools.lru_cache(maxsize=65536)
 def answers_match(answer: str, reference: str) -> bool:
-    """True when the extracted ``answer`` equals the math ``reference`` (math-verify, then mathruler)."""
+    """True when the extracted ``answer`` equals the math ``reference``.
+
+    Sure cases first (the same string up to layout, equal integers, equal rationals written as integers, decimals or
+    fractions), then math-verify; where it says no and the answer or reference has a percent sign, e-notation or an
+    empty set, mathruler.
+    """
     answer, reference = answer.strip(), str(reference).strip()
     if not answer or not reference:
         return False
-    if answer == reference:
+    if answer == reference or _spelled_alike(answer, reference):
         return True
     if _INTEGER.match(answer) and _INTEGER.match(reference):
         return int(answer) == int(reference)
+    ours, theirs = _rational(answer), _rational(reference)
+    if ours is not None and ours == theirs:
+        return True
     if len(answer) > MAX_ANSWER_CHARS:
         return False
     try:
@@ -175,6 +212,8 @@ def answers_match(answer: str, reference: str) -> bool:
             return True
     except Exception:  # math-verify reports its own failures as "not equal"; anything else is the same verdict
         pass
+    if not (_MATHRULER_ADDS.search(answer) or _MATHRULER_ADDS.search(reference)):
+        return False
     try:
         return bool(_mathruler_equal(answer, reference))
     except Exception:
