@@ -438,3 +438,47 @@ def test_prompt_settings_of_the_repository_configs(monkeypatch):
             "problem",
             "images",
         )
+
+
+@pytest.mark.parametrize(
+    "script,benchmarks,config",
+    [
+        ("eval_openr1_math.sh", "data/openr1_math/benchmarks", "configs/openr1_math_grpo_echo.yaml"),
+        ("eval_geo3k.sh", "data/geometry3k/test.parquet", "configs/geo3k_grpo_echo.yaml"),
+    ],
+)
+def test_launch_scripts(tmp_path, script, benchmarks, config):
+    """The scripts' defaults and argument handling, with PYTHON replaced by a recorder: one generation process per
+    model, then one run with every model for the table; options after -- go to every run."""
+    import os
+    import subprocess
+
+    log = tmp_path / "calls.txt"
+    recorder = tmp_path / "python"
+    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+    recorder.chmod(0o755)
+    env = dict(os.environ, PYTHON=str(recorder))
+    for var in ("BENCHMARKS", "OUT", "CONFIG"):
+        env.pop(var, None)
+    done = subprocess.run(
+        ["bash", str(REPO / "configs" / script), "a=m1", "m2", "--", "--limit", "5"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    out = "runs/" + script[:-3]
+    common = f"--benchmarks {benchmarks} --out {out} --config {config} --limit 5"
+    assert log.read_text().splitlines() == [
+        f"-m echovl.eval --model a=m1 {common}",
+        f"-m echovl.eval --model m2 {common}",
+        f"-m echovl.eval --model a=m1 --model m2 {common}",
+    ]
+    log.unlink()
+    env["OUT"] = str(tmp_path / "elsewhere")
+    subprocess.run(["bash", str(REPO / "configs" / script), "only"], env=env, check=True, capture_output=True)
+    assert log.read_text().splitlines() == [
+        f"-m echovl.eval --model only --benchmarks {benchmarks} --out {tmp_path / 'elsewhere'} --config {config}"
+    ]
+    usage = subprocess.run(["bash", str(REPO / "configs" / script)], env=env, capture_output=True, text=True)
+    assert usage.returncode == 2 and f"usage: bash configs/{script} MODEL" in usage.stderr
