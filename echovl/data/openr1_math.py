@@ -41,6 +41,7 @@ from .common import (
     PartStats,
     Report,
     add_run_options,
+    cell_text,
     find_parquet_files,
     hub_error,
     is_hub_name,
@@ -112,19 +113,10 @@ def question_text(prompt: Any) -> str:
     return text
 
 
-def _text(value: Any) -> str:
-    """A ground truth or message as a stripped string (numbers are written out); other types give ""."""
-    if isinstance(value, bool) or value is None:
-        return ""
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value.strip() if isinstance(value, str) else ""
-
-
 def _ground_truth(reward_model: Any) -> str:
     if isinstance(reward_model, dict):
-        return _text(reward_model.get("ground_truth"))
-    return _text(reward_model)
+        return cell_text(reward_model.get("ground_truth"))
+    return cell_text(reward_model)
 
 
 def _solution(target: Any) -> str:
@@ -134,9 +126,9 @@ def _solution(target: Any) -> str:
     if isinstance(target, (list, tuple)):
         for message in target:
             if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
-                return _text(message.get("content"))
+                return cell_text(message.get("content"))
         return ""
-    return _text(target)
+    return cell_text(target)
 
 
 # ------------------------------------------------------------------------------------------------------- sources
@@ -231,7 +223,7 @@ def _raw_batch(rows: list[tuple[str, dict]], tokenizer, max_tokens: int, part: P
     candidates: dict[int, tuple[str, str, list[str]]] = {}
     for k, (where, row) in enumerate(rows):
         part.read += 1
-        problem, answer = _text(row.get("problem")), _text(row.get("answer"))
+        problem, answer = cell_text(row.get("problem")), cell_text(row.get("answer"))
         generations, verified, complete = (row.get(c) for c in RAW_COLUMNS[2:])
         if not problem:
             part.skip(where, EMPTY_PROBLEM)
@@ -425,7 +417,7 @@ def convert_eval(
         for src in opened:
             for rows in src.batches(["prompt", "reward_model", "data_source"], batch_size):
                 for where, row in rows:
-                    data_source = _text(row.get("data_source"))
+                    data_source = cell_text(row.get("data_source"))
                     part = report.part(data_source or "(none)")
                     out = _verl_row(where, row, part)
                     if out is None:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.common import cell_text
+
 __all__ = [
     "KNOWN_BENCHMARKS",
     "Benchmark",
@@ -161,14 +163,6 @@ def _file_name(file: Path) -> str:
     return file.parent.name if file.stem.lower() in _SPLITS and file.parent.name else file.stem
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return ""
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value.strip() if isinstance(value, str) else ""
-
-
 def _image_bytes(value: Any, base: Path) -> bytes:
     if isinstance(value, dict):
         if value.get("bytes"):
@@ -218,13 +212,13 @@ def _read_file(
     counts: dict[str, int] = {}
     for row in range(parquet.metadata.num_rows):
         where = f"{file} row {row}"
-        problem, answer = _text(table[prompt_key][row]), _text(table[answer_key][row])
+        problem, answer = cell_text(table[prompt_key][row]), cell_text(table[answer_key][row])
         if not problem:
             raise EvalError(f"{where}: empty {prompt_key!r}")
         if not answer:
             raise EvalError(f"{where}: empty {answer_key!r} (got {table[answer_key][row]!r})")
-        bench = name or (_text(sources[row]) if sources is not None else "") or _file_name(file)
-        if sources is not None and not _text(sources[row]):
+        bench = name or (cell_text(sources[row]) if sources is not None else "") or _file_name(file)
+        if sources is not None and not cell_text(sources[row]):
             raise EvalError(f"{where}: empty 'data_source'")
         images = None
         if multimodal:
@@ -247,7 +241,7 @@ def _read_file(
             old = problems[key]
             problems[key] = Problem(old.index, old.id, old.problem, old.answer, old.images, old.rows + 1, old.row)
             continue
-        pid = _text(table["id"][row]) if "id" in table else ""
+        pid = cell_text(table["id"][row]) if "id" in table else ""
         problems[key] = Problem(len(problems), pid or str(row), problem, answer, images, 1, row)
     benchmarks = []
     for bench, problems in grouped.items():

@@ -4,7 +4,7 @@
     python tests/bench/eval.py --vllm           # also vLLM's throughput (needs vLLM and a GPU)
 
 1. Generation, transformers backend: the same prompts (LUFFY's MATH-500 questions under the training prompt when
-   ``../shared/data/luffy/valid.parquet`` is there, else synthetic ones), greedy, on the tiny offline Qwen2, in
+   ``--luffy`` (default ``../shared/data/luffy/valid.parquet``) is there, else synthetic ones), greedy, on the tiny offline Qwen2, in
    batches of ``--batch-size`` left-padded sequences against one prompt at a time (the baseline, same run). Both
    must give the same texts; the ratio of their times is printed. Target: >= 3x on 2 CPU cores.
 2. Grading: ``echovl.reward.judge`` on 1000 responses (a think block of about 1500 characters, then a boxed answer:
@@ -32,13 +32,13 @@ LUFFY_VALID = REPO.parent / "shared" / "data" / "luffy" / "valid.parquet"
 FORMAT_PROMPT = REPO / "configs" / "format_prompt" / "math_think.jinja"
 
 
-def questions(count: int) -> list[str]:
-    if LUFFY_VALID.exists():
+def questions(count: int, source: Path = LUFFY_VALID) -> list[str]:
+    if source.exists():
         import pyarrow.parquet as pq
 
         from echovl.data.openr1_math import question_text
 
-        rows = pq.read_table(LUFFY_VALID, columns=["prompt", "data_source"]).to_pylist()
+        rows = pq.read_table(source, columns=["prompt", "data_source"]).to_pylist()
         found = [question_text(r["prompt"]) for r in rows if r["data_source"] == "math"]
         if len(found) >= count:
             return found[:count]
@@ -62,7 +62,7 @@ def bench_generation(args) -> None:
         batched = TransformersBackend(model, batch_size=args.batch_size, device="cpu")
         single = TransformersBackend(model, batch_size=1, device="cpu")
         builder = PromptBuilder(batched.tokenizer, format_prompt=FORMAT_PROMPT.read_text())
-        prompts = [builder.build(q) for q in questions(args.prompts)]
+        prompts = [builder.build(q) for q in questions(args.prompts, args.luffy)]
         sampling = Sampling(temperature=0, max_new_tokens=args.max_new_tokens)
         lengths = sorted(len(p.token_ids) for p in prompts)
         print(
@@ -160,7 +160,7 @@ def bench_vllm(args) -> None:
         ).save_pretrained(folder)
         backend = VLLMBackend(folder, load_format="dummy", gpu_memory_utilization=0.85, show_progress=False)
         builder = PromptBuilder(backend.tokenizer, format_prompt=FORMAT_PROMPT.read_text())
-        prompts = [builder.build(q) for q in questions(args.vllm_prompts)]
+        prompts = [builder.build(q) for q in questions(args.vllm_prompts, args.luffy)]
         sampling = Sampling(n=args.vllm_n, temperature=0.6, max_new_tokens=args.vllm_max_new_tokens)
         backend.generate(prompts[:4], sampling)  # warm-up
         start = time.perf_counter()
@@ -175,6 +175,7 @@ def bench_vllm(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--luffy", type=Path, default=LUFFY_VALID, help="LUFFY's valid.parquet (default: %(default)s)")
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=16)
