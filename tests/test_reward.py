@@ -119,6 +119,7 @@ def test_shortcuts_agree_with_math_verify():
         (answer, reference) for _, reference, _, answer, _ in HARD_CASES if answer and not choice_letter(reference)
     ]
     pairs += [("(1 , 2]", "\\left(1,2\\right]"), ("\\dfrac{1}{2}", "\\frac{1}{2}"), ("0.50", "1/2"), ("-3", "-3.0")]
+    pairs += [("141", "142.0"), ("142.00", "142"), ("\\frac{4}{2}", "3")]
     for answer, reference in pairs:
         if _MATHRULER_ADDS.search(answer + reference):
             assert not _math_verify_equal(answer, reference) and answers_match(answer, reference)

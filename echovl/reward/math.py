@@ -10,8 +10,8 @@ One verdict for a response, wherever it is graded (EasyR1's reward, TRL's reward
   <https://github.com/huggingface/Math-Verify>`_ (LaTeX and plain expressions parsed to sympy: fractions and
   decimals, ``\\dfrac``, degrees, units, intervals, sets, tuples, matrices, equations ``x = 5``). Sure cases are
   settled before math-verify parses anything (its LaTeX parser takes milliseconds per new answer): the same text up
-  to spacing, ``\\left``/``\\right``, ``\\dfrac`` and degree signs; integers (equal or not); equal rationals
-  written as integers, decimals or simple fractions. mathruler's ``grade_answer`` is kept only where it adds to
+  to spacing, ``\\left``/``\\right``, ``\\dfrac`` and degree signs; whole numbers, however written (``142`` against
+  AMC's ``142.0``), equal or not; equal rationals written as integers, decimals or simple fractions. mathruler's ``grade_answer`` is kept only where it adds to
   math-verify, for the three things math-verify misses: a percent sign against a bare number (``10\\%`` =
   ``10``), e-notation (``1.5e3`` = ``1500``) and ``\\emptyset`` = ``\\varnothing``; it is asked only when
   math-verify said no and the answer or reference has one of them (``tests/test_reward.py`` pins each).
@@ -191,8 +191,8 @@ def _rational(text: str) -> Fraction | None:
 def answers_match(answer: str, reference: str) -> bool:
     """True when the extracted ``answer`` equals the math ``reference``.
 
-    Sure cases first (the same string up to layout, equal integers, equal rationals written as integers, decimals or
-    fractions), then math-verify; where it says no and the answer or reference has a percent sign, e-notation or an
+    Sure cases first (the same string up to layout, whole numbers however written, equal rationals written as
+    integers, decimals or fractions), then math-verify; where it says no and the answer or reference has a percent sign, e-notation or an
     empty set, mathruler.
     """
     answer, reference = answer.strip(), str(reference).strip()
@@ -205,6 +205,8 @@ def answers_match(answer: str, reference: str) -> bool:
     ours, theirs = _rational(answer), _rational(reference)
     if ours is not None and ours == theirs:
         return True
+    if ours is not None and theirs is not None and ours.denominator == theirs.denominator == 1:
+        return False  # two different whole numbers, however written (AMC's references are "142.0")
     if len(answer) > MAX_ANSWER_CHARS:
         return False
     try:
