@@ -10,6 +10,7 @@ from echovl.eval.backends import Sampling, TransformersBackend, VLLMBackend, bui
 from echovl.eval.benchmarks import EvalError
 from echovl.eval.prompts import Prompt, PromptBuilder
 from echovl.testing import tiny_image
+from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 16
 
@@ -29,7 +30,7 @@ def test_transformers_batches_match_one_prompt_at_a_time(tiny_lm_dir):
     single = TransformersBackend(tiny_lm_dir, batch_size=1, device="cpu")
     assert batched.generate(prompts, greedy) == single.generate(prompts, greedy)
     # sampling: n texts per prompt, reproducible from the seeds, different for other seeds
-    sampled = Sampling(n=3, temperature=1.0, max_new_tokens=8, seed=5)
+    sampled = Sampling(n=3, temperature=1.0, max_new_tokens=6, seed=5)
     first = batched.generate(prompts[:2], sampled, seeds=[10, 11])
     assert [len(t) for t in first] == [3, 3]
     assert batched.generate(prompts[:2], sampled, seeds=[10, 11]) == first
@@ -39,8 +40,8 @@ def test_transformers_batches_match_one_prompt_at_a_time(tiny_lm_dir):
 def test_transformers_with_images_and_context_cap(tiny_vl_dir):
     backend = TransformersBackend(tiny_vl_dir, batch_size=4, device="cpu")
     builder = PromptBuilder(backend.tokenizer, backend.processor, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
-    prompts = [builder.build(f"<image>Find x in figure {i}.", [tiny_image(i)]) for i in range(3)]
-    greedy = Sampling(temperature=0, max_new_tokens=10)
+    prompts = [builder.build(f"<image>Find x in figure {i}." + " Why?" * i, [tiny_image(i)]) for i in range(2)]
+    greedy = Sampling(temperature=0, max_new_tokens=6)
     texts = backend.generate(prompts, greedy)
     assert texts == TransformersBackend(tiny_vl_dir, batch_size=1, device="cpu").generate(prompts, greedy)
     assert all("<|image_pad|>" not in t[0] for t in texts)
@@ -49,7 +50,7 @@ def test_transformers_with_images_and_context_cap(tiny_vl_dir):
     backend.model.generate = lambda **kw: budgets.append(kw["generation_config"].max_new_tokens) or generate(**kw)
     backend.context = prompts[0].input_length + 2  # the context leaves 2 tokens (image tokens count)
     assert prompts[0].input_length > len(prompts[0].token_ids)
-    backend.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=10))
+    backend.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=6))
     assert budgets == [2]
     backend.context = prompts[0].input_length
     with pytest.raises(EvalError, match="leaves no room"):
