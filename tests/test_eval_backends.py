@@ -116,9 +116,14 @@ def test_vllm_requests():
     )[1]
     assert [p.seed for p in again] == [p.seed for p in params]
     greedy = build_vllm_requests(
-        prompts[:1], Sampling(temperature=0), [0], sampling_params=FakeSamplingParams, context=None, logit_bias=None
+        prompts[:1],
+        Sampling(n=3, temperature=0),
+        [0],
+        sampling_params=FakeSamplingParams,
+        context=None,
+        logit_bias=None,
     )[1][0]
-    assert (greedy.temperature, greedy.top_p, greedy.max_tokens) == (0.0, 1.0, 8192)
+    assert (greedy.n, greedy.temperature, greedy.top_p, greedy.max_tokens) == (1, 0.0, 1.0, 8192)
 
 
 def test_vllm_backend_through_a_fake_vllm(fake_vllm, tiny_vl_dir):
@@ -143,6 +148,7 @@ def test_vllm_backend_through_a_fake_vllm(fake_vllm, tiny_vl_dir):
     [(inputs, params)] = llm.calls  # one call for all prompts and samples
     assert inputs[0]["prompt_token_ids"] == list(prompts[0].token_ids)
     assert inputs[1]["multi_modal_data"]["image"][0].size == prompts[1].images[0].size
+    assert backend.generate(prompts[:1], Sampling(n=3, temperature=0)) == [["r0s0"] * 3]  # greedy: one, repeated
     backend.close()
     assert backend.llm is None
 

@@ -149,8 +149,8 @@ def build_vllm_requests(
     """vLLM inputs and one ``SamplingParams`` per prompt (``sampling_params`` is vLLM's class, or a fake in tests).
 
     An input is ``{"prompt_token_ids": ids}`` plus ``{"multi_modal_data": {"image": images}}`` for a prompt with
-    images; its parameters carry ``n``, the temperature (0: greedy), ``top_p``, ``max_tokens`` (capped by the
-    context), the prompt's own seed and the image-token bias.
+    images; its parameters carry ``n`` (1 when greedy: the caller repeats the one text), the temperature (0:
+    greedy), ``top_p``, ``max_tokens`` (capped by the context), the prompt's own seed and the image-token bias.
     """
     inputs, params = [], []
     for prompt, seed in zip(prompts, seeds, strict=True):
@@ -160,7 +160,7 @@ def build_vllm_requests(
         inputs.append(request)
         params.append(
             sampling_params(
-                n=sampling.n,
+                n=1 if sampling.greedy else sampling.n,  # greedy samples are all the same (vLLM refuses n > 1)
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=1.0 if sampling.greedy else sampling.top_p,
                 max_tokens=_token_budget(prompt, sampling, context),
@@ -257,7 +257,8 @@ class VLLMBackend:
             logit_bias=self.logit_bias,
         )
         outputs = self.llm.generate(inputs, params, use_tqdm=self.show_progress)
-        return [[completion.text for completion in output.outputs] for output in outputs]
+        texts = [[completion.text for completion in output.outputs] for output in outputs]
+        return [group * sampling.n if sampling.greedy else group for group in texts]
 
 
 # ----------------------------------------------------------------------------------------------- transformers
