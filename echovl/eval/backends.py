@@ -35,6 +35,7 @@ __all__ = [
     "build_vllm_requests",
     "context_length",
     "load_backend",
+    "mix_seed",
     "vllm_available",
 ]
 
@@ -84,7 +85,7 @@ class Backend(Protocol):
         ...
 
 
-def _mix(*values: int) -> int:
+def mix_seed(*values: int | str) -> int:
     """A 31-bit seed from integers (stable across processes and Python versions)."""
     digest = hashlib.sha256(",".join(str(v) for v in values).encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
@@ -164,7 +165,7 @@ def build_vllm_requests(
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=1.0 if sampling.greedy else sampling.top_p,
                 max_tokens=_token_budget(prompt, sampling, context),
-                seed=_mix(sampling.seed, seed),
+                seed=mix_seed(sampling.seed, seed),
                 logit_bias=logit_bias,
                 skip_special_tokens=True,
             )
@@ -363,7 +364,7 @@ class TransformersBackend:
             inputs = self._inputs.model_inputs([prompts[i] for i, _ in batch])
             inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             config = self._generation_config(sampling, max(budgets[i] for i, _ in batch))
-            torch.manual_seed(_mix(sampling.seed, *(f"{seeds[i]}.{j}" for i, j in batch)))
+            torch.manual_seed(mix_seed(sampling.seed, *(f"{seeds[i]}.{j}" for i, j in batch)))
             with torch.inference_mode():
                 out = self.model.generate(**inputs, generation_config=config, use_model_defaults=False)
             new = out[:, inputs["input_ids"].shape[1] :].cpu()

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..reward.math import GRADER_VERSION, judge
-from .backends import Backend, Sampling, _mix, load_backend
+from .backends import Backend, Sampling, load_backend, mix_seed
 from .benchmarks import Benchmark, EvalError, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
 from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PromptBuilder
@@ -201,65 +201,72 @@ class _Evaluation:
             return "vllm" if vllm_available() else "transformers"
         return self.config.backend
 
-    def run_model(self, model: ModelRef, backend_name: str) -> list[dict]:
+    def load(self, model: ModelRef, backend_name: str) -> tuple[Backend, PromptBuilder]:
+        """The model's backend and the prompt builder on its tokenizer and processor."""
         c = self.config
-        backend: Backend | None = None
-        builder: PromptBuilder | None = None
+        backend = self.backend_factory(
+            backend_name,
+            model.path,
+            batch_size=c.batch_size,
+            device=c.device,
+            tensor_parallel_size=c.tensor_parallel_size,
+            max_images=max((len(p.images or ()) for b in self.benchmarks for p in b.problems), default=1),
+            show_progress=sys.stderr.isatty() if c.show_progress is None else c.show_progress,
+            engine_kwargs={"gpu_memory_utilization": c.gpu_memory_utilization, "seed": c.seed},
+        )
+        builder = PromptBuilder(
+            backend.tokenizer,
+            backend.processor,
+            format_prompt=self.format_prompt,
+            min_pixels=c.min_pixels,
+            max_pixels=c.max_pixels,
+        )
+        return backend, builder
+
+    def generate(self, backend, builder, model, bench, chunk, missing: dict[int, list[int]]) -> list[dict]:
+        """Generate and grade the missing samples of the problems in ``chunk``: graded records."""
+        prompts = [builder.build(p.problem, p.images, multimodal=bench.multimodal) for p in chunk]
+        records = []
+        # problems missing the same samples go together (all of them, unless k grew since the last run)
+        for wanted in sorted({tuple(missing[p.index]) for p in chunk}):
+            group = [(p, prompt) for p, prompt in zip(chunk, prompts) if tuple(missing[p.index]) == wanted]
+            seeds = [mix_seed(int(bench.content_hash[:12], 16), p.index, wanted[0]) for p, _ in group]
+            texts = backend.generate([prompt for _, prompt in group], self.config.sampling(len(wanted)), seeds=seeds)
+            for (p, prompt), responses in zip(group, texts):
+                for j, response in zip(wanted, responses):
+                    verdict = judge(response, p.answer, think_opened=prompt.think_opened)
+                    records.append(self.record(model, bench, p, j, prompt.text, response, verdict))
+        return records
+
+    def run_model(self, model: ModelRef, backend_name: str) -> list[dict]:
+        """Every sample of ``model`` (read from the cache, or generated, graded and cached), in benchmark order."""
+        c = self.config
+        backend = builder = None
         samples: list[dict] = []
-        max_images = max((len(p.images or ()) for b in self.benchmarks for p in b.problems), default=1)
         for bench in self.benchmarks:
             k = c.samples_per_problem(bench)
             problems = bench.limited(c.limit)
             store = self.store(model, bench, backend_name)
             have = store.load()
             missing = {p.index: [j for j in range(k) if (p.index, j) not in have] for p in problems}
-            todo = sum(len(m) for m in missing.values())
+            bar = _progress(sum(map(len, missing.values())), f"{model.name} {bench.name}", c.show_progress)
+            # calls over a fixed partition of the benchmark: a resumed run makes the calls an uninterrupted one makes
             call = max(1, c.batch_size // k) if backend_name == "transformers" else _VLLM_CALL_PROMPTS
-            bar = _progress(todo, f"{model.name} {bench.name}", c.show_progress)
             for start in range(0, len(problems), call):
                 chunk = [p for p in problems[start : start + call] if missing[p.index]]
                 if not chunk:
                     continue
                 if backend is None:
-                    backend = self.backend_factory(
-                        backend_name,
-                        model.path,
-                        batch_size=c.batch_size,
-                        device=c.device,
-                        tensor_parallel_size=c.tensor_parallel_size,
-                        max_images=max_images,
-                        show_progress=sys.stderr.isatty() if c.show_progress is None else c.show_progress,
-                        engine_kwargs={"gpu_memory_utilization": c.gpu_memory_utilization, "seed": c.seed},
-                    )
-                    builder = PromptBuilder(
-                        backend.tokenizer,
-                        backend.processor,
-                        format_prompt=self.format_prompt,
-                        min_pixels=c.min_pixels,
-                        max_pixels=c.max_pixels,
-                    )
+                    backend, builder = self.load(model, backend_name)
                 if hasattr(backend, "on_batch"):
                     backend.on_batch = bar.update
-                prompts = [builder.build(p.problem, p.images, multimodal=bench.multimodal) for p in chunk]
-                records = []
-                # problems missing the same samples go together (all of them, unless k grew since the last run)
-                for wanted in sorted({tuple(missing[p.index]) for p in chunk}):
-                    group = [(p, prompt) for p, prompt in zip(chunk, prompts) if tuple(missing[p.index]) == wanted]
-                    seeds = [_mix(int(bench.content_hash[:12], 16), p.index, wanted[0]) for p, _ in group]
-                    texts = backend.generate([q for _, q in group], c.sampling(len(wanted)), seeds=seeds)
-                    for (p, prompt), responses in zip(group, texts):
-                        for j, response in zip(wanted, responses):
-                            verdict = judge(response, p.answer, think_opened=prompt.think_opened)
-                            records.append(self.record(model, bench, p, j, prompt.text, response, verdict))
+                records = self.generate(backend, builder, model, bench, chunk, missing)
                 store.append(records)
                 if not hasattr(backend, "on_batch"):
                     bar.update(len(records))
-                for r in records:
-                    have[(r["problem_index"], r["sample"])] = r
+                have.update(((r["problem_index"], r["sample"]), r) for r in records)
             bar.close()
-            for p in problems:
-                for j in range(k):
-                    samples.append(self.regraded(have[(p.index, j)]))
+            samples += [self.regraded(have[(p.index, j)]) for p in problems for j in range(k)]
         if backend is not None and hasattr(backend, "close"):
             backend.close()  # free the model (GPU memory) before the next one
         return samples
