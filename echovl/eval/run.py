@@ -32,7 +32,7 @@ __all__ = ["DEFAULT_FORMAT_PROMPT", "EvalConfig", "evaluate", "read_training_con
 DEFAULT_FORMAT_PROMPT = Path(__file__).resolve().parents[2] / "configs" / "format_prompt" / "math_think.jinja"
 """The format prompt of the repository's training configs (``data.format_prompt``)."""
 
-_VLLM_CALL_PROMPTS = 1024  # prompts per vLLM call (each with its k samples): every benchmark but MMLU-Pro in one call
+_VLLM_CALL_PROMPTS = 2048  # prompts per vLLM call (each with its k samples): every benchmark but MMLU-Pro in one call
 
 
 @dataclass
