@@ -11,11 +11,10 @@ pytest.importorskip("verl", reason="EasyR1 (package verl) is not installed: pip 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from tests.easyr1_stubs import collate_prompts, install_vllm_stub, write_prompt_parquet  # noqa: E402
+from tests.easyr1_stubs import actor_config, collate_prompts, install_vllm_stub, write_prompt_parquet  # noqa: E402
 from tests.test_easyr1_actor import (  # noqa: E402, F401 (module fixtures: the tiny models and rollout batches)
     TEMPERATURE,
     _clone,
-    _config,
     _forward_log_probs,
     _params,
     _process_group,
@@ -118,7 +117,7 @@ def test_luffy_pg_loss_averages_like_easyr1(mode):
         "old_log_probs": old,
         EXPERT_ROW: torch.tensor([False, True, False, True]),
     }
-    config = _config(4)
+    config = actor_config(4)
     config.loss_avg_mode = mode
     loss, _, _ = luffy_pg_loss(config, inputs, log_probs, GuidanceConfig(method="luffy", shaping_gamma=0.3))
     (grad,) = torch.autograd.grad(loss, log_probs)
@@ -156,7 +155,7 @@ def test_guided_update_without_expert_rows_or_hint_term_is_easyr1_bit_for_bit(lm
     for cls, kwargs in ((DataParallelPPOActor, {}), (EchoActor, {"echo": NO_ECHO, "guidance": guidance})):
         torch.manual_seed(0)
         model = _clone(lm_model)
-        config = _config(len(data) // 2, micro=3)
+        config = actor_config(len(data) // 2, micro=3)
         config.use_kl_loss, config.kl_coef, config.kl_penalty = True, 0.1, "low_var_kl"
         metrics = cls(config, model, torch.optim.AdamW(model.parameters(), lr=1e-2), **kwargs).update_policy(data)
         results.append((_params(model), dict(metrics)))
@@ -201,7 +200,7 @@ def _hinted(batch, lengths):
 def test_hint_log_probs_come_from_the_update_forward(lm_model, lm_batch, cpu_padding_free, padding_free):
     """Response log-probs exactly EasyR1's; hint log-probs (the prompt's last tokens) those of a plain forward."""
     data = _hinted(lm_batch, [4, 4, 0, 0, 2, 2])
-    actor = EchoActor(_config(len(data), padding_free=padding_free), lm_model, echo=NO_ECHO)
+    actor = EchoActor(actor_config(len(data), padding_free=padding_free), lm_model, echo=NO_ECHO)
     inputs = {**data.batch, **data.non_tensor_batch}
     with torch.no_grad():
         log_probs, hint_log_probs, hint_mask = forward_with_hints(actor, inputs, TEMPERATURE)
@@ -219,7 +218,7 @@ def test_hint_log_probs_come_from_the_update_forward(lm_model, lm_batch, cpu_pad
 def test_hint_log_probs_on_qwen2_5_vl_mrope_batch(vl_model, vl_batch):
     """Qwen2.5-VL (images, mrope position ids): the same, on EasyR1's padded path."""
     data = _hinted(vl_batch, [3, 3, 5, 5, 1, 1])
-    actor = EchoActor(_config(len(data), micro=3), vl_model, echo=NO_ECHO)
+    actor = EchoActor(actor_config(len(data), micro=3), vl_model, echo=NO_ECHO)
     inputs = {**data.batch, **data.non_tensor_batch}
     with torch.no_grad():
         _, hint_log_probs, hint_mask = forward_with_hints(actor, inputs, TEMPERATURE)
@@ -251,7 +250,7 @@ def test_uft_update_adds_beta_times_mean_hint_nll(lm_model, lm_batch):
     for p_guided, p_vanilla, p_ref in zip(guided.parameters(), vanilla.parameters(), reference.parameters()):
         expected = -p_ref.grad if p_ref.grad is not None else torch.zeros_like(p_guided)
         torch.testing.assert_close(p_guided.detach() - p_vanilla.detach(), expected, atol=2e-6, rtol=1e-4)
-    assert metrics["uft/hint_nll"] == [pytest.approx(float(nll), rel=1e-5)]
+    assert metrics["uft/hint_nll"] == [pytest.approx(float(nll.detach()), rel=1e-5)]
 
 
 # ------------------------------------------------------------------------------------------- driver pieces
