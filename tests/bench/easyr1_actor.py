@@ -12,7 +12,8 @@
 3. ``--only guided``: ``update_policy`` with LUFFY, LUFFY + echo, UFT and UFT + echo against EasyR1's GRPO update
    on the same batch (prompts carrying a ``--hint``-token hint, the first row of each group an expert row, the
    first half of the second row an EchoClip). Targets: time <= 1.05x, peak memory <= 1.02x (CPU: peak RSS of a
-   fresh subprocess per method; GPU: ``max_memory_allocated``).
+   fresh subprocess per method, high-water mark reset before the measured update; GPU: ``max_memory_allocated``).
+   On a shared machine add ``--cpu-time`` (the process's CPU time, with ``--threads 1``).
 
 Models have random weights, built from a config (no download): ``tiny``/``wide`` from
 :func:`echovl.testing.build_tiny_qwen2_5_vl`, ``3b`` with Qwen2.5-VL-3B-Instruct's dimensions (36 layers,
