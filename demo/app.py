@@ -296,7 +296,7 @@ def build_app(model_path: str, traces: str, runs: Sequence[str] = ()) -> gr.Bloc
                 open_runs.click(open_overview, inputs=run_inputs, outputs=run_outputs)
                 run_a.submit(open_overview, inputs=run_inputs, outputs=run_outputs)
                 run_b.submit(open_overview, inputs=run_inputs, outputs=run_outputs)
-                smoothing.release(open_overview, inputs=run_inputs, outputs=run_outputs)
+                smoothing.input(open_overview, inputs=run_inputs, outputs=run_outputs, trigger_mode="always_last")
                 show.click(
                     show_traces,
                     inputs=[overview_state, trace_step],
