@@ -30,6 +30,7 @@ from echovl.demo.run_logs import (
     read_easyr1_log,
 )
 from echovl.experiments.tiny_cpu import COLUMNS
+from echovl.traces import list_trace_files, read_trace_file
 from tests.demo_support import EASYR1_STEPS, cpu_rows, elements, write_cpu_run, write_easyr1_log
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -352,3 +353,36 @@ def test_shipped_example_run():
     assert [len(chart(charts, name).series) for name in ("degenerate_groups", "accuracy", "echo_loss")] == [2, 2, 1]
     total = sum(path.stat().st_size for path in EXAMPLE_RUN.rglob("*") if path.is_file())
     assert total < 200_000  # kept small
+
+
+def test_make_example_run_trims_a_run(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_example_run", ROOT / "demo" / "make_example_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.spread([1, 2, 3, 4, 5, 6, 7], 3) == [1, 4, 7] and module.spread([1, 2], 5) == [1, 2]
+    records = [{"degenerate": d, "group": i} for i, d in enumerate([False, True, True, False, True])]
+    assert [r["group"] for r in module.pick_groups(records, 4)] == [0, 1, 2, 3]  # 2 degenerate of 4, file order
+    assert [r["group"] for r in module.pick_groups(records, 2)] == [0, 1]
+
+    source = write_cpu_run(tmp_path / "experiment")
+    (source / "summary.json").write_text(json.dumps({"settings": {"seed": 0}, "files": {"metrics": "/tmp/x"}}))
+    module.copy_example(source, tmp_path / "example", trace_steps=1, groups=2)
+    out = tmp_path / "example"
+    assert (out / "metrics.csv").read_bytes() == (source / "metrics.csv").read_bytes()
+    assert json.loads((out / "summary.json").read_text()) == {"settings": {"seed": 0}}
+    [opened] = open_run_folders([str(out)])
+    assert opened.trace_steps == [2]  # the last traced step
+    from echovl.demo.traces_view import load_group_image, load_step
+
+    step = load_step(list_trace_files(out / "traces"), 2)
+    assert step.error is None and len(step.records) == 2
+    original = list(read_trace_file(source / "traces" / "step_000002.jsonl"))
+    kept = module.pick_groups(original, 2)  # checked on a hand-made case above
+    assert [r["rollouts"] for r in step.records] == [r["rollouts"] for r in kept]
+    assert any(r["degenerate"] for r in kept) and any(r["degenerate"] for r in original)
+    for record in step.records:
+        image, note = load_group_image(out / "traces", record)
+        assert note is None and image.size == (84, 84)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["example", "experiment"]  # no temporary folder left
