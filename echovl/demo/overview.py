@@ -45,6 +45,8 @@ class ChartSpec:
     about: str
     always: bool = False
     """Shown even when no run logs it (with a note); the other charts appear only when some run logs them."""
+    smooth: bool = True
+    """Smoothing applies (not to a schedule, nor to a metric logged every few steps)."""
 
 
 CHARTS = (
@@ -88,7 +90,9 @@ CHARTS = (
         "the echo term: mean NLL of the clip tokens, mean over clips",
         always=True,
     ),
-    ChartSpec("coef", "λ of the step", "λ", ("echo/coef", "coef", "echo_coef"), "the echo coefficient applied"),
+    ChartSpec(
+        "coef", "λ of the step", "λ", ("echo/coef", "coef", "echo_coef"), "the echo coefficient applied", smooth=False
+    ),
     ChartSpec("clip_weight", "Clip weight", "weight", ("echo/clip_weight", "clip_weight"), "mean weight of a clip"),
     ChartSpec("clips", "Clips", "clips", ("echo/clips", "clips"), "EchoClips mined in the step"),
     ChartSpec(
@@ -104,6 +108,7 @@ CHARTS = (
         "accuracy",
         ("val/accuracy_reward",),
         "EasyR1's validation, every trainer.val_freq steps",
+        smooth=False,
     ),
 )
 """The charts, in page order."""
@@ -121,6 +126,7 @@ CSS = """
 .echo-overview-chart svg { width: 100%; height: auto; display: block; }
 .echo-overview-chart svg text { font-family: ui-sans-serif, system-ui, sans-serif; fill: #1b1b1f; }
 .echo-run-list { margin: 4px 0 0 0; padding-left: 18px; }
+.echo-run-folder + .echo-run-folder { margin-top: 8px; border-top: 1px solid #ececf1; padding-top: 8px; }
 .echo-warning { border: 1px solid #fcd34d; background: #fffbeb; color: #78350f; border-radius: 10px;
   padding: 10px 14px; margin-bottom: 10px; font-size: 0.9em; }
 .echo-warning ul { margin: 4px 0 0 0; padding-left: 18px; }
@@ -176,7 +182,8 @@ def build_charts(folders: Sequence[RunFolder], smoothing: int = 1) -> list[Chart
                 steps, values = run.series(key)
                 if steps:
                     color = PALETTE[index % len(PALETTE)]
-                    series.append(Series(run.label, color, key, steps, values, trailing_mean(values, smoothing)))
+                    window = smoothing if spec.smooth else 1
+                    series.append(Series(run.label, color, key, steps, values, trailing_mean(values, window)))
                     break
             else:
                 missing.append(run.label)
@@ -310,7 +317,9 @@ def render_charts(folders: Sequence[RunFolder], smoothing: int = 1) -> str:
     smoothing = max(int(smoothing or 1), 1)
     charts = build_charts(folders, smoothing)
     step_range, marks = _step_range(folders), _trace_marks(folders)
-    cards = "".join(render_overview_chart(chart, step_range, marks, smoothing) for chart in charts)
+    cards = "".join(
+        render_overview_chart(chart, step_range, marks, smoothing if chart.spec.smooth else 1) for chart in charts
+    )
     return f'<div class="echo-overview-grid">{cards}</div>'
 
 
