@@ -353,6 +353,15 @@ def test_shipped_example_run():
     assert len(opened.runs[1].steps) >= 10 and len(opened.trace_steps) >= 2
     charts = build_charts([opened])
     assert [len(chart(charts, name).series) for name in ("degenerate_groups", "accuracy", "echo_loss")] == [2, 2, 1]
+    from echovl.demo.render import check_record
+    from echovl.demo.traces_view import load_group_image, load_step
+
+    files = list_trace_files(opened.traces)
+    records = [record for step, _ in files for record in load_step(files, step).records]
+    assert len(records) == 4 * len(files) and any(r["degenerate"] for r in records)
+    for record in records:
+        check_record(record)
+        assert load_group_image(opened.traces, record)[1] is None
     total = sum(path.stat().st_size for path in EXAMPLE_RUN.rglob("*") if path.is_file())
     assert total < 200_000  # kept small
 
