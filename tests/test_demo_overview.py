@@ -76,13 +76,16 @@ def test_easyr1_log_as_easyr1_writes_it(tmp_path):
 
 
 def test_easyr1_log_optional_metrics_and_fallback(tmp_path):
-    extra = {s: {"echo/coef": 0.001 * s, "echo/clip_weight": 0.5} for s in EASYR1_STEPS}
+    extra = {
+        s: {"echo/coef": 0.001 * s, "echo/clip_weight_max": 0.5, "echo/clips_per_group": 2.0} for s in EASYR1_STEPS
+    }
     write_easyr1_log(tmp_path / "run", extra=extra, validation=False)
     charts = build_charts(open_run_folders([str(tmp_path / "run")]), smoothing=3)
     [coef] = chart(charts, "coef").series
     assert coef.values == coef.smoothed == pytest.approx([0.001, 0.002, 0.003])  # a schedule is not smoothed
     assert chart(charts, "accuracy").series[0].smoothed == pytest.approx([0.25, 0.375, 0.5])
     assert chart(charts, "clip_weight").series[0].values == [0.5, 0.5, 0.5]
+    assert chart(charts, "clips_per_group").series[0].values == [2.0, 2.0, 2.0]
     assert "val_accuracy" not in [c.spec.name for c in charts]
 
     # a plain EasyR1 run: no echo metrics, no reward/accuracy; the score stands in and says so

@@ -93,7 +93,20 @@ CHARTS = (
     ChartSpec(
         "coef", "λ of the step", "λ", ("echo/coef", "coef", "echo_coef"), "the echo coefficient applied", smooth=False
     ),
-    ChartSpec("clip_weight", "Clip weight", "weight", ("echo/clip_weight", "clip_weight"), "mean weight of a clip"),
+    ChartSpec(
+        "clips_per_group",
+        "Clips per mined group",
+        "clips",
+        ("echo/clips_per_group", "clips_per_group"),
+        "under echo.selection top_k / soft",
+    ),
+    ChartSpec(
+        "clip_weight",
+        "Largest clip weight per group",
+        "weight",
+        ("echo/clip_weight_max", "clip_weight_max", "echo/clip_weight", "clip_weight"),
+        "mean over mined groups of their largest clip weight: 1 when one clip takes all, 1/k when k share",
+    ),
     ChartSpec("clips", "Clips", "clips", ("echo/clips", "clips"), "EchoClips mined in the step"),
     ChartSpec(
         "all_wrong_groups",
