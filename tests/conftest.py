@@ -29,6 +29,30 @@ def tiny_lm_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(tmp_path_factory):
+    """A tiny offline Qwen3-VL (Qwen3's tokenizer, processor with 16-pixel patches, deepstack, random weights)."""
+    from echovl.testing import build_tiny_qwen3_vl
+
+    return build_tiny_qwen3_vl(tmp_path_factory.mktemp("tiny_qwen3_vl"))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_dir(tmp_path_factory):
+    """A tiny offline text-only Qwen3 causal LM."""
+    from echovl.testing import build_tiny_qwen3
+
+    return build_tiny_qwen3(tmp_path_factory.mktemp("tiny_qwen3"))
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    """Qwen3's tokenizer: ``<think>``, ``</think>`` (and the tool tokens) are single non-special added tokens."""
+    from echovl.testing import build_tiny_tokenizer
+
+    return build_tiny_tokenizer(qwen3=True)
+
+
+@pytest.fixture(scope="session")
 def qwen_tokenizer():
     from echovl.testing import build_tiny_tokenizer
 
