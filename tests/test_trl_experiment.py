@@ -104,11 +104,11 @@ def test_quick_run_summary(quick_run, capsys):
     assert set(saved["eval"]) == {"start", "baseline", "echo"}
     assert all(0 <= saved["eval"][k]["greedy"] <= 1 for k in saved["eval"])
     assert saved["runtime_s"] > 0 and saved["warmup"]["steps"] == settings.warmup_max_steps
-    # what the numbers depend on besides the settings: threads (fixed, 1 by default), kernels, versions, weights
+    # what the numbers depend on besides the settings: threads (fixed, 2 by default), kernels, versions, weights
     import torch
 
     environment = saved["environment"]
-    assert environment["torch_threads"] == settings.threads == 1
+    assert environment["torch_threads"] == settings.threads == 2
     assert environment["packages"]["torch"] == torch.__version__.split("+")[0] and environment["cpu_capability"]
     assert len(saved["model_fingerprint"]) == len(saved["warmup"]["fingerprint"]) == 16
     assert saved["model_fingerprint"] != saved["warmup"]["fingerprint"]
