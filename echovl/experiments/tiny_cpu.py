@@ -97,7 +97,7 @@ class ExperimentSettings:
     threads: int = 2
     """torch CPU threads. Fixed rather than torch's default (one per core), because the thread count can change how
     kernels split their sums, hence the last bits of a result, and from there every sampled token (README: on the
-    development machine 1, 2 and 4 threads gave bit-identical results, 8 and 16 did not)."""
+    development machine 1 and 2 threads gave the same run, while 8 threads changed the warm start within 50 steps)."""
 
     @classmethod
     def quick(cls, seed: int = 0) -> ExperimentSettings:
