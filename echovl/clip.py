@@ -12,24 +12,42 @@ import torch
 
 from .steps import row_blocks, row_extents
 
-__all__ = ["SCOPES", "EchoClips", "GroupOutcomes", "group_outcomes", "mine_echo_clips", "step_entropies"]
+__all__ = [
+    "SCOPES",
+    "SELECTIONS",
+    "EchoClips",
+    "GroupOutcomes",
+    "group_outcomes",
+    "mine_echo_clips",
+    "row_clip_weight",
+    "step_entropies",
+]
 
 SCOPES = ("all", "degenerate")
+SELECTIONS = ("max", "top_k", "soft")
 _LANES = 4  # accumulators per (row, step), see _step_sums
 
 
 @dataclass
 class EchoClips:
-    """The clips mined from one batch. Per-clip fields are ordered by ascending group id.
+    """The clips mined from one batch. Per-clip fields are ordered by ascending group id (then, with several
+    clips per group, by descending step entropy, row, step).
 
     Attributes:
         mask: [B, T] bool, the supervised tokens: text tokens of each chosen row whose step is <= the
-            chosen step (the prefix of the rollout up to and including the chosen step).
-        group: [M] the group id of each mined group.
+            chosen step (the prefix of the rollout up to and including the chosen step). With several clips
+            on one row, the union of their prefixes.
+        group: [M] the group id of each clip.
         row: [M] the chosen rollout (row of the batch).
         step: [M] the chosen step of that rollout.
         step_entropy: [M] mean token entropy over the chosen step's text tokens.
-        length: [M] number of supervised tokens of the clip (``mask[row].sum()``).
+        length: [M] number of supervised tokens of the clip (its prefix's text tokens).
+        weight: [M] the clip's weight in J_echo (1 for ``max`` and ``top_k``; softmax weights for ``soft``).
+        token_weight: ``None`` for ``max`` selection (one clip per row: each clip is the mean over its
+            ``mask`` tokens, :func:`echovl.loss.echo_nll`). Otherwise [B, T] float32,
+            ``w_t = sum over the clips c holding token t of weight_c / length_c``, so that
+            ``sum_t w_t * nll_t = sum_c weight_c * mean NLL(c)`` even when clips of one row nest
+            (:func:`echovl.loss.weighted_echo_nll`).
     """
 
     mask: torch.Tensor
@@ -38,6 +56,8 @@ class EchoClips:
     step: torch.Tensor
     step_entropy: torch.Tensor
     length: torch.Tensor
+    weight: torch.Tensor
+    token_weight: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.row.numel())
@@ -165,13 +185,24 @@ def mine_echo_clips(
     *,
     min_step_tokens: int = 1,
     scope: str = "all",
+    selection: str = "max",
+    top_k: int = 1,
+    soft_temperature: float = 1.0,
 ) -> EchoClips:
-    """Mine one EchoClip per group.
+    """Mine the EchoClips of each group.
 
     A step is eligible if its row is verified and it has at least ``min_step_tokens`` text tokens; its
-    entropy is the mean of ``entropy`` over its text tokens. Per group the clip is the eligible step with
-    the highest entropy; ties go to the lowest row index, then the earliest step. ``scope="degenerate"``
-    only mines groups whose rows are all verified. Groups with no eligible step get no clip.
+    entropy H_s is the mean of ``entropy`` over its text tokens. A clip is the prefix of the step's rollout up
+    to and including the step. ``scope="degenerate"`` only mines groups whose rows are all verified. Groups
+    with no eligible step get no clip. Per group, by ``selection``:
+
+    - ``"max"`` (the paper): the eligible step with the highest H_s; ties go to the lowest row index, then
+      the earliest step. Weight 1.
+    - ``"top_k"``: the ``top_k`` eligible steps with the highest H_s (fewer if the group has fewer), in that
+      order (ties as for ``max``), each a clip of weight 1. Two of them may lie in one rollout: their clips
+      are then nested prefixes, and each is still the mean over its own tokens.
+    - ``"soft"``: every eligible step is a clip, of weight ``softmax_s(H_s / soft_temperature)`` over the
+      group's eligible steps: the weights of a group sum to 1, so a group weighs as one clip.
 
     Args:
         entropy: [B, T] token entropy of the response tokens.
@@ -181,9 +212,18 @@ def mine_echo_clips(
         group: [B] long, same value = rollouts of the same prompt.
         min_step_tokens: minimum number of text tokens of an eligible step (>= 1).
         scope: ``"all"`` or ``"degenerate"``.
+        selection: ``"max"``, ``"top_k"`` or ``"soft"``.
+        top_k: clips per group for ``selection="top_k"`` (>= 1).
+        soft_temperature: softmax temperature (> 0) for ``selection="soft"``, in nats of step entropy.
     """
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if selection == "top_k" and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be an integer >= 1, got {top_k!r}")
+    if selection == "soft" and not (isinstance(soft_temperature, (int, float)) and soft_temperature > 0):
+        raise ValueError(f"soft_temperature must be a number > 0, got {soft_temperature!r}")
     if min_step_tokens < 1:
         raise ValueError(f"min_step_tokens must be >= 1, got {min_step_tokens}")
     if entropy.dim() != 2:
@@ -211,6 +251,21 @@ def mine_echo_clips(
     if min_step_tokens > 1:
         score.masked_fill_(count < min_step_tokens, torch.nan)
     score.nan_to_num_(nan=-torch.inf, posinf=-torch.inf)  # ineligible: no (or too few) tokens, not finite
+    ok_group = row_group.index_select(0, ok_rows)
+    if selection != "max":
+        return _mine_several(
+            score,
+            count,
+            ok_rows,
+            ok_group,
+            groups,
+            steps,
+            text_mask,
+            entropy.dtype,
+            selection,
+            top_k,
+            soft_temperature,
+        )
     # per row: the best step (max returns the first, i.e. earliest, of tied maxima); then per group: the best
     # row, the lowest of tied ones
     if score.shape[1]:
@@ -218,7 +273,6 @@ def mine_echo_clips(
     else:
         best = score.new_full((ok_rows.numel(),), -torch.inf)
         best_step = torch.zeros(ok_rows.numel(), dtype=torch.long, device=device)
-    ok_group = row_group.index_select(0, ok_rows)
     group_best = torch.full((num_groups,), -torch.inf, dtype=best.dtype, device=device)
     group_best = group_best.scatter_reduce(0, ok_group, best, reduce="amax")
     candidate = (best > -torch.inf) & (best == group_best[ok_group])
@@ -247,4 +301,78 @@ def mine_echo_clips(
         step=step,
         step_entropy=best.index_select(0, pick).to(out_dtype),
         length=length,
+        weight=torch.ones(row.numel(), dtype=torch.float32, device=device),
     )
+
+
+def _mine_several(
+    score: torch.Tensor,
+    count: torch.Tensor,
+    ok_rows: torch.Tensor,
+    ok_group: torch.Tensor,
+    groups: torch.Tensor,
+    steps: torch.Tensor,
+    text_mask: torch.Tensor,
+    entropy_dtype: torch.dtype,
+    selection: str,
+    top_k: int,
+    soft_temperature: float,
+) -> EchoClips:
+    """``top_k`` and ``soft`` selection from the eligible steps' ``score`` [R, S] (-inf: ineligible) of the
+    rows ``ok_rows`` (ascending; their group positions ``ok_group``)."""
+    device = score.device
+    num_groups = groups.numel()
+    local, step = (score > -torch.inf).nonzero(as_tuple=True)  # candidates, by row then step
+    value = score[local, step]
+    cand_group = ok_group.index_select(0, local)
+    # order within a group: highest entropy first, then lowest row, then earliest step (the candidates' own order)
+    order = torch.argsort(value, descending=True, stable=True)
+    order = order.index_select(0, torch.argsort(cand_group.index_select(0, order), stable=True))
+    local, step, value, cand_group = (t.index_select(0, order) for t in (local, step, value, cand_group))
+    if selection == "top_k":
+        position = torch.arange(local.numel(), device=device)
+        first = torch.full((num_groups,), local.numel(), dtype=torch.long, device=device)
+        first = first.scatter_reduce(0, cand_group, position, reduce="amin")
+        keep = position - first.index_select(0, cand_group) < top_k
+        local, step, value, cand_group = (t[keep] for t in (local, step, value, cand_group))
+        weight = torch.ones(local.numel(), dtype=torch.float64, device=device)
+    else:  # soft: softmax of H_s / temperature over the group's eligible steps
+        top = torch.full((num_groups,), -torch.inf, dtype=value.dtype, device=device)
+        top = top.scatter_reduce(0, cand_group, value, reduce="amax")
+        weight = torch.exp((value - top.index_select(0, cand_group)) / soft_temperature)
+        total = torch.zeros(num_groups, dtype=weight.dtype, device=device).index_add_(0, cand_group, weight)
+        weight = weight / total.index_select(0, cand_group)
+
+    row = ok_rows.index_select(0, local)
+    prefix_count = count.cumsum(dim=1)  # text tokens of steps 0..s, per (row, step)
+    length = prefix_count[local, step]
+    # token weights: clip (r, s) adds weight / length to every counted token of steps <= s of row r; summed per
+    # step from the last step backwards, then read per token
+    per_step = torch.zeros(score.shape, dtype=torch.float64, device=device)
+    per_step.index_put_((local, step), weight / length.double(), accumulate=True)
+    per_step = per_step.flip(1).cumsum(1).flip(1)
+    token_weight = torch.zeros(text_mask.shape, dtype=torch.float32, device=device)
+    rows_with_clip = torch.unique(local)
+    if rows_with_clip.numel():
+        batch_rows = ok_rows.index_select(0, rows_with_clip)
+        row_steps = steps.index_select(0, batch_rows)
+        counted = _counted(row_steps, text_mask.index_select(0, batch_rows))
+        picked = per_step.index_select(0, rows_with_clip).gather(1, row_steps.clamp(0, max(score.shape[1] - 1, 0)))
+        token_weight.index_copy_(0, batch_rows, torch.where(counted, picked, 0.0).float())
+    return EchoClips(
+        mask=token_weight > 0,
+        group=groups.index_select(0, cand_group),
+        row=row,
+        step=step,
+        step_entropy=value.to(torch.promote_types(entropy_dtype, torch.float32)),
+        length=length,
+        weight=weight.float(),
+        token_weight=token_weight,
+    )
+
+
+def row_clip_weight(clips: EchoClips, batch_size: int) -> torch.Tensor:
+    """[B] float32: the summed weight of the clips of each row (the row's share of the J_echo denominator,
+    ``sum over all clips of weight``; 1 per clip row under ``max`` selection)."""
+    out = torch.zeros(batch_size, dtype=torch.float32, device=clips.row.device)
+    return out.index_add_(0, clips.row, clips.weight.to(out.dtype))

@@ -7,7 +7,8 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Optional
 
-from .clip import SCOPES
+from .clip import SCOPES, SELECTIONS
+from .schedule import COEF_SCHEDULES, echo_coef
 
 __all__ = ["EchoConfig"]
 
@@ -35,6 +36,22 @@ class EchoConfig:
     """A step needs at least this many text tokens to be chosen."""
     scope: str = "all"
     """``all``: mine every group with a verified rollout. ``degenerate``: only all-correct groups."""
+    selection: str = "max"
+    """Clips per group. ``max`` (the paper): the highest-entropy step. ``top_k``: the ``top_k`` highest-entropy
+    steps, each a clip of weight 1 (two may lie in one rollout: nested prefixes). ``soft``: every eligible step,
+    weighted by a softmax of step entropy / ``soft_temperature`` (a group's weights sum to 1)."""
+    top_k: int = 2
+    """Clips per group with ``selection: top_k``."""
+    soft_temperature: float = 1.0
+    """Softmax temperature (nats of step entropy) with ``selection: soft``; small values approach ``max``."""
+    start_step: int = 0
+    """No echo term before this training step (steps count from 1; 0 or 1: from the first step)."""
+    coef_schedule: str = "constant"
+    """lambda over training: ``constant``; ``linear`` (warm-up from ``coef / coef_warmup_steps`` to ``coef`` over
+    ``coef_warmup_steps`` steps from ``start_step``); ``adaptive`` (``coef`` x the step's fraction of all-correct
+    groups)."""
+    coef_warmup_steps: int = 0
+    """Length of the ``linear`` warm-up, in training steps."""
     success_key: str = "accuracy"
     """Per-sample score from the reward function that says "verified correct" (never ``overall``)."""
     success_threshold: float = 1.0
@@ -60,6 +77,34 @@ class EchoConfig:
         """Whether the echo term is computed at all."""
         return bool(self.enable) and self.coef > 0
 
+    @property
+    def weighted(self) -> bool:
+        """Whether clips carry weights (several per group): ``top_k`` or ``soft`` selection."""
+        return self.selection != "max"
+
+    def mining_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`echovl.clip.mine_echo_clips` these settings give."""
+        return {
+            "min_step_tokens": self.min_step_tokens,
+            "scope": self.scope,
+            "selection": self.selection,
+            "top_k": self.top_k,
+            "soft_temperature": self.soft_temperature,
+        }
+
+    def coef_at(self, step: int, degenerate_fraction: float | None = None) -> float:
+        """lambda on training ``step`` (:func:`echovl.schedule.echo_coef`); 0 when echo is off."""
+        if not self.active:
+            return 0.0
+        return echo_coef(
+            self.coef,
+            step,
+            start_step=self.start_step,
+            schedule=self.coef_schedule,
+            warmup_steps=self.coef_warmup_steps,
+            degenerate_fraction=degenerate_fraction,
+        )
+
     def validate(self) -> None:
         def bad(key: str, why: str) -> ValueError:
             return ValueError(f"echo.{key} {why}, got {getattr(self, key)!r}")
@@ -76,7 +121,7 @@ class EchoConfig:
         self.delimiters = [_unescape(d) if isinstance(d, str) else d for d in self.delimiters]
         if not self.delimiters or any(not isinstance(d, str) or not d for d in self.delimiters):
             raise bad("delimiters", "must be a non-empty list of non-empty strings")
-        for key in ("min_step_tokens", "entropy_chunk_size", "trace_groups"):
+        for key in ("min_step_tokens", "entropy_chunk_size", "trace_groups", "top_k"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise bad(key, "must be an integer >= 1")
@@ -84,6 +129,20 @@ class EchoConfig:
             raise bad("trace_freq", "must be an integer >= 0 (0 disables traces)")
         if self.scope not in SCOPES:
             raise bad("scope", f"must be one of {', '.join(SCOPES)}")
+        if self.selection not in SELECTIONS:
+            raise bad("selection", f"must be one of {', '.join(SELECTIONS)}")
+        if self.coef_schedule not in COEF_SCHEDULES:
+            raise bad("coef_schedule", f"must be one of {', '.join(COEF_SCHEDULES)}")
+        for key in ("start_step", "coef_warmup_steps"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise bad(key, "must be an integer >= 0")
+        if isinstance(self.soft_temperature, bool) or not isinstance(self.soft_temperature, (int, float)):
+            raise bad("soft_temperature", "must be a number")
+        if not (math.isfinite(self.soft_temperature) and self.soft_temperature > 0):
+            raise bad("soft_temperature", "must be a finite number > 0")
+        if self.coef_schedule == "linear" and self.coef_warmup_steps < 1:
+            raise bad("coef_warmup_steps", "must be >= 1 with coef_schedule: linear")
         if not isinstance(self.success_key, str) or not self.success_key:
             raise bad("success_key", "must be the name of a per-sample reward score, e.g. 'accuracy'")
         if self.success_key == "overall":

@@ -16,8 +16,10 @@ group (one prompt and its rollouts)::
       "all_wrong": false,
       "clip": {                           # null when the group has no clip
         "rollout": 3, "step": 2, "step_entropy": 1.234, "length": 57,
-        "token_end": 60, "char_end": 210  # the clip is rollouts[3].text[:210] (tokens [0, 60))
+        "token_end": 60, "char_end": 210, # the clip is rollouts[3].text[:210] (tokens [0, 60))
+        "weight": 1.0                     # its weight in J_echo (softmax weight under echo.selection: soft)
       },
+      "clips": [{...}, ...],              # every clip of the group, "clip" first (several under top_k / soft)
       "rollouts": [
         {
           "text": "...", "reward": 1.0, "accuracy": 1.0, "verified": true, "num_tokens": 120,
@@ -126,16 +128,16 @@ def build_group_records(
     """
     group = group.cpu()
     mean, count = step_entropies(entropy.float().cpu(), steps.cpu(), text_mask.cpu())
-    clip_of = {
-        g: (r, s, e, n)
-        for g, r, s, e, n in zip(
-            clips.group.tolist(),
-            clips.row.tolist(),
-            clips.step.tolist(),
-            clips.step_entropy.tolist(),
-            clips.length.tolist(),
-        )
-    }
+    clips_of: dict[int, list[tuple]] = {}
+    for g, *clip in zip(
+        clips.group.tolist(),
+        clips.row.tolist(),
+        clips.step.tolist(),
+        clips.step_entropy.tolist(),
+        clips.length.tolist(),
+        clips.weight.tolist(),
+    ):
+        clips_of.setdefault(g, []).append(clip)
     out = []
     for g in groups:
         rows = (group == g).nonzero().flatten().tolist()
@@ -148,18 +150,20 @@ def build_group_records(
             )
             record.update(reward=float(rewards[row]), accuracy=float(accuracy[row]), verified=bool(verified[row]))
             rollouts.append(record)
-        clip = None
-        if g in clip_of:
-            row, step, step_entropy, length = clip_of[g]
+        group_clips = []
+        for row, step, step_entropy, length, weight in clips_of.get(g, []):
             span = rollouts[rows.index(row)]["steps"][step]  # step_index numbers steps 0, 1, 2, ...
-            clip = {
-                "rollout": rows.index(row),
-                "step": step,
-                "step_entropy": round(step_entropy, 6),
-                "length": length,
-                "token_end": span["tokens"][1],
-                "char_end": span["chars"][1],
-            }
+            group_clips.append(
+                {
+                    "rollout": rows.index(row),
+                    "step": step,
+                    "step_entropy": round(step_entropy, 6),
+                    "length": length,
+                    "token_end": span["tokens"][1],
+                    "char_end": span["chars"][1],
+                    "weight": round(weight, 6),
+                }
+            )
         flags = [r["verified"] for r in rollouts]
         record = {
             "schema": TRACE_SCHEMA,
@@ -171,7 +175,8 @@ def build_group_records(
             "image": None,
             "degenerate": all(flags),
             "all_wrong": not any(flags),
-            "clip": clip,
+            "clip": group_clips[0] if group_clips else None,
+            "clips": group_clips,
             "rollouts": rollouts,
         }
         out.append((record, images[rows[0]] if images is not None else None))

@@ -115,12 +115,12 @@ _PATCHED_MODEL_CLASSES = {
 
 
 @contextlib.contextmanager
-def worker_model_patch(model, actor_config):
+def worker_model_patch(model, config):
     """What ``FSDPWorker`` does to the model classes before building the actor: with ``padding_free`` it calls
     EasyR1's ``apply_ulysses_patch(model_type)``, which swaps in EasyR1's own forward for the Qwen-VL families (a
     zero-weighted pass through the vision tower for text-only micro-batches, the (4, B, L) position ids check) and
     its flash-attention entry. Undone on exit, so the reference forward and other tests see plain transformers."""
-    if not actor_config.padding_free:
+    if not config.padding_free:
         yield
         return
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
@@ -297,3 +297,89 @@ def reference_log_probs_and_entropy(model, batch, temperature: float) -> tuple[t
             log_probs[row, :num_response] = torch.log_softmax(scores, -1).gather(-1, targets[:, None])[:, 0]
             entropy[row, :num_response] = token_entropy(scores)
     return log_probs, entropy
+
+
+def actor_config(batch_rows, *, micro=2, padding_free=False, dynamic_batching=False, **kwargs):
+    """EasyR1's ``ActorConfig`` for CPU tests: no torch.compile, ``batch_rows`` rows per mini-batch per device."""
+    from verl.workers.actor.config import ActorConfig
+
+    config = ActorConfig(
+        padding_free=padding_free,
+        dynamic_batching=dynamic_batching,
+        use_torch_compile=False,
+        micro_batch_size_per_device_for_experience=micro,
+        micro_batch_size_per_device_for_update=micro,
+        **kwargs,
+    )
+    config.global_batch_size_per_device = batch_rows
+    return config
+
+
+def reference_clip_nll(model, batch, rows, temperature: float, mask_key: str = "echo_mask") -> torch.Tensor:
+    """Mean over ``rows`` of each row's mean NLL over its ``mask_key`` tokens, differentiable: a plain Hugging Face
+    forward per row over the row's valid tokens (as its ``attention_mask`` gives them), temperature-scaled."""
+    data = batch.batch
+    length = data["responses"].shape[1]
+    inputs = batch.non_tensor_batch.get("multi_modal_inputs")
+    per_clip = []
+    for row in rows:
+        valid = data["attention_mask"][row].bool()
+        ids = data["input_ids"][row][valid].unsqueeze(0)
+        position_ids = data["position_ids"][row]
+        position_ids = position_ids[:, valid].unsqueeze(1) if position_ids.dim() == 2 else position_ids[valid][None]
+        extra = dict(inputs[row]) if inputs is not None else {}
+        logits = model(input_ids=ids, position_ids=position_ids, use_cache=False, **extra).logits[0].float()
+        prompt_len = int(data["attention_mask"][row][:-length].sum())
+        positions = data[mask_key][row].nonzero().flatten()  # position t of the response is predicted at t - 1
+        log_probs = torch.log_softmax(logits[prompt_len - 1 + positions] / temperature, dim=-1)
+        per_clip.append(-log_probs.gather(-1, data["responses"][row][positions, None]).mean())
+    return torch.stack(per_clip).mean()
+
+
+# ------------------------------------------------------------------------------------------- simulated ranks
+
+
+def run_simulated_ranks(world_size: int, fn, monkeypatch) -> list:
+    """Run ``fn(rank)`` for every rank at once, one thread each, with ``torch.distributed.all_reduce`` (SUM and
+    MAX) reducing over the threads as a process group of ``world_size`` would; returns the results by rank.
+
+    Every rank must make the same sequence of all-reduce calls (as real collectives require); a rank that fails
+    breaks the barrier, so the others stop instead of waiting forever, and the first error is raised.
+    """
+    import threading
+
+    import torch.distributed as dist
+
+    barrier = threading.Barrier(world_size, timeout=120)
+    slots: list = [None] * world_size
+    local = threading.local()
+
+    def all_reduce(tensor, op=dist.ReduceOp.SUM, group=None, async_op=False):
+        slots[local.rank] = tensor.detach().clone()
+        barrier.wait()
+        stacked = torch.stack(slots)
+        result = stacked.max(0).values if op == dist.ReduceOp.MAX else stacked.sum(0)
+        barrier.wait()  # every rank has read the slots before any writes the next call's value
+        tensor.copy_(result)
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    results: list = [None] * world_size
+    errors: list = []
+
+    def target(rank: int) -> None:
+        local.rank = rank
+        try:
+            results[rank] = fn(rank)
+        except BaseException as error:  # noqa: BLE001 (re-raised below, in the calling thread)
+            errors.append(error)
+            barrier.abort()
+
+    threads = [threading.Thread(target=target, args=(rank,)) for rank in range(world_size)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        real = [e for e in errors if not isinstance(e, threading.BrokenBarrierError)]
+        raise (real or errors)[0]
+    return results

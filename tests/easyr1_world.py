@@ -75,6 +75,7 @@ class FakeActorWorkerGroup:
         self.generated = []  # every generation round's gen batch
         self.log_prob_calls = []
         self.updates = []
+        self.update_metrics = []  # the actor's metrics of each update, per mini-batch (before EasyR1 averages them)
 
     # -- dispatch rules of Dispatch.DP_COMPUTE_PROTO
     def _check_dispatch(self, data, micro: int | None = None):
@@ -132,6 +133,7 @@ class FakeActorWorkerGroup:
         self._check_dispatch(data, self.actor.config.micro_batch_size_per_device_for_update)
         self.updates.append(data)
         metrics = self.actor.update_policy(data)
+        self.update_metrics.append(metrics)
         return DataProto(non_tensor_batch={k: np.array(v if isinstance(v, list) else [v]) for k, v in metrics.items()})
 
 
@@ -143,3 +145,140 @@ class ListLoader(list):
 
     def load_state_dict(self, state):
         pass
+
+
+# ------------------------------------------------------------------------------------------- synthetic rollouts
+
+STEP_LINES = ("We look at the numbers.", "Adding them gives the sum.", "Check the sum again.", "So the total is 7.")
+
+
+def synthetic_round(tokenizer, patterns, *, n: int, response_length: int, prompt_length: int = 8, seed: int = 0):
+    """A scored generation round laid out like EasyR1's (vLLM's tensors, ``uid`` per group), without a model.
+
+    ``patterns`` gives each group's outcome (``all_correct``, ``mixed``: the first half of its rollouts correct,
+    ``all_wrong``). Responses have 1 to 6 reasoning lines, so lengths and step counts vary. Returns the
+    ``DataProto`` (with ``token_level_scores``) and the per-row ``accuracy`` scores.
+    """
+    import torch
+    from verl.protocol import DataProto
+
+    generator = torch.Generator().manual_seed(seed)
+    rows = len(patterns) * n
+    eos, pad = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.pad_token_id
+    pool = ["\n".join(STEP_LINES[(k + i) % 4] for i in range(1 + k % 6)) for k in range(12)]
+    pool_ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in pool]
+    picks = torch.randint(len(pool), (rows,), generator=generator).tolist()
+    prompts = torch.randint(300, (rows, prompt_length), generator=generator)
+    tensors = vllm_layout(
+        prompts,
+        torch.ones(rows, prompt_length, dtype=torch.long),
+        torch.arange(prompt_length).expand(rows, -1),
+        [pool_ids[k] for k in picks],
+        eos=eos,
+        pad=pad,
+        length=response_length,
+    )
+    accuracy = []
+    for pattern in patterns:
+        accuracy += [float(pattern == "all_correct" or (pattern == "mixed" and k < n // 2)) for k in range(n)]
+    scores = torch.zeros(rows, response_length)
+    last = tensors["response_mask"].sum(-1) - 1
+    scores[torch.arange(rows), last] = torch.tensor(accuracy)
+    tensors["token_level_scores"] = scores
+    uids = np.array([f"{seed}-{g}" for g in range(len(patterns)) for _ in range(n)], dtype=object)
+    return DataProto.from_dict(tensors=tensors, non_tensors={"uid": uids}), accuracy
+
+
+def add_experience(batch, *, seed: int = 0) -> None:
+    """What EasyR1's ``fit`` adds before ``update_actor`` (old log-probs and entropies, advantages), random."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    mask = batch.batch["response_mask"].float()
+    shape = mask.shape
+    batch.batch["old_log_probs"] = -torch.rand(shape, generator=generator) * 3 * mask
+    batch.batch["old_entropy"] = torch.rand(shape, generator=generator) * 2 * mask
+    batch.batch["advantages"] = torch.randn(shape[0], 1, generator=generator) * mask
+    batch.batch["returns"] = batch.batch["advantages"].clone()
+    batch.batch["token_level_rewards"] = batch.batch["token_level_scores"].clone()
+
+
+# ------------------------------------------------------------------------------------------- a DAPO step at paper sizes
+
+PAPER_RANKS, PAPER_N, PAPER_PROMPTS = 8, 8, 128
+LATE_DAPO_STEP = ["mixed"] * 128 + ["all_correct"] * 300 + ["all_wrong"] * 20
+"""One DAPO step late in training: 300 all-correct groups dropped while the filter collected 128 mixed ones."""
+
+
+class EntropyPass:
+    """The actor worker group as the trainer sees it: ``world_size`` ranks; ``compute_log_probs`` gives random old
+    log-probs and entropies (the dropped groups' entropy pass) and counts the rows it was given."""
+
+    def __init__(self, world_size: int = PAPER_RANKS):
+        self.world_size = world_size
+        self.rows = 0
+
+    def compute_log_probs(self, data):
+        import torch
+        from verl.protocol import DataProto
+
+        assert len(data) % self.world_size == 0
+        self.rows += len(data)
+        generator = torch.Generator().manual_seed(len(data))
+        shape = data.batch["responses"].shape
+        old_log_probs, entropy = -torch.rand(shape, generator=generator), torch.rand(shape, generator=generator) * 2
+        tensors = {"old_log_probs": old_log_probs, "old_entropy": entropy}
+        return DataProto.from_dict(tensors=tensors)
+
+
+def paper_dapo_update(tokenizer, global_batch_size: int, checkpoint_dir, *, patterns=LATE_DAPO_STEP, overrides=()):
+    """The update batch ``EchoTrainer`` hands to ``update_actor`` for one synthetic DAPO step at the paper's sizes
+    (``configs/geo3k_grpo_echo.yaml``: 128 prompts x 8 rollouts, 8 ranks; run from the repository root), through
+    EasyR1's real ``_balance_batch``. Returns ``(config, dapo_batch, update_batch, echo_metrics, entropy_pass)``.
+    """
+    from unittest import mock
+
+    import ray
+    from verl.trainer.ray_trainer import ResourcePoolManager
+
+    from echovl.easyr1.config import load_config
+    from echovl.easyr1.trainer import EchoTrainer
+
+    generated, accuracy = synthetic_round(tokenizer, patterns, n=PAPER_N, response_length=64, seed=3)
+    config = load_config(
+        [
+            "config=configs/geo3k_grpo_echo.yaml",  # the paper's sizes: 128 x 8, dynamic batching, 8 GPUs
+            "algorithm.online_filtering=true",
+            "algorithm.disable_kl=true",
+            f"worker.actor.global_batch_size={global_batch_size}",
+            "trainer.max_steps=1",
+            f"trainer.save_checkpoint_path={checkpoint_dir}",
+            "echo.trace_freq=0",
+            *overrides,
+        ]
+    )
+    trainer = EchoTrainer(
+        config=config,
+        tokenizer=tokenizer,
+        processor=None,
+        train_dataloader=ListLoader([{}]),
+        val_dataloader=[],
+        role_worker_mapping={},
+        resource_pool_manager=ResourcePoolManager({"global_pool": [PAPER_RANKS]}, {}),
+        reward_fn=object(),
+        val_reward_fn=None,
+    )
+    trainer.actor_rollout_ref_wg = entropy_pass = EntropyPass()
+    trainer.global_step = 1
+    trainer.reward_fn.calls = [(generated, (generated.batch["token_level_scores"], {"accuracy": accuracy}))]
+    # what EasyR1's _make_batch_data returns: the kept (mixed) groups, in generation order
+    kept = [
+        i for i, uid in enumerate(generated.non_tensor_batch["uid"]) if patterns[int(uid.split("-")[1])] == "mixed"
+    ]
+    with mock.patch.object(ray, "get", lambda value: value):
+        batch = trainer._after_online_filtering(generated[kept][: PAPER_PROMPTS * PAPER_N])
+        trainer._balance_batch(batch, metrics={})  # EasyR1's fit, as is
+        batch.meta_info = {"temperature": 0.6, "global_token_num": batch.batch["attention_mask"].sum(-1).tolist()}
+        add_experience(batch, seed=1)
+        update, metrics = trainer.prepare_update(batch)
+    return config, batch, update, metrics, entropy_pass

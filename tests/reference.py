@@ -78,3 +78,45 @@ def entropy_ref(row: list[float]) -> float:
     top = max(row)
     lse = top + math.log(math.fsum(math.exp(z - top) for z in row))
     return lse - math.fsum(math.exp(z - lse) * z for z in row)
+
+
+def mine_several_ref(
+    entropy, steps, text_mask, verified, group, min_step_tokens=1, scope="all", selection="top_k", top_k=1, temp=1.0
+):
+    """``top_k`` / ``soft`` selection with plain loops. Returns a list of clips (group, row, step, mean, length,
+    weight) in the documented order, and the per-token weights as nested lists."""
+    batch = len(entropy)
+    values: dict[tuple[int, int], list[float]] = {}
+    for b in range(batch):
+        for t in range(len(entropy[b])):
+            if steps[b][t] >= 0 and text_mask[b][t]:
+                values.setdefault((b, steps[b][t]), []).append(entropy[b][t])
+    clips = []
+    for g in sorted(set(group)):
+        rows = [b for b in range(batch) if group[b] == g]
+        if scope == "degenerate" and not all(verified[b] for b in rows):
+            continue
+        candidates = []
+        for b in rows:
+            if not verified[b]:
+                continue
+            for s in sorted(s for (r, s) in values if r == b):
+                vals = values[(b, s)]
+                if len(vals) >= min_step_tokens:
+                    candidates.append((math.fsum(vals) / len(vals), b, s))
+        candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+        if selection == "top_k":
+            chosen = [(c, 1.0) for c in candidates[:top_k]]
+        else:
+            top = max((c[0] for c in candidates), default=0.0)
+            exps = [math.exp((c[0] - top) / temp) for c in candidates]
+            chosen = [(c, e / math.fsum(exps)) for c, e in zip(candidates, exps)]
+        for (mean, b, s), weight in chosen:
+            length = sum(1 for t in range(len(entropy[b])) if text_mask[b][t] and 0 <= steps[b][t] <= s)
+            clips.append((g, b, s, mean, length, weight))
+    token_weight = [[0.0] * len(entropy[b]) for b in range(batch)]
+    for _, b, s, _, length, weight in clips:
+        for t in range(len(entropy[b])):
+            if text_mask[b][t] and 0 <= steps[b][t] <= s:
+                token_weight[b][t] += weight / length
+    return clips, token_weight

@@ -10,6 +10,7 @@ pytest.importorskip("verl", reason="EasyR1 (package verl) is not installed: pip 
 import torch  # noqa: E402
 
 from tests.easyr1_stubs import (  # noqa: E402
+    actor_config,
     build_rollout_batch,
     init_gloo_group,
     install_vllm_stub,
@@ -21,7 +22,6 @@ from tests.easyr1_stubs import (  # noqa: E402
 install_vllm_stub()
 
 from verl.workers.actor import dp_actor  # noqa: E402
-from verl.workers.actor.config import ActorConfig  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
@@ -79,19 +79,6 @@ def vl_batch(backbones):
     return backbones("qwen2_5_vl")[1]
 
 
-def _config(batch_rows, *, micro=2, padding_free=False, dynamic_batching=False, **kwargs) -> ActorConfig:
-    config = ActorConfig(
-        padding_free=padding_free,
-        dynamic_batching=dynamic_batching,
-        use_torch_compile=False,
-        micro_batch_size_per_device_for_experience=micro,
-        micro_batch_size_per_device_for_update=micro,
-        **kwargs,
-    )
-    config.global_batch_size_per_device = batch_rows
-    return config
-
-
 def _unpad_input(hidden_states, attention_mask, *args):
     """Pure-torch ``flash_attn.bert_padding.unpad_input`` (the values EasyR1 uses)."""
     seqlens = attention_mask.sum(-1, dtype=torch.int32)
@@ -145,7 +132,7 @@ def test_entropy_matches_hf_forward_padded(backbones, backbone, micro):
     assert batch.batch["position_ids"].dim() == 3
     inputs = batch.non_tensor_batch["multi_modal_inputs"]
     assert any(inputs_row == {} for inputs_row in inputs) and any("pixel_values" in r for r in inputs)
-    actor = EchoActor(_config(len(batch), micro=micro), model, echo=EchoConfig(entropy_chunk_size=7))
+    actor = EchoActor(actor_config(len(batch), micro=micro), model, echo=EchoConfig(entropy_chunk_size=7))
     _check_against_hf(actor, model, batch)
 
 
@@ -155,7 +142,7 @@ def test_entropy_matches_hf_forward_padding_free(backbones, backbone, cpu_paddin
     """EasyR1's padding-free branch (unpad, packed forward through EasyR1's own model forward, pad back), several
     sequences per pack."""
     model, batch = backbones(backbone)
-    actor = EchoActor(_config(len(batch), micro=micro, padding_free=True), model, echo=EchoConfig())
+    actor = EchoActor(actor_config(len(batch), micro=micro, padding_free=True), model, echo=EchoConfig())
     _check_against_hf(actor, model, batch)
 
 
@@ -165,7 +152,9 @@ def test_entropy_matches_hf_forward_dynamic_batching(
 ):
     """Dynamic batching regroups rows by length; the order must be restored for both outputs."""
     actor = EchoActor(
-        _config(len(vl_batch), micro=2, padding_free=padding_free, dynamic_batching=True), vl_model, echo=EchoConfig()
+        actor_config(len(vl_batch), micro=2, padding_free=padding_free, dynamic_batching=True),
+        vl_model,
+        echo=EchoConfig(),
     )
     _check_against_hf(actor, vl_model, vl_batch)
 
@@ -176,7 +165,7 @@ def test_entropy_matches_hf_forward_text_model(backbones, backbone, cpu_padding_
     """A text-only causal LM (2-D position ids)."""
     model, batch = backbones(backbone)
     assert batch.batch["position_ids"].dim() == 2
-    actor = EchoActor(_config(len(batch), micro=2, padding_free=padding_free), model, echo=EchoConfig())
+    actor = EchoActor(actor_config(len(batch), micro=2, padding_free=padding_free), model, echo=EchoConfig())
     _check_against_hf(actor, model, batch)
 
 
@@ -185,7 +174,9 @@ def test_entropy_skips_prompt_and_padding_chunks(vl_model, vl_batch, cpu_padding
     """Only chunks holding a row that predicts a response token are computed; the rest read as 0."""
     calls = []
     actor = EchoActor(
-        _config(len(vl_batch), micro=3, padding_free=padding_free), vl_model, echo=EchoConfig(entropy_chunk_size=4)
+        actor_config(len(vl_batch), micro=3, padding_free=padding_free),
+        vl_model,
+        echo=EchoConfig(entropy_chunk_size=4),
     )
     real = actor._token_entropy
 
@@ -212,10 +203,10 @@ def test_rows_needing_entropy_under_ulysses(vl_model, vl_batch, monkeypatch):
     from verl.utils import ulysses
 
     inputs = {k: v[:3] for k, v in vl_batch.batch.items()}
-    one = EchoActor(_config(3, padding_free=True), vl_model, echo=EchoConfig())
+    one = EchoActor(actor_config(3, padding_free=True), vl_model, echo=EchoConfig())
     full = one._rows_needing_entropy(inputs)
     assert int(full.sum()) == int(inputs["response_mask"].sum())
-    two = EchoActor(_config(3, padding_free=True, ulysses_size=2), vl_model, echo=EchoConfig())
+    two = EchoActor(actor_config(3, padding_free=True, ulysses_size=2), vl_model, echo=EchoConfig())
     parts = []
     for rank in range(2):
         monkeypatch.setattr(ulysses, "dist", types.SimpleNamespace(get_world_size=lambda group=None: 2))
@@ -228,14 +219,14 @@ def test_rows_needing_entropy_under_ulysses(vl_model, vl_batch, monkeypatch):
 
 def test_entropy_with_torch_compile(vl_model, vl_batch, cpu_padding_free):
     """use_torch_compile (EasyR1's default): its log-prob function and our entropy chunks are compiled."""
-    config = _config(len(vl_batch), micro=3, padding_free=True)
+    config = actor_config(len(vl_batch), micro=3, padding_free=True)
     config.use_torch_compile = True
     _check_against_hf(EchoActor(config, vl_model, echo=EchoConfig(entropy_chunk_size=64)), vl_model, vl_batch)
 
 
 def test_log_probs_identical_to_easyr1(vl_model, vl_batch):
     """The log-probs of the entropy pass are EasyR1's own, bit for bit; outside the context nothing changes."""
-    config = _config(len(vl_batch))
+    config = actor_config(len(vl_batch))
     vanilla = DataParallelPPOActor(config, vl_model).compute_log_prob(vl_batch)
     actor = EchoActor(config, vl_model, echo=EchoConfig())
     log_probs, _ = actor.compute_log_prob_and_entropy(vl_batch)
@@ -277,7 +268,7 @@ def _update_batch(batch, model, *, advantages=0.0, clip_rows=(), seed=0):
     data.batch = batch.batch.clone()
     data.non_tensor_batch = dict(batch.non_tensor_batch)
     data.meta_info = dict(batch.meta_info)
-    actor = DataParallelPPOActor(_config(len(batch)), model)
+    actor = DataParallelPPOActor(actor_config(len(batch)), model)
     data.batch["old_log_probs"] = actor.compute_log_prob(data)
     response_mask = data.batch["response_mask"]
     data.batch["advantages"] = torch.full(response_mask.shape, float(advantages)) * response_mask
@@ -297,7 +288,7 @@ def _clone(model):
 
 def _sgd_actor(cls, model, rows, **kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    return cls(_config(rows, micro=2, max_grad_norm=1e9), model, optimizer, **kwargs)
+    return cls(actor_config(rows, micro=2, max_grad_norm=1e9), model, optimizer, **kwargs)
 
 
 def _params(model):
@@ -337,7 +328,7 @@ def test_update_policy_echo_only_gradient(backbones, backbone):
 
 def _forward_log_probs(model, data):
     """Differentiable log-probs [B, R] of the whole batch through EasyR1's own forward."""
-    actor = DataParallelPPOActor(_config(len(data)), model)
+    actor = DataParallelPPOActor(actor_config(len(data)), model)
     inputs = {**data.batch, **data.non_tensor_batch}
     return actor._forward_micro_batch(inputs, temperature=data.meta_info["temperature"])
 
@@ -398,7 +389,7 @@ def test_update_policy_without_clips_is_easyr1_bit_for_bit(vl_model, vl_batch, e
     for cls, kwargs in ((DataParallelPPOActor, {}), (EchoActor, {"echo": echo})):
         torch.manual_seed(0)
         model = _clone(vl_model)
-        config = _config(len(data) // 2, micro=3)
+        config = actor_config(len(data) // 2, micro=3)
         config.use_kl_loss, config.kl_coef, config.kl_penalty = True, 0.1, "low_var_kl"
         actor = cls(config, model, torch.optim.AdamW(model.parameters(), lr=1e-2), **kwargs)
         metrics = actor.update_policy(data)

@@ -13,14 +13,14 @@ install_vllm_stub()
 
 from verl.protocol import DataProto  # noqa: E402
 
-from echovl.easyr1.actor import ECHO_MASK  # noqa: E402
+from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW  # noqa: E402
 from echovl.easyr1.filtering import (  # noqa: E402
-    FilteredPlan,
     dropped_correct_groups,
+    echo_row_unit,
     echo_rows,
-    plan_filtered_clips,
+    layout_update_batch,
+    padded_echo_rows,
     rows_scores,
-    slot_unit,
 )
 
 
@@ -46,45 +46,27 @@ def test_dropped_correct_groups():
     assert [g.tolist() for g in dropped_correct_groups(uids, verified, kept=set())] == [[0, 1], [4, 5]]
 
 
-def test_slot_unit():
-    assert slot_unit(8, 8) == 1  # the paper: 8 rollouts, 8 GPUs, dynamic batching
-    assert slot_unit(8, 8, micro_batch_size=2) == 2
-    assert slot_unit(5, 8) == 8
-    assert slot_unit(4, 2, micro_batch_size=2) == 1
+def test_echo_row_unit():
+    assert echo_row_unit(8, 2) == 16  # the paper: 8 GPUs, update batch 64 of 128 (2 mini-batches), dynamic batching
+    assert echo_row_unit(8, 4) == 32  # update batch 32
+    assert echo_row_unit(8, 2, micro_batch_size=2) == 32
+    assert [padded_echo_rows(c, 16) for c in (0, 1, 16, 17, 300)] == [0, 16, 16, 32, 304]
 
 
-@pytest.mark.parametrize(
-    ("available", "limit", "unit", "expected"),
-    [
-        (0, -1, 1, FilteredPlan(0, 0)),
-        (3, -1, 1, FilteredPlan(1, 3)),  # 3 clips in one slot of 8 rows
-        (9, -1, 1, FilteredPlan(2, 9)),
-        (9, 4, 1, FilteredPlan(1, 4)),
-        (9, 0, 1, FilteredPlan(0, 0)),
-        (3, -1, 2, FilteredPlan(2, 3)),  # slots come in units
-        (1000, -1, 1, FilteredPlan(64, 512)),  # at most half of the 128 group slots
-        (1000, -1, 3, FilteredPlan(63, 504)),
-    ],
-)
-def test_plan_filtered_clips(available, limit, unit, expected):
-    plan = plan_filtered_clips(available, n=8, rollout_batch_size=128, unit=unit, limit=limit)
-    assert plan == expected
-    assert plan.slots % unit == 0 and plan.groups <= plan.slots * 8
-
-
-def test_plan_with_a_tiny_batch():
-    assert plan_filtered_clips(5, n=8, rollout_batch_size=1, unit=1, limit=-1) == FilteredPlan(0, 0)
+PROMPT = 3  # prompt positions before the 5 response positions
 
 
 def _like(rows=4, length=5):
     tensors = {
         "responses": torch.arange(rows * length).view(rows, length),
         "response_mask": torch.ones(rows, length, dtype=torch.long),
+        "attention_mask": torch.ones(rows, PROMPT + length, dtype=torch.long),
         "old_log_probs": -torch.rand(rows, length),
         "ref_log_probs": -torch.rand(rows, length),
         "advantages": torch.rand(rows, length),
         "token_level_rewards": torch.rand(rows, length),
         ECHO_MASK: torch.ones(rows, length, dtype=torch.bool),
+        ECHO_ROW: torch.zeros(rows, dtype=torch.bool),
     }
     non_tensors = {"uid": np.array([f"k{i // 2}" for i in range(rows)], dtype=object), "extra": np.arange(rows)}
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info={"temperature": 0.6})
@@ -95,6 +77,7 @@ def _source(rows=6, length=5):
         tensors={
             "responses": 100 + torch.arange(rows * length).view(rows, length),
             "response_mask": torch.ones(rows, length, dtype=torch.long),
+            "attention_mask": torch.ones(rows, PROMPT + length, dtype=torch.long),
             "old_log_probs": -torch.rand(rows, length),
             "old_entropy": torch.rand(rows, length),
             "token_level_scores": torch.ones(rows, length),
@@ -106,7 +89,7 @@ def _source(rows=6, length=5):
 def test_echo_rows_carry_only_the_clip():
     like, source = _like(), _source()
     clip_mask = torch.zeros(6, 5, dtype=torch.bool)
-    clip_mask[1, :3] = True
+    clip_mask[1, [0, 2]] = True  # a special token inside a clip is not supervised: the clip ends at 2
     clip_mask[5, :2] = True
     rows = echo_rows(source, torch.tensor([1, 5]), clip_mask, 4, like=like)
     assert len(rows) == 4 and set(rows.batch.keys()) == set(like.batch.keys())
@@ -116,6 +99,12 @@ def test_echo_rows_carry_only_the_clip():
     assert not rows.batch[ECHO_MASK][2:].any()  # fillers carry no loss
     assert torch.equal(rows.batch["responses"][2:], source.batch["responses"][[1, 5]])
     assert not rows.batch["response_mask"].any()  # no PG/KL term, not in EasyR1's token count
+    assert rows.batch[ECHO_ROW].all() and rows.batch[ECHO_ROW].dtype == torch.bool
+    # attention up to the clip's last token (fillers: their first response token); the prompt untouched
+    assert rows.batch["attention_mask"][:, :PROMPT].all()
+    assert (
+        rows.batch["attention_mask"][:, PROMPT:].tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]] + [[1, 0, 0, 0, 0]] * 2
+    )
     assert not rows.batch["advantages"].any() and not rows.batch["token_level_rewards"].any()
     assert torch.equal(rows.batch["ref_log_probs"], rows.batch["old_log_probs"])
     assert list(rows.non_tensor_batch["uid"]) == ["d0", "d1", "d0", "d1"]
@@ -129,3 +118,30 @@ def test_echo_rows_without_clips_fill_with_inert_rows():
     assert len(rows) == 4 and not rows.batch[ECHO_MASK].any() and not rows.batch["response_mask"].any()
     with pytest.raises(ValueError, match="cannot fit"):
         echo_rows(_source(), torch.arange(5), torch.zeros(6, 5, dtype=torch.bool), 4, like=_like())
+
+
+def test_layout_puts_each_ranks_echo_share_after_its_batch_share():
+    batch = _like(rows=8)
+    echo = _like(rows=8)
+    echo.batch[ECHO_ROW][:] = True
+    lengths = [10, 1, 9, 2, 8, 3, 7, 4]  # attention lengths of the echo rows (positions 0..L-1)
+    echo.batch["attention_mask"] = (torch.arange(12) < torch.tensor(lengths)[:, None]).long()
+    batch.batch["attention_mask"] = torch.ones(8, 12, dtype=torch.long)
+    batch.batch["responses"], echo.batch["responses"] = torch.arange(8)[:, None], 100 + torch.arange(8)[:, None]
+    for key in ("response_mask", "old_log_probs", "ref_log_probs", "advantages", "token_level_rewards", ECHO_MASK):
+        batch.batch[key], echo.batch[key] = batch.batch[key][:, :1], echo.batch[key][:, :1]
+
+    update = layout_update_batch(batch, echo, world_size=2, mini_batches=2)
+    assert len(update) == 16
+    assert update.meta_info["global_token_num"] == update.batch["attention_mask"].sum(-1).tolist()
+    seen = []
+    for rank, share in enumerate(update.chunk(2)):  # EasyR1's dispatch: one equal chunk per rank
+        rows = share.batch["responses"][:, 0].tolist()
+        assert rows[:4] == list(range(rank * 4, rank * 4 + 4))  # the batch's share, in its (balanced) order
+        assert share.batch[ECHO_ROW].tolist() == [False] * 4 + [True] * 4
+        for mini_batch in (rows[4:6], rows[6:8]):  # the actor's two consecutive shares of echo rows
+            assert sum(lengths[r - 100] for r in mini_batch) == 11  # balanced: 10+1, 9+2, 8+3, 7+4
+            seen += mini_batch
+    assert sorted(seen) == list(range(100, 108))
+    with pytest.raises(ValueError, match="echo_row_unit"):
+        layout_update_batch(batch, echo[:6], world_size=2, mini_batches=2)

@@ -3,6 +3,7 @@ GRPO + EchoRL, DAPO + EchoRL (the dropped all-correct groups' clips), and echo o
 
 import copy
 import json
+import math
 
 import pytest
 
@@ -27,7 +28,7 @@ from verl.utils.dataset import RLHFDataset, collate_fn  # noqa: E402
 from verl.workers.reward import AutoRewardManager  # noqa: E402
 
 from echovl import delimiter_table, mine_echo_clips, special_table, step_index, text_mask  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW, EchoActor  # noqa: E402
 from echovl.easyr1.config import load_config  # noqa: E402
 from echovl.easyr1.mining import group_ids  # noqa: E402
 from echovl.easyr1.trainer import EchoTrainer  # noqa: E402
@@ -47,7 +48,7 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray, "get", lambda value: value)
 
 
-def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_worker=True):
+def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_worker=True, world_size=2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     parquet = write_problem_parquet(tmp_path / "train.parquet", 24)
@@ -92,7 +93,9 @@ def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_work
     actor_config = config.worker.actor
     actor_config.global_batch_size_per_device = actor_config.global_batch_size * N  # one process holds every row
     actor = EchoActor(actor_config, model, torch.optim.AdamW(model.parameters(), lr=1e-3))
-    wg = FakeActorWorkerGroup(actor, tokenizer, n=N, response_length=96, echo_worker=echo_worker)
+    wg = FakeActorWorkerGroup(
+        actor, tokenizer, n=N, response_length=96, echo_worker=echo_worker, world_size=world_size
+    )
     reward = FakeRewardHandle(AutoRewardManager(config.worker.reward, tokenizer))
     trainer = trainer_cls(
         config=config,
@@ -174,39 +177,55 @@ def _reward_accuracy(trainer, batch):
 
 
 def test_dapo_keeps_the_clips_of_dropped_all_correct_groups(tmp_path, tiny_lm_dir, fake_ray, monkeypatch):
+    """Update batch 1 prompt (4 mini-batches), 1 rank: before the echo rows got their own layout, the last
+    mini-batch held echo rows only, its PG term was 0 * 1 / 0 and the logged grad_norm NaN."""
     trainer, wg, model, tokenizer = _build(
-        tmp_path, tiny_lm_dir, "algorithm.online_filtering=true", "data.mini_rollout_batch_size=4"
+        tmp_path,
+        tiny_lm_dir,
+        "algorithm.online_filtering=true",
+        "data.mini_rollout_batch_size=4",
+        "worker.actor.global_batch_size=1",
+        world_size=1,
     )
+    wg.actor.config.global_batch_size_per_device = N
     initial = EchoActor(wg.actor.config, copy.deepcopy(model))  # the parameters the last step starts from
     logs = _fit(
         trainer, wg, monkeypatch, before_last_step=lambda: initial.actor_module.load_state_dict(model.state_dict())
     )
-    for entry, batch in zip(logs, wg.updates):
-        assert len(batch) == PROMPTS * N  # EasyR1's batch size: divisibility rules hold
-        echo_only = batch.batch["response_mask"].sum(-1) == 0
+    mini_batches = PROMPTS  # update batch 1 prompt: one optimizer step per prompt
+    for entry, batch, metrics in zip(logs, wg.updates, wg.update_metrics):
+        echo_only = batch.batch[ECHO_ROW]
+        assert torch.equal(echo_only, batch.batch["response_mask"].sum(-1) == 0)
         uids = np.asarray(batch.non_tensor_batch["uid"])
         scores = np.asarray(batch.non_tensor_batch["echo_score"], dtype=float)
-        # policy-gradient rows: whole mixed groups only (DAPO's filter), one slot (N rows) given to echo rows
+        # policy-gradient rows: every group DAPO kept (whole mixed groups), none given up for echo rows
         pg_uids = set(uids[~echo_only.numpy()])
-        assert len(pg_uids) == PROMPTS - 1
+        assert len(pg_uids) == PROMPTS and int((~echo_only).sum()) == PROMPTS * N
         for uid in pg_uids:
             group_scores = scores[uids == uid]
             assert len(group_scores) == N and 0 < group_scores.mean() < 1
-        # echo rows: rollouts of dropped all-correct groups, zero advantage, PG/KL masked, clip tokens kept
-        assert int(echo_only.sum()) == N
+        # echo rows: rollouts of dropped all-correct groups, zero advantage, PG/KL masked, clip tokens kept,
+        # padded to whole micro-batches (2 rows) in every mini-batch
+        clips = int(entry["echo"]["filtered_clips"])
+        assert clips > 0 and int(echo_only.sum()) == entry["echo"]["filtered_rows"] == math.ceil(clips / 8) * 8
         assert torch.all(batch.batch["advantages"][echo_only] == 0)
         assert np.all(scores[echo_only.numpy()] == 1.0)
         clip_rows = batch.batch[ECHO_MASK][echo_only].any(-1)
-        assert int(clip_rows.sum()) == entry["echo"]["filtered_clips"] > 0
-        assert len(set(uids[echo_only.numpy()][clip_rows.numpy()])) == int(clip_rows.sum())  # one clip per group
+        assert int(clip_rows.sum()) == clips
+        assert len(set(uids[echo_only.numpy()][clip_rows.numpy()])) == clips  # one clip per group
         assert entry["echo"]["degenerate_groups"] > 0  # counted over every generated group
         assert entry["timing_s"]["echo_filtered_forward"] >= 0
+        # every optimizer step is finite (EasyR1 skips a NaN step silently)
+        assert len(metrics["actor/grad_norm"]) == mini_batches
+        assert all(math.isfinite(g) for g in metrics["actor/grad_norm"]), metrics["actor/grad_norm"]
+        assert len(metrics["actor/pg_loss"]) == PROMPTS * N // 2  # only PG micro-batches add PG metrics
+        assert len(metrics["echo/loss"]) == mini_batches
     # each echo row's clip is the clip mine_echo_clips finds in its whole (dropped) group (last step's rounds)
     last = wg.updates[-1]
-    echo_only = last.batch["response_mask"].sum(-1) == 0
+    echo_only = last.batch[ECHO_ROW]
     clip_rows = torch.nonzero(echo_only & last.batch[ECHO_MASK].any(-1)).flatten()
     main_pass, filtered_pass = wg.log_prob_calls[-2:]  # the dropped groups' pass is padded to the dispatch sizes
-    assert main_pass == (PROMPTS - 1) * N and filtered_pass % 4 == 0 and filtered_pass >= N
+    assert main_pass == PROMPTS * N and filtered_pass % 2 == 0 and filtered_pass >= N
     for row in clip_rows.tolist():
         uid = last.non_tensor_batch["uid"][row]
         group = _generated_group(initial, trainer, uid)
@@ -264,3 +283,59 @@ def _counter():
         return uuid.UUID(int=state["n"])
 
     return next_uuid
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("echo.selection=soft", "echo.soft_temperature=0.5", "echo.start_step=2"),
+        ("echo.selection=top_k", "echo.top_k=2", "algorithm.online_filtering=true", "data.mini_rollout_batch_size=4"),
+    ],
+    ids=["grpo-soft-start2", "dapo-top2"],
+)
+def test_selection_variants_and_start_step_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch, overrides):
+    """top_k / soft: the update batch carries the core's clip weights (PG rows and DAPO echo rows), the logs the
+    step's lambda and the weights; before echo.start_step the update is EasyR1's (no echo keys)."""
+    from echovl.easyr1.actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_WEIGHT
+
+    trainer, wg, _, tokenizer = _build(tmp_path, tiny_lm_dir, *overrides)
+    logs = _fit(trainer, wg, monkeypatch)
+    echo, steps_with_echo_rows = trainer.echo, 0
+    for step, (entry, batch) in enumerate(zip(logs, wg.updates), start=1):
+        assert entry["echo"]["coef"] == (0.5 if step >= echo.start_step else 0.0)
+        if step < echo.start_step:
+            assert ECHO_MASK not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
+            continue
+        assert batch.meta_info[ECHO_COEF] == 0.5
+        pg_rows = ~batch.batch[ECHO_ROW] if ECHO_ROW in batch.batch.keys() else torch.ones(len(batch), dtype=bool)
+        main = batch[torch.nonzero(pg_rows).flatten().tolist()]
+        accuracy = torch.tensor([float(s) for s in _reward_accuracy(trainer, main)])
+        mask = main.batch["attention_mask"][:, -main.batch["responses"].shape[1] :]
+        steps = step_index(main.batch["responses"], mask, delimiter_table(tokenizer))
+        text = text_mask(main.batch["responses"], mask, special_table(tokenizer))
+        clips = mine_echo_clips(
+            main.batch["old_entropy"],
+            steps,
+            text,
+            accuracy >= 1.0,
+            group_ids(main.non_tensor_batch["uid"]),
+            **echo.mining_kwargs(),
+        )
+        torch.testing.assert_close(main.batch[ECHO_WEIGHT], clips.token_weight)
+        expected_weight = torch.zeros(len(main)).index_add_(0, clips.row, clips.weight)
+        torch.testing.assert_close(main.batch[ECHO_CLIP_WEIGHT], expected_weight)
+        assert entry["echo"]["clips"] >= len(clips) > 0 and entry["echo"]["clips_per_group"] > 1
+        assert 0 < entry["echo"]["clip_weight_max"] <= 1
+        if ECHO_ROW in batch.batch.keys() and bool(batch.batch[ECHO_ROW].any()):  # DAPO: weighted echo rows
+            echo_rows = batch.batch[ECHO_ROW]
+            weights = batch.batch[ECHO_CLIP_WEIGHT][echo_rows]
+            assert torch.all((weights == 0) | (weights >= 1))  # top_k: whole clips; fillers 0
+            assert torch.equal(batch.batch[ECHO_WEIGHT][echo_rows] > 0, batch.batch[ECHO_MASK][echo_rows])
+            assert float(weights.sum()) == entry["echo"]["filtered_clips"]
+            steps_with_echo_rows += 1
+    assert steps_with_echo_rows == (2 if trainer.config.algorithm.online_filtering else 0)
+    records = [r for _, path in list_trace_files(tmp_path / "ckpt" / "echo_traces") for r in read_trace_file(path)]
+    mined = [r for r in records if r["clips"]]
+    assert mined and all(c["weight"] > 0 for r in mined for c in r["clips"])
+    if echo.selection == "soft":
+        assert all(sum(c["weight"] for c in r["clips"]) == pytest.approx(1.0, abs=1e-5) for r in mined)

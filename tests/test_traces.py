@@ -118,3 +118,33 @@ def test_written_files_are_readable_by_others(qwen_tokenizer, tmp_path):
     path = TraceWriter(tmp_path).write(3, records)
     assert path.stat().st_mode & 0o044 == 0o044
     assert all(p.stat().st_mode & 0o044 == 0o044 for p in (tmp_path / "images").iterdir())
+
+
+def test_records_list_every_clip_with_its_weight_under_soft_selection(qwen_tokenizer):
+    ids, steps, texts, entropy, verified, group, _ = _batch(qwen_tokenizer)
+    clips = mine_echo_clips(entropy, steps, texts, verified, group, selection="soft", soft_temperature=0.5)
+    records = build_group_records(
+        qwen_tokenizer,
+        train_step=3,
+        groups=[5],
+        group=group,
+        response_ids=ids,
+        steps=steps,
+        text_mask=texts,
+        entropy=entropy,
+        verified=verified,
+        clips=clips,
+        prompts=["Find x."] * 4,
+        answers=["60"] * 4,
+        rewards=[1.0] * 4,
+        accuracy=[1.0] * 4,
+    )
+    record = records[0][0]
+    in_group = (clips.group == 5).nonzero().flatten()
+    assert len(record["clips"]) == in_group.numel() > 1
+    assert record["clip"] == record["clips"][0]
+    assert sum(c["weight"] for c in record["clips"]) == pytest.approx(1.0, abs=1e-5)
+    assert [c["weight"] for c in record["clips"]] == pytest.approx(clips.weight[in_group].tolist(), abs=1e-6)
+    assert [(c["rollout"], c["step"]) for c in record["clips"]] == list(
+        zip(clips.row[in_group].tolist(), clips.step[in_group].tolist())
+    )  # rows 0, 1 of the group are batch rows 0, 1

@@ -68,7 +68,7 @@ def recorded_run(tiny_vl_dir, tmp_path_factory):
                     "mask": inputs["echo_mask"].clone(),
                     "completion_mask": inputs["completion_mask"].clone(),
                     "token_logps": token_logps,
-                    "clip_count": float(inputs["echo_clip_count"]),
+                    "clip_count": self._echo_step_clips()[0],
                 }
             )
             return loss, echo
@@ -260,3 +260,25 @@ def test_reward_functions():
     assert think_format(completions) == [1.0, 1.0, 0.0]
     with pytest.raises(ValueError, match="3 completions but 2 answers"):
         accuracy_reward(completions, answer=["3", "3"])
+
+
+def test_no_echo_before_start_step_then_the_step_lambda(tiny_lm_dir, tmp_path):
+    """echo.start_step=2: the first step mines nothing and trains TRL's loss alone; the second logs its lambda."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from echovl.trl import EchoGRPOTrainer
+
+    torch.manual_seed(0)
+    trainer = EchoGRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        reward_funcs=[accuracy],
+        args=grpo_config(tmp_path, max_completion_length=8),
+        train_dataset=text_dataset(),
+        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
+        echo_config={"coef": 0.25, "start_step": 2, "selection": "soft"},
+    )
+    trainer.train()
+    first, second = _train_steps(trainer)
+    assert first["echo/coef"] == 0 and "echo/loss" not in first and "echo/clips" not in first
+    assert second["echo/coef"] == 0.25 and second["echo/clips"] > 0 and math.isfinite(second["echo/loss"])
+    assert second["echo/clip_weight_max"] <= 1 and second["echo/clips_per_group"] >= 1

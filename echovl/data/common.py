@@ -42,6 +42,7 @@ __all__ = [
     "PartStats",
     "Report",
     "add_run_options",
+    "cell_text",
     "find_parquet_files",
     "hub_error",
     "is_hub_name",
@@ -308,6 +309,16 @@ class AtomicOutputs:
 
 
 # ------------------------------------------------------------------------------------------------------ input
+
+
+def cell_text(value: Any) -> str:
+    """A table cell as a stripped string (numbers are written out); other types (None, bools, lists) give ""."""
+    if isinstance(value, bool) or value is None:
+        return ""
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value.strip() if isinstance(value, str) else ""
+
 
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 

@@ -14,7 +14,9 @@ Training data, ``OUT/train.parquet`` with ``problem``, ``answer``, ``solution`` 
 Benchmarks (``convert_eval``): verl/LUFFY-format files such as LUFFY's ``valid.parquet`` (AIME24, AMC, MATH-500,
 Minerva, OlympiadBench) become ``OUT/<data_source>.parquet`` per source plus ``OUT/all.parquet``, with ``problem``,
 ``answer`` and ``data_source``, rows in source order. LUFFY keeps duplicated rows on purpose (AIME24 30 x 8, AMC
-83 x 4: per-source means are then avg@8 / avg@4); they are kept unless ``dedup=True``.
+83 x 4: per-source means are then avg@8 / avg@4); they are kept unless ``dedup=True``. LUFFY's ``data/`` folder
+stands for its whole evaluation set (:data:`LUFFY_EVAL_FILES`: ``valid.all.parquet`` with AIME24, AIME25 and AMC
+repeated 32 times, MATH-500, Minerva, OlympiadBench; ARC-c, GPQA-diamond and MMLU-Pro, whose answers are letters).
 
 ``problem`` is the question alone: the text of the last user message of ``prompt``. LUFFY's instruction lives in
 the system message and is dropped (EasyR1 adds its own through ``data.format_prompt``); an instruction that older
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ from .common import (
     PartStats,
     Report,
     add_run_options,
+    cell_text,
     find_parquet_files,
     hub_error,
     is_hub_name,
@@ -56,9 +59,11 @@ __all__ = [
     "DEFAULT_TOKENIZER",
     "EVAL_SCHEMA",
     "INSTRUCTION_SUFFIXES",
+    "LUFFY_EVAL_FILES",
     "TRAIN_SCHEMA",
     "convert_eval",
     "convert_openr1",
+    "luffy_eval_files",
     "main",
     "question_text",
 ]
@@ -72,6 +77,9 @@ DEFAULT_BATCH_SIZE = 256
 TRAIN_SCHEMA = table_schema({"problem": "string", "answer": "string", "solution": "string"})
 EVAL_SCHEMA = table_schema({"problem": "string", "answer": "string", "data_source": "string"})
 INSTRUCTION_SUFFIXES = ("Let's think step by step and output the final answer within \\boxed{}.",)
+LUFFY_EVAL_FILES = ("valid.all.parquet", "valid.arc_c.parquet", "valid.gpqa.parquet", "valid.mmlu_pro.parquet")
+"""LUFFY's evaluation set (its ``data/`` folder): AIME24, AIME25, AMC (each repeated 32 times), MATH-500, Minerva,
+OlympiadBench; ARC-c, GPQA-diamond, MMLU-Pro (letter answers)."""
 
 RAW_COLUMNS = ["problem", "answer", "generations", "correctness_math_verify", "is_reasoning_complete"]
 VERL_COLUMNS = ["prompt", "reward_model", "target", "data_source"]  # target: training only; data_source: eval only
@@ -105,19 +113,10 @@ def question_text(prompt: Any) -> str:
     return text
 
 
-def _text(value: Any) -> str:
-    """A ground truth or message as a stripped string (numbers are written out); other types give ""."""
-    if isinstance(value, bool) or value is None:
-        return ""
-    if isinstance(value, (int, float)):
-        return str(value)
-    return value.strip() if isinstance(value, str) else ""
-
-
 def _ground_truth(reward_model: Any) -> str:
     if isinstance(reward_model, dict):
-        return _text(reward_model.get("ground_truth"))
-    return _text(reward_model)
+        return cell_text(reward_model.get("ground_truth"))
+    return cell_text(reward_model)
 
 
 def _solution(target: Any) -> str:
@@ -127,9 +126,9 @@ def _solution(target: Any) -> str:
     if isinstance(target, (list, tuple)):
         for message in target:
             if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
-                return _text(message.get("content"))
+                return cell_text(message.get("content"))
         return ""
-    return _text(target)
+    return cell_text(target)
 
 
 # ------------------------------------------------------------------------------------------------------- sources
@@ -224,7 +223,7 @@ def _raw_batch(rows: list[tuple[str, dict]], tokenizer, max_tokens: int, part: P
     candidates: dict[int, tuple[str, str, list[str]]] = {}
     for k, (where, row) in enumerate(rows):
         part.read += 1
-        problem, answer = _text(row.get("problem")), _text(row.get("answer"))
+        problem, answer = cell_text(row.get("problem")), cell_text(row.get("answer"))
         generations, verified, complete = (row.get(c) for c in RAW_COLUMNS[2:])
         if not problem:
             part.skip(where, EMPTY_PROBLEM)
@@ -344,8 +343,46 @@ def convert_openr1(
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
+def luffy_eval_files(folder: Path, report: Report | None = None) -> list[Path] | None:
+    """The files of LUFFY's evaluation set in LUFFY's ``data/`` folder (:data:`LUFFY_EVAL_FILES` that exist), or None
+    when ``folder`` is not laid out like it (no ``valid.all.parquet``).
+
+    Other parquet files there (``valid.parquet``: the same in-distribution benchmarks with fewer repeats, training
+    files) are left out, with a notice in ``report``, as is every file of the set that is missing.
+    """
+    if not (folder / LUFFY_EVAL_FILES[0]).is_file():
+        return None
+    files = [folder / name for name in LUFFY_EVAL_FILES if (folder / name).is_file()]
+    if report is not None:
+        for name in LUFFY_EVAL_FILES:
+            if not (folder / name).is_file():
+                report.notice(f"{folder / name} is missing: its benchmark is not converted")
+        others = sorted(p.name for p in folder.glob("*.parquet") if p.name not in LUFFY_EVAL_FILES)
+        if others:
+            report.notice(
+                f"{folder} is LUFFY's data folder: converting {', '.join(LUFFY_EVAL_FILES)}; not {', '.join(others)}"
+            )
+    return files
+
+
+def _eval_sources(sources: Sequence[str], split: str, hub_config: str | None, report: Report) -> list[_Source]:
+    opened = []
+    for source in sources:
+        files = None
+        if not is_hub_name(str(source)) and Path(source).is_dir():
+            files = luffy_eval_files(Path(source), report)
+        for path in files if files is not None else [source]:
+            src = _open_source(str(path), split, hub_config)
+            if src.kind != "verl" or "data_source" not in src.columns:
+                raise DataError(
+                    f"{src.name}: benchmark files need the verl/LUFFY columns prompt, reward_model, data_source"
+                )
+            opened.append(src)
+    return opened
+
+
 def convert_eval(
-    source: str,
+    source: str | Sequence[str],
     out_dir: str | Path = DEFAULT_EVAL_OUT,
     *,
     dedup: bool = False,
@@ -356,49 +393,66 @@ def convert_eval(
     show_progress: bool | None = None,
 ) -> Report:
     """Write ``out_dir/<data_source>.parquet`` per benchmark and ``out_dir/all.parquet`` (problem, answer,
-    data_source) from verl/LUFFY-format benchmark files."""
-    src = _open_source(str(source), split, hub_config)
-    if src.kind != "verl" or "data_source" not in src.columns:
-        raise DataError(f"{src.name}: benchmark files need the verl/LUFFY columns prompt, reward_model, data_source")
+    data_source) from verl/LUFFY-format benchmark files.
+
+    ``source`` is one source or several: parquet files, folders (LUFFY's ``data/`` folder stands for its evaluation
+    set, :func:`luffy_eval_files`; any other folder is read as one source) or hub names. A ``data_source`` found in
+    two sources is an error (they would be mixed into one benchmark).
+    """
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    if not sources:
+        raise DataError("no benchmark source given")
+    report = Report("openr1_math eval", strict)
+    opened = _eval_sources(sources, split, hub_config, report)
+    report.name = f"openr1_math eval ({', '.join(src.name for src in opened)})"
     out_dir = Path(out_dir)
-    report = Report(f"openr1_math eval ({src.name})", strict)
     seen: set[tuple[str, str, str]] = set()
     file_names: dict[str, str] = {}  # file stem -> data_source
+    origin: dict[str, str] = {}  # data_source -> the source it came from
     with AtomicOutputs(report) as outputs:
         sinks = {}
         all_sink = outputs.parquet(out_dir / "all.parquet", EVAL_SCHEMA, row_group_size=_ROW_GROUP)
-        bar = progress(total=src.total, desc="benchmarks", enable=show_progress)
-        for rows in src.batches(["prompt", "reward_model", "data_source"], batch_size):
-            for where, row in rows:
-                data_source = _text(row.get("data_source"))
-                part = report.part(data_source or "(none)")
-                out = _verl_row(where, row, part)
-                if out is None:
-                    continue
-                if not data_source:
-                    part.skip(where, EMPTY_DATA_SOURCE)
-                    continue
-                if dedup:
-                    key = (data_source, out["problem"], out["answer"])
-                    if key in seen:
-                        part.drop(DUPLICATE)
+        total = None if any(src.total is None for src in opened) else sum(src.total for src in opened)
+        bar = progress(total=total, desc="benchmarks", enable=show_progress)
+        for src in opened:
+            for rows in src.batches(["prompt", "reward_model", "data_source"], batch_size):
+                for where, row in rows:
+                    data_source = cell_text(row.get("data_source"))
+                    part = report.part(data_source or "(none)")
+                    out = _verl_row(where, row, part)
+                    if out is None:
                         continue
-                    seen.add(key)
-                if data_source not in sinks:
-                    stem = _UNSAFE.sub("_", data_source)
-                    if stem == "all" or stem in file_names:
-                        other = "all.parquet" if stem == "all" else f"data_source {file_names[stem]!r}"
-                        raise DataError(f"data_source {data_source!r} would be written to {stem}.parquet, as {other}")
-                    file_names[stem] = data_source
-                    sinks[data_source] = outputs.parquet(out_dir / f"{stem}.parquet", EVAL_SCHEMA, _ROW_GROUP)
-                out["data_source"] = data_source
-                sinks[data_source].add(out)
-                all_sink.add(out)
-                part.written += 1
-            bar.update(len(rows))
+                    if not data_source:
+                        part.skip(where, EMPTY_DATA_SOURCE)
+                        continue
+                    if origin.setdefault(data_source, src.name) != src.name:
+                        raise DataError(
+                            f"data_source {data_source!r} is in both {origin[data_source]} and {src.name}: "
+                            "convert them into different folders"
+                        )
+                    if dedup:
+                        key = (data_source, out["problem"], out["answer"])
+                        if key in seen:
+                            part.drop(DUPLICATE)
+                            continue
+                        seen.add(key)
+                    if data_source not in sinks:
+                        stem = _UNSAFE.sub("_", data_source)
+                        if stem == "all" or stem in file_names:
+                            other = "all.parquet" if stem == "all" else f"data_source {file_names[stem]!r}"
+                            raise DataError(
+                                f"data_source {data_source!r} would be written to {stem}.parquet, as {other}"
+                            )
+                        file_names[stem] = data_source
+                        sinks[data_source] = outputs.parquet(out_dir / f"{stem}.parquet", EVAL_SCHEMA, _ROW_GROUP)
+                    out["data_source"] = data_source
+                    sinks[data_source].add(out)
+                    all_sink.add(out)
+                    part.written += 1
+                bar.update(len(rows))
         bar.close()
         if report.written == 0:
-            report.notice(f"{src.name}: no benchmark rows written")
+            report.notice(f"{report.name}: no benchmark rows written")
     return report
 
 
@@ -432,9 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument(
         "--eval-source",
         default=None,
+        nargs="+",
+        metavar="SOURCE",
         help=(
-            "convert benchmark files instead (verl/LUFFY format with data_source, e.g. LUFFY's data/valid.parquet "
-            "with AIME24, AMC, MATH-500, Minerva, OlympiadBench): a local parquet file/folder or a hub name"
+            "convert benchmark files instead (verl/LUFFY format with data_source): one or more local parquet "
+            "files/folders or hub names. LUFFY's data/valid.parquet holds AIME24, AMC, MATH-500, Minerva, "
+            "OlympiadBench (EasyR1's validation during training); LUFFY's data/ folder stands for its whole "
+            f"evaluation set ({', '.join(LUFFY_EVAL_FILES)}: the same plus AIME25, ARC-c, GPQA-diamond, MMLU-Pro), "
+            "for python -m echovl.eval. A data_source found in two sources is an error"
         ),
     )
     parser.add_argument(

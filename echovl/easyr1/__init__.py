@@ -6,6 +6,7 @@
 - :mod:`.filtering`: what EchoRL keeps of the groups DAPO's online filter drops.
 - :mod:`.trainer`: ``EchoTrainer(RayPPOTrainer)``: verified flags, mining, metrics, traces.
 - :mod:`.config` and :mod:`.main`: the ``echo:`` config section and ``python -m echovl.train``.
+- :mod:`.cluster`: several nodes: echovl shipped to every node by Ray, a start-up check of every node.
 
 Install with ``pip install -e '.[easyr1]'``. Nothing here is imported by ``import echovl``.
 """

@@ -11,14 +11,20 @@ so peak memory is EasyR1's plus one chunk. EasyR1's code carries the pair to the
 holding a row that predicts a response token are computed (``_forward_micro_batch`` notes which rows those
 are, in the order of the path taken), so prompt tokens and response padding cost nothing; they read as 0.
 
-The echo term. ``update_policy`` is EasyR1's loop with one addition per micro-batch:
-``coef * echo_total * world_size / global_clips``, where ``echo_total`` is :func:`echovl.loss.echo_nll` of
-the log-probs the PG loss already uses and ``global_clips`` the clip count of the mini-batch summed over all
-ranks (all-reduced like EasyR1's token count). EasyR1 scales the PG loss to
-``sum(l * mask) * world_size / global_tokens`` per micro-batch and FSDP averages gradients over ranks, so the
-two terms add up, over micro-batches and ranks, to ``token_mean(PG) + coef * mean over clips(J_echo)``.
-With echo inactive it is EasyR1's ``update_policy`` itself; micro-batches without clip tokens run exactly
-EasyR1's arithmetic.
+The echo term. ``update_policy`` is EasyR1's loop with a few marked additions. Per micro-batch it adds
+``coef * echo_total * world_size / global_clips``, where ``echo_total`` is :func:`echovl.loss.echo_nll` of the
+log-probs the PG loss already uses and ``global_clips`` the clip count of the mini-batch summed over all ranks
+(all-reduced like EasyR1's token count). EasyR1 scales the PG loss to ``sum(l * mask) * world_size /
+global_tokens`` per micro-batch and FSDP averages gradients over ranks, so the two terms add up, over
+micro-batches and ranks, to EasyR1's PG loss + ``coef *`` (mean over the mini-batch's clips of each clip's mean
+NLL), for ``loss_avg_mode`` token and seq alike (the echo term never touches EasyR1's averaging).
+
+Echo rows (:data:`ECHO_ROW`, DAPO's dropped all-correct groups) carry the echo term only. They are taken out
+before EasyR1's mini-batch split, so the PG rows are split exactly as EasyR1 splits them, cut into one equal
+share per mini-batch and trained after that mini-batch's PG micro-batches, in micro-batches of their own:
+the optimizer steps are EasyR1's, every step sees its share of both kinds of rows, and EasyR1's PG arithmetic
+and metrics never see a row without a PG term. With echo inactive it is EasyR1's ``update_policy`` itself; a
+mini-batch without clip tokens on any rank runs exactly EasyR1's arithmetic.
 """
 
 from __future__ import annotations
@@ -40,12 +46,31 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor
 
 from ..config import EchoConfig
 from ..entropy import token_entropy
-from ..loss import echo_nll
+from ..loss import echo_nll, weighted_echo_nll
 
-__all__ = ["ECHO_MASK", "EchoActor"]
+__all__ = ["ECHO_CLIP_WEIGHT", "ECHO_COEF", "ECHO_MASK", "ECHO_ROW", "ECHO_WEIGHT", "EchoActor"]
 
 ECHO_MASK = "echo_mask"
 """Batch key of the clip tokens ([B, response_len] bool), written by the trainer."""
+
+ECHO_ROW = "echo_row"
+"""Batch key ([B] bool) of rows that carry the echo term only: the clip rollouts of the all-correct groups DAPO's
+filter dropped (zero advantage, ``response_mask`` 0). The update trains them after the PG rows of each
+mini-batch, in micro-batches of their own."""
+
+ECHO_WEIGHT = "echo_weight"
+"""Batch key of the per-token clip weights ([B, response_len] float, :attr:`echovl.clip.EchoClips.token_weight`),
+present under ``echo.selection`` ``top_k`` / ``soft`` only (then J_echo is :func:`echovl.loss.weighted_echo_nll`)."""
+
+ECHO_CLIP_WEIGHT = "echo_clip_weight"
+"""Batch key ([B] float) of the summed weight of each row's clips, the J_echo denominator's share of the row
+(with :data:`ECHO_WEIGHT`)."""
+
+ECHO_COEF = "echo_coef"
+"""``meta_info`` key: lambda of this training step (the trainer's schedule, ``EchoConfig.coef_at``)."""
+
+_ECHO_ROWS_ONLY = "echovl_echo_rows_only"
+"""``meta_info`` flag of the micro-batches :meth:`EchoActor._echo_micro_batches` cuts from the echo rows."""
 
 
 class EchoActor(DataParallelPPOActor):
@@ -146,28 +171,35 @@ class EchoActor(DataParallelPPOActor):
     # ------------------------------------------------------------------ PPO update with the echo term
 
     def update_policy(self, data: DataProto) -> dict[str, Any]:
+        """EasyR1's ``update_policy``; the lines marked ``# echo`` are the only additions."""
         if not self.echo.active or ECHO_MASK not in data.batch.keys():
             return super().update_policy(data)  # exactly EasyR1
 
         self.actor_module.train()
-        temperature = data.meta_info["temperature"]  # must be there, as in EasyR1
+
+        temperature = data.meta_info["temperature"]  # temperature must be in the data.meta_info to avoid slient error
         select_keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
-        select_keys.extend(["old_log_probs", "ref_log_probs", "advantages", ECHO_MASK])
+        select_keys.extend(["old_log_probs", "ref_log_probs", "advantages"])
+        select_keys.extend([ECHO_MASK, ECHO_ROW, ECHO_WEIGHT, ECHO_CLIP_WEIGHT])  # echo
+        self._echo_coef = data.meta_info.get(ECHO_COEF, self.echo.coef)  # echo: lambda of this step
         non_tensor_select_keys = ["multi_modal_inputs"]
-        mini_batches = data.select(select_keys, non_tensor_select_keys).split(self.config.global_batch_size_per_device)
+
+        # Split to make minibatch iterator for updating the actor
+        # See PPO paper for details. https://arxiv.org/abs/1707.06347
+        data, echo_rows = self._split_off_echo_rows(data.select(select_keys, non_tensor_select_keys))  # echo
+        mini_batches = data.split(self.config.global_batch_size_per_device)
+        echo_shares = self._echo_shares(echo_rows, len(mini_batches))  # echo: as many shares as mini-batches
 
         metrics = defaultdict(list)
         for _ in range(self.config.ppo_epochs):
             if self.rank == 0:
                 mini_batches = tqdm(mini_batches, desc="Train mini-batches", position=1)
 
-            for mini_batch in mini_batches:
+            for mini_batch, echo_share in zip(mini_batches, echo_shares):  # echo: each with its share of echo rows
                 total_response_tokens = torch.sum(mini_batch.batch["response_mask"])
                 dist.all_reduce(total_response_tokens, op=dist.ReduceOp.SUM)
-                total_clips = mini_batch.batch[ECHO_MASK].any(dim=-1).sum()  # echo: clips of the mini-batch, all ranks
-                dist.all_reduce(total_clips, op=dist.ReduceOp.SUM)
-                with_echo = bool(total_clips > 0)  # the one host sync echo adds, per mini-batch
-                echo_sum = torch.zeros((), device=total_clips.device)
+                total_response_tokens = total_response_tokens.clamp(min=1)  # echo: no 0/0 (EasyR1 divides by it)
+                total_clips = self._global_clip_count(mini_batch, echo_share)  # echo
 
                 if self.config.dynamic_batching:
                     max_input_len = mini_batch.batch["input_ids"].size(-1)
@@ -175,6 +207,7 @@ class EchoActor(DataParallelPPOActor):
                     micro_batches, _ = prepare_dynamic_batch(mini_batch, max_token_len=max_token_len)
                 else:
                     micro_batches = mini_batch.split(self.config.micro_batch_size_per_device_for_update)
+                micro_batches = micro_batches + self._echo_micro_batches(echo_share, total_clips)  # echo
 
                 if self.rank == 0:
                     micro_batches = tqdm(micro_batches, desc="Update policy", position=2)
@@ -182,57 +215,143 @@ class EchoActor(DataParallelPPOActor):
                 for micro_batch in micro_batches:
                     model_inputs = {**micro_batch.batch, **micro_batch.non_tensor_batch}
                     response_mask = model_inputs["response_mask"]
+                    old_log_probs = model_inputs["old_log_probs"]
+                    advantages = model_inputs["advantages"]
+
+                    # all return: (bsz, response_length)
                     log_probs = self._forward_micro_batch(model_inputs, temperature=temperature)
-                    loss, pg_loss, pg_metrics = self._rl_loss(model_inputs, log_probs, metrics)
+                    echo_loss = self._echo_loss(log_probs, model_inputs, total_clips)  # echo
+                    if micro_batch.meta_info.get(_ECHO_ROWS_ONLY):  # echo: no PG/KL term, no PG metrics
+                        echo_loss.backward()
+                        continue
+
+                    pg_loss, pg_metrics = compute_policy_loss(
+                        old_log_probs=old_log_probs,
+                        log_probs=log_probs,
+                        advantages=advantages,
+                        response_mask=response_mask,
+                        clip_ratio_low=self.config.clip_ratio_low,
+                        clip_ratio_high=self.config.clip_ratio_high,
+                        clip_ratio_dual=self.config.clip_ratio_dual,
+                        tau_positive=self.config.tau_positive,
+                        tau_negative=self.config.tau_negative,
+                        loss_type=self.config.loss_type,
+                        loss_avg_mode=self.config.loss_avg_mode,
+                    )
+                    if self.config.use_kl_loss and "ref_log_probs" in model_inputs:
+                        ref_log_probs = model_inputs["ref_log_probs"]
+                        # compute kl loss
+                        kld = compute_kl(
+                            log_probs=log_probs,
+                            ref_log_probs=ref_log_probs,
+                            kl_penalty=self.config.kl_penalty,
+                        )
+                        kl_loss = average_loss(kld, response_mask, mode=self.config.loss_avg_mode)
+                        loss = pg_loss + kl_loss * self.config.kl_coef
+                        metrics["actor/kl_loss"] = kl_loss.detach().item()
+                        metrics["actor/kl_coef"] = self.config.kl_coef
+                    else:
+                        loss = pg_loss
+
                     loss = loss * torch.sum(response_mask) * self.world_size / total_response_tokens
-                    if with_echo:  # mean NLL per clip, normalised by the global clip count (0 without clip tokens)
-                        echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
-                        loss = loss + self.echo.coef * echo_total * self.world_size / total_clips
-                        echo_sum = echo_sum + echo_total.detach()
-
+                    if echo_loss is not None:  # echo
+                        loss = loss + echo_loss
                     loss.backward()
-                    batch_metrics = {f"actor/{k}": v for k, v in pg_metrics.items()}
-                    batch_metrics["actor/pg_loss"] = pg_loss.detach().item()  # after backward, as EasyR1 does
-                    append_to_dict(metrics, batch_metrics)
 
-                if with_echo:  # this rank's share of J_echo; the driver's mean over ranks is J_echo
-                    metrics["echo/loss"].append(echo_sum.item() * self.world_size / total_clips.item())
+                    batch_metrics = {f"actor/{k}": v for k, v in pg_metrics.items()}
+                    batch_metrics["actor/pg_loss"] = pg_loss.detach().item()
+                    append_to_dict(metrics, batch_metrics)
 
                 grad_norm = self._optimizer_step()
                 append_to_dict(metrics, {"actor/grad_norm": grad_norm.detach().item()})
+                self._append_echo_metrics(metrics, total_clips)  # echo
 
         return metrics
 
-    def _rl_loss(
-        self, model_inputs: dict[str, Any], log_probs: torch.Tensor, metrics: dict[str, Any]
-    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """EasyR1's per-micro-batch PG (+ KL) loss, unscaled, the PG loss alone and EasyR1's PG metrics."""
-        response_mask = model_inputs["response_mask"]
-        pg_loss, pg_metrics = compute_policy_loss(
-            old_log_probs=model_inputs["old_log_probs"],
-            log_probs=log_probs,
-            advantages=model_inputs["advantages"],
-            response_mask=response_mask,
-            clip_ratio_low=self.config.clip_ratio_low,
-            clip_ratio_high=self.config.clip_ratio_high,
-            clip_ratio_dual=self.config.clip_ratio_dual,
-            tau_positive=self.config.tau_positive,
-            tau_negative=self.config.tau_negative,
-            loss_type=self.config.loss_type,
-            loss_avg_mode=self.config.loss_avg_mode,
-        )
-        if self.config.use_kl_loss and "ref_log_probs" in model_inputs:
-            kld = compute_kl(
-                log_probs=log_probs, ref_log_probs=model_inputs["ref_log_probs"], kl_penalty=self.config.kl_penalty
-            )
-            kl_loss = average_loss(kld, response_mask, mode=self.config.loss_avg_mode)
-            loss = pg_loss + kl_loss * self.config.kl_coef
-            metrics["actor/kl_loss"] = kl_loss.detach().item()  # EasyR1 keeps the last micro-batch's value
-            metrics["actor/kl_coef"] = self.config.kl_coef
-        else:
-            loss = pg_loss
+    # the echo additions to update_policy, one job each
 
-        return loss, pg_loss, pg_metrics
+    def _split_off_echo_rows(self, data: DataProto) -> tuple[DataProto, DataProto | None]:
+        """``(rows with a PG term, rows with the echo term only)``, each in its order; ``None`` without the latter.
+
+        The first part is exactly the batch EasyR1 would update on (DAPO's kept groups), so its mini- and
+        micro-batches are EasyR1's own whatever ``loss_avg_mode``; the echo rows (:data:`ECHO_ROW`) follow.
+        """
+        if ECHO_ROW not in data.batch.keys():
+            return data, None
+        is_echo_row = data.batch[ECHO_ROW].bool()
+        if not bool(is_echo_row.any()):
+            return data, None
+        pg_rows = torch.nonzero(~is_echo_row).flatten().tolist()
+        echo_rows = torch.nonzero(is_echo_row).flatten().tolist()
+        if not pg_rows:
+            raise ValueError(f"the update batch holds {len(echo_rows)} echo rows and no policy-gradient row")
+        return data[pg_rows], data[echo_rows]
+
+    def _echo_shares(self, echo_rows: DataProto | None, count: int) -> list[DataProto | None]:
+        """The echo rows cut into ``count`` equal shares, one per mini-batch (the trainer pads them to fit)."""
+        if echo_rows is None:
+            return [None] * count
+        share = len(echo_rows) // count
+        micro = 1 if self.config.dynamic_batching else self.config.micro_batch_size_per_device_for_update
+        if share * count != len(echo_rows) or share % micro:
+            raise ValueError(
+                f"{len(echo_rows)} echo rows on this rank do not split into {count} mini-batches of whole "
+                f"micro-batches of {micro}: the trainer pads them to a multiple of world size x mini-batches"
+                " x micro-batch size (echovl.easyr1.filtering.echo_row_unit)"
+            )
+        return echo_rows.chunk(count)
+
+    def _global_clip_count(self, mini_batch: DataProto, echo_share: DataProto | None) -> int | float:
+        """Clips of the mini-batch and its echo share, summed over all ranks (all ranks get the same number); with
+        clip weights (:data:`ECHO_CLIP_WEIGHT`), their sum."""
+        clips = _clip_count(mini_batch)
+        if echo_share is not None:
+            clips = clips + _clip_count(echo_share)
+        dist.all_reduce(clips, op=dist.ReduceOp.SUM)
+        self._echo_total = 0.0
+        return clips.item()  # the one host sync echo adds, per mini-batch
+
+    def _echo_micro_batches(self, echo_share: DataProto | None, total_clips: int) -> list[DataProto]:
+        """Micro-batches of the echo rows, cut like EasyR1 cuts the PG rows; none when the mini-batch has no clip
+        on any rank (every rank skips them alike, so FSDP's collectives stay in step)."""
+        if echo_share is None or total_clips == 0:
+            return []
+        micro = self.config.micro_batch_size_per_device_for_update
+        if self.config.dynamic_batching:
+            max_token_len = micro * echo_share.batch["input_ids"].size(-1)
+            micro_batches = prepare_dynamic_batch(echo_share, max_token_len=max_token_len)[0]
+        else:
+            micro_batches = echo_share.split(micro)
+        for micro_batch in micro_batches:  # marked on the host: telling them apart costs no device sync
+            micro_batch.meta_info = {**micro_batch.meta_info, _ECHO_ROWS_ONLY: True}
+        return micro_batches
+
+    def _echo_loss(
+        self, log_probs: torch.Tensor, model_inputs: dict[str, Any], total_clips: int
+    ) -> torch.Tensor | None:
+        """``coef * echo_total * world_size / global_clips`` of one micro-batch (``None`` when the mini-batch has
+        no clip): over micro-batches and ranks (FSDP averages), ``coef x`` the mean over the mini-batch's clips
+        of each clip's mean NLL."""
+        if total_clips == 0:
+            return None
+        if ECHO_WEIGHT in model_inputs:  # top_k / soft selection: weighted, possibly nested clips
+            echo_total = weighted_echo_nll(log_probs, model_inputs[ECHO_WEIGHT])
+        else:
+            echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
+        self._echo_total = self._echo_total + echo_total.detach()  # summed on the device: no sync here
+        return echo_total * (self._echo_coef * self.world_size / total_clips)
+
+    def _append_echo_metrics(self, metrics: dict[str, list], total_clips: int) -> None:
+        """``echo/loss``: this rank's share of J_echo (the driver's mean over ranks is J_echo of the mini-batch)."""
+        if total_clips:
+            metrics["echo/loss"].append(float(self._echo_total) * self.world_size / total_clips)
+
+
+def _clip_count(batch: DataProto) -> torch.Tensor:
+    """This rank's clips in ``batch``: rows with clip tokens, or their summed clip weights (top_k / soft)."""
+    if ECHO_CLIP_WEIGHT in batch.batch.keys():
+        return batch.batch[ECHO_CLIP_WEIGHT].sum()
+    return batch.batch[ECHO_MASK].any(dim=-1).sum()
 
 
 def split_log_probs_and_entropy(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,7 +5,8 @@ dotted overrides, in OmegaConf struct mode, so a misspelt key is an error (repor
 closest valid name and where it came from) instead of a silently ignored setting.
 
 The ``echo:`` section is copied into ``worker.actor.echo`` (an automatic field, like EasyR1 copies the KL
-settings into the actor) because the workers only receive ``config.worker``.
+settings into the actor) because the workers only receive ``config.worker``. Setting ``worker.actor.echo.<key>``
+to anything but ``echo.<key>``'s value is an error naming both keys (the copy would overwrite it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from verl.trainer.config import PPOConfig
 from verl.workers.actor.config import ActorConfig
@@ -45,10 +46,10 @@ class EasyR1EchoConfig(EchoConfig):
 
     keep_filtered_clips: int = -1
     """With DAPO's online filtering (``algorithm.online_filtering``): how many EchoClips to keep from the
-    all-correct groups the filter drops. Each kept clip's rollout joins the update with zero advantage and no
-    policy-gradient/KL term, at the cost of one group slot per ``rollout.n`` clips and a no-grad forward over
-    those groups (for their entropies). ``-1``: as many as there are, using at most half of the batch's group
-    slots; ``0``: none (plain DAPO, echo only on the groups it keeps)."""
+    all-correct groups the filter drops (one per group). Each kept group costs a no-grad forward over its
+    ``rollout.n`` rollouts (for their entropies), and its clip one extra row in the update (prompt + clip prefix,
+    zero advantage, no policy-gradient/KL term), beyond DAPO's batch: no DAPO group is given up. ``-1``: all of
+    them; ``0``: none (plain DAPO, echo only on the groups it keeps); ``N``: at most ``N``."""
 
     def validate(self) -> None:
         super().validate()
@@ -139,10 +140,14 @@ def load_config(args: Sequence[str] = (), *, check_files: bool = False) -> EchoP
     cli = OmegaConf.from_cli(list(args))
     schema = OmegaConf.structured(EchoPPOConfig())
     merged = schema
+    sources = []
     config_path = cli.pop("config", None)
     if config_path is not None:
-        merged = _merge(schema, merged, _load_yaml(str(config_path)), str(config_path))
-    merged = _merge(schema, merged, cli, "cli")
+        sources.append((_load_yaml(str(config_path)), str(config_path)))
+    sources.append((cli, "cli"))
+    for source, name in sources:
+        merged = _merge(schema, merged, source, name)
+    _check_worker_echo_copy(merged, sources)
     try:
         config: EchoPPOConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:  # e.g. an EchoConfig validation error, wrapped by OmegaConf
@@ -157,6 +162,25 @@ def load_config(args: Sequence[str] = (), *, check_files: bool = False) -> EchoP
     except ValueError as error:
         raise ConfigError(str(error)) from None
     return config
+
+
+def _check_worker_echo_copy(merged, sources) -> None:
+    """``worker.actor.echo`` is a copy of the top-level ``echo:`` section, made in ``post_init``: a value set there
+    that differs from ``echo:``'s would be overwritten without a word, so it is an error naming both keys."""
+    final = OmegaConf.to_container(merged.echo)
+    for source, name in sources:
+        given = OmegaConf.select(source, "worker.actor.echo")
+        if given is None:
+            continue
+        if not isinstance(given, DictConfig):
+            raise ConfigError(f"worker.actor.echo in {_source_name(name)} must be a mapping like the echo: section")
+        for key, value in OmegaConf.to_container(given).items():
+            if key in final and value != final[key]:
+                raise ConfigError(
+                    f"worker.actor.echo.{key}={value!r} in {_source_name(name)} conflicts with echo.{key}="
+                    f"{final[key]!r}: the workers get a copy of the top-level echo: section, so set echo.{key} "
+                    f"(and leave worker.actor.echo.{key} unset)"
+                )
 
 
 _DATA_SUFFIXES = (".parquet", ".json", ".jsonl", ".csv", ".arrow")

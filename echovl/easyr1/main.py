@@ -3,15 +3,15 @@
 Same conventions as EasyR1: ``config=FILE.yaml`` plus ``dotted.key=value`` overrides, Ray started like EasyR1
 starts it, one ``Runner`` actor that builds the tokenizer, processor, reward managers and dataloaders and runs
 the trainer. The loggers are EasyR1's (``trainer.logger``: console, file, wandb, swanlab, tensorboard, mlflow).
+
+Several nodes: see :mod:`.cluster` (Ray ships this echovl to every node; every node is checked before training).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 import ray
 from verl.single_controller.ray import RayWorkerGroup
@@ -20,32 +20,12 @@ from verl.trainer.ray_trainer import ResourcePoolManager, Role
 from verl.utils.tokenizer import get_processor, get_tokenizer
 from verl.workers.reward import AutoRewardManager
 
+from .cluster import NodeCheckError, check_nodes, ray_runtime_env
 from .config import ConfigError, EchoPPOConfig, load_config
 from .trainer import EchoTrainer
 from .worker import EchoWorker
 
-__all__ = ["Runner", "main", "ray_runtime_env"]
-
-EASYR1_ENV = {
-    "TOKENIZERS_PARALLELISM": "true",
-    "NCCL_DEBUG": "WARN",
-    "VLLM_LOGGING_LEVEL": "WARN",
-    "TORCH_NCCL_AVOID_RECORD_STREAMS": "1",
-    "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False",
-    "CUDA_DEVICE_MAX_CONNECTIONS": "1",
-    "VLLM_ALLREDUCE_USE_SYMM_MEM": "0",
-}
-"""The environment EasyR1's ``main`` gives its Ray workers."""
-
-
-def ray_runtime_env() -> dict:
-    """EasyR1's worker environment; from a source checkout, also its root on ``PYTHONPATH`` so that Ray workers
-    import this echovl (the worker and trainer classes travel by module path)."""
-    env = dict(EASYR1_ENV)
-    root = Path(__file__).resolve().parents[2]
-    if (root / "pyproject.toml").is_file():
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
-    return {"env_vars": env}
+__all__ = ["Runner", "main"]
 
 
 @ray.remote(num_cpus=1)
@@ -105,6 +85,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     if not ray.is_initialized():
         ray.init(runtime_env=ray_runtime_env())
+    try:
+        check_nodes(config)
+    except NodeCheckError as error:
+        print(f"echovl.train: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     runner = Runner.remote()
     ray.get(runner.run.remote(config))
     if config.trainer.ray_timeline is not None:  # export RAY_PROFILING=1 to record it

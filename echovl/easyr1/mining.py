@@ -76,21 +76,34 @@ class EchoMiner:
             text,
             verified,
             group,
-            min_step_tokens=self.echo.min_step_tokens,
-            scope=self.echo.scope,
+            **self.echo.mining_kwargs(),
         )
         return MinedBatch(clips, group, steps, text, verified, group_outcomes(verified, group))
 
 
 def clip_metrics(mined: Sequence[MinedBatch]) -> dict[str, float]:
-    """``echo/clips`` (count), ``echo/clip_length`` and ``echo/clip_step_entropy`` (means over clips)."""
+    """``echo/clips`` (count), ``echo/clip_length`` and ``echo/clip_step_entropy`` (means over clips); with several
+    clips per group (``echo.selection`` top_k / soft) also ``echo/clips_per_group`` and ``echo/clip_weight_max``
+    (the mean over mined groups of their largest clip weight: 1 when one clip takes all, 1 / k when k share)."""
     lengths = torch.cat([m.clips.length.double() for m in mined]) if mined else torch.zeros(0)
     entropies = torch.cat([m.clips.step_entropy.double() for m in mined]) if mined else torch.zeros(0)
     metrics = {"echo/clips": float(lengths.numel())}
     if lengths.numel():
         metrics["echo/clip_length"] = float(lengths.mean())
         metrics["echo/clip_step_entropy"] = float(entropies.mean())
+    if any(m.clips.token_weight is not None for m in mined):
+        largest = [group_max(m.clips.group, m.clips.weight) for m in mined if len(m.clips)]
+        largest = torch.cat(largest) if largest else torch.zeros(0)
+        metrics["echo/clips_per_group"] = lengths.numel() / max(largest.numel(), 1)
+        metrics["echo/clip_weight_max"] = float(largest.double().mean()) if largest.numel() else 0.0
     return metrics
+
+
+def group_max(group: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """The largest of ``values`` per distinct ``group`` (ascending group ids)."""
+    _, index = torch.unique(group, sorted=True, return_inverse=True)
+    out = torch.full((int(index.max()) + 1,), -torch.inf, dtype=values.dtype, device=values.device)
+    return out.scatter_reduce(0, index, values, reduce="amax")
 
 
 def outcome_metrics(outcomes: GroupOutcomes) -> dict[str, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,10 +30,17 @@ import torch
 from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
 from verl.trainer.ray_trainer import RayPPOTrainer
 
-from ..clip import group_outcomes
+from ..clip import GroupOutcomes, group_outcomes, row_clip_weight
 from ..traces import TraceWriter, build_group_records, select_groups
-from .actor import ECHO_MASK
-from .filtering import dropped_correct_groups, echo_rows, plan_filtered_clips, rows_scores, slot_unit
+from .actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_MASK, ECHO_ROW, ECHO_WEIGHT
+from .filtering import (
+    dropped_correct_groups,
+    echo_row_unit,
+    echo_rows,
+    layout_update_batch,
+    padded_echo_rows,
+    rows_scores,
+)
 from .mining import (
     EchoMiner,
     MinedBatch,
@@ -69,14 +75,6 @@ class _RecordingRewardManager:
         return getattr(self._handle, name)
 
 
-@dataclass
-class _FilteredGroups:
-    """Dropped all-correct groups kept for their clips, and the group slots reserved for them."""
-
-    data: DataProto
-    slots: int
-
-
 def mine_rollout_batch(miner: EchoMiner, batch: DataProto, scores: np.ndarray) -> MinedBatch:
     """Mine the clips of an EasyR1 rollout batch (any row order) and write ``echo_mask`` into it.
 
@@ -96,6 +94,9 @@ def mine_rollout_batch(miner: EchoMiner, batch: DataProto, scores: np.ndarray) -
         batch.non_tensor_batch["uid"],
     )
     batch.batch[ECHO_MASK] = mined.clips.mask
+    if mined.clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
+        batch.batch[ECHO_WEIGHT] = mined.clips.token_weight
+        batch.batch[ECHO_CLIP_WEIGHT] = row_clip_weight(mined.clips, len(batch))
     return mined
 
 
@@ -110,7 +111,7 @@ class EchoTrainer(RayPPOTrainer):
             self.reward_fn = _RecordingRewardManager(self.reward_fn)
         self.miner = EchoMiner(tokenizer, self.echo) if self.echo.active else None
         self.trace_dir = self.echo.trace_dir or os.path.join(config.trainer.save_checkpoint_path, "echo_traces")
-        self._filtered: _FilteredGroups | None = None
+        self._filtered: DataProto | None = None  # DAPO: the dropped all-correct groups kept for their clips
         self._generated_outcomes = None  # DAPO: outcomes over every generated group of the step
 
     # ------------------------------------------------------------------ hooks into EasyR1's fit
@@ -180,7 +181,7 @@ class EchoTrainer(RayPPOTrainer):
         all_verified = verified_flags(np.concatenate([s for _, s in rounds]), self.echo)
         self._generated_outcomes = group_outcomes(all_verified, group_ids(all_uids))
 
-        if not self.echo.active or self.echo.keep_filtered_clips == 0:
+        if self.echo.keep_filtered_clips == 0 or self._echo_coef(self._generated_outcomes) == 0:
             return batch
         if self.use_critic:  # the critic would be updated on the main batch only; not worth the complexity
             if not getattr(self, "_warned_critic", False):
@@ -192,27 +193,19 @@ class EchoTrainer(RayPPOTrainer):
             verified = verified_flags(scores, self.echo).numpy()
             for rows in dropped_correct_groups(data.non_tensor_batch["uid"], verified, kept):
                 dropped.append((data, rows, scores[rows]))
-        n = self.config.worker.rollout.n
-        plan = plan_filtered_clips(
-            len(dropped),
-            n=n,
-            rollout_batch_size=self.config.data.rollout_batch_size,
-            unit=slot_unit(n, self.actor_rollout_ref_wg.world_size, self._experience_micro_batch()),
-            limit=self.echo.keep_filtered_clips,
-        )
-        if plan.slots == 0:
-            return batch
+        limit = self.echo.keep_filtered_clips
         pieces = []
-        for data, rows, scores in dropped[: plan.groups]:
+        for data, rows, scores in dropped if limit < 0 else dropped[:limit]:
             piece = data[rows.tolist()]
             piece.non_tensor_batch[ECHO_SCORE] = np.array(scores, dtype=object)
             pieces.append(piece)
-        self._filtered = _FilteredGroups(DataProto.concat(pieces), plan.slots)
-        return batch[: (self.config.data.rollout_batch_size - plan.slots) * n]
+        self._filtered = DataProto.concat(pieces) if pieces else None
+        return batch  # every group DAPO kept: the echo rows come on top (prepare_update)
 
-    def _experience_micro_batch(self) -> int | None:
+    def _micro_batch_size(self, stage: str) -> int | None:
+        """The actor's ``micro_batch_size_per_device_for_<stage>`` (``None`` under dynamic batching)."""
         actor = self.config.worker.actor
-        return None if actor.dynamic_batching else actor.micro_batch_size_per_device_for_experience
+        return None if actor.dynamic_batching else getattr(actor, f"micro_batch_size_per_device_for_{stage}")
 
     def _entropy_pass(self, data: DataProto, meta_info: dict[str, Any]) -> DataProto:
         """Old log-probs and entropies of extra rows, from the actor workers (padded to the dispatch sizes)."""
@@ -221,16 +214,16 @@ class EchoTrainer(RayPPOTrainer):
             non_tensor_batch_keys=["uid", "multi_modal_data"],
         )
         inputs.meta_info = {k: v for k, v in meta_info.items() if k != "global_token_num"}
-        divisor = self.actor_rollout_ref_wg.world_size * (self._experience_micro_batch() or 1)
+        divisor = self.actor_rollout_ref_wg.world_size * (self._micro_batch_size("experience") or 1)
         padded, pad_size = pad_dataproto_to_divisor(inputs, divisor)
         return unpad_dataproto(self.actor_rollout_ref_wg.compute_log_probs(padded), pad_size)
 
     def _add_filtered_clips(
         self, batch: DataProto, timing: dict[str, float]
     ) -> tuple[DataProto, DataProto, np.ndarray, MinedBatch]:
-        """Entropies and clips of the kept dropped groups; their clip rows join the batch (rebalanced)."""
-        filtered, self._filtered = self._filtered, None
-        data = filtered.data
+        """Entropies and clips of the kept dropped groups; one echo row per clip joins the update, beyond the
+        batch (:func:`~echovl.easyr1.filtering.layout_update_batch`)."""
+        data, self._filtered = self._filtered, None
         start = time.perf_counter()
         output = self._entropy_pass(data, batch.meta_info)
         timing["timing_s/echo_filtered_forward"] = time.perf_counter() - start
@@ -238,14 +231,18 @@ class EchoTrainer(RayPPOTrainer):
         data.batch["old_entropy"] = output.batch["old_entropy"]
         scores = np.asarray(data.non_tensor_batch[ECHO_SCORE], dtype=np.float64)
         mined = mine_rollout_batch(self.miner, data, scores)
-        rows = echo_rows(
-            data, mined.clips.row, mined.clips.mask, filtered.slots * self.config.worker.rollout.n, like=batch
-        )
-        update = DataProto.concat([batch, rows])
-        update.meta_info = dict(batch.meta_info)
-        update.meta_info["global_token_num"] = torch.sum(update.batch["attention_mask"], dim=-1).tolist()
-        self._balance_batch(update, metrics={})  # spread the echo rows over the ranks
-        return update, data, scores, mined
+        if len(mined.clips) == 0:
+            return batch, data, scores, mined
+        world_size, mini_batches = self.actor_rollout_ref_wg.world_size, self._update_mini_batches(batch)
+        unit = echo_row_unit(world_size, mini_batches, self._micro_batch_size("update"))
+        batch.batch[ECHO_ROW] = torch.zeros(len(batch), dtype=torch.bool)
+        clip_rows = torch.unique(mined.clips.row)  # one echo row per rollout (top_k may nest clips in one rollout)
+        rows = echo_rows(data, clip_rows, mined.clips.mask, padded_echo_rows(clip_rows.numel(), unit), like=batch)
+        return layout_update_batch(batch, rows, world_size, mini_batches), data, scores, mined
+
+    def _update_mini_batches(self, batch: DataProto) -> int:
+        """EasyR1's optimizer steps per update: rows / (``worker.actor.global_batch_size`` x ``rollout.n``)."""
+        return len(batch) // (self.config.worker.actor.global_batch_size * self.config.worker.rollout.n)
 
     # ------------------------------------------------------------------ the step before update_actor
 
@@ -259,7 +256,13 @@ class EchoTrainer(RayPPOTrainer):
         metrics = outcome_metrics(outcomes)
         if not self.echo.active:
             return batch, metrics
+        coef = self._echo_coef(outcomes)
+        metrics["echo/coef"] = coef
+        if coef == 0:  # before echo.start_step, or an adaptive lambda on a step without all-correct groups
+            self._filtered = None
+            return batch, metrics
 
+        batch.meta_info[ECHO_COEF] = coef
         mined = mine_rollout_batch(self.miner, batch, scores)
         metrics["echo/entropy"] = mean_entropy(batch.batch["old_entropy"], batch.batch["response_mask"])
         traced, update_batch, timing = [(batch, scores, mined)], batch, {}
@@ -267,6 +270,7 @@ class EchoTrainer(RayPPOTrainer):
             update_batch, data, data_scores, filtered_mined = self._add_filtered_clips(batch, timing)
             traced.append((data, data_scores, filtered_mined))
             metrics["echo/filtered_clips"] = float(len(filtered_mined.clips))
+            metrics["echo/filtered_rows"] = float(len(update_batch) - len(batch))
         metrics.update(clip_metrics([m for _, _, m in traced]))
         metrics["timing_s/echo_mining"] = time.perf_counter() - start - sum(timing.values())
         metrics.update(timing)
@@ -274,6 +278,11 @@ class EchoTrainer(RayPPOTrainer):
         if self.echo.trace_freq and self.global_step % self.echo.trace_freq == 0:
             self._write_traces(traced)
         return update_batch, metrics
+
+    def _echo_coef(self, outcomes: GroupOutcomes) -> float:
+        """lambda of this training step (``echo.start_step``, ``echo.coef_schedule``; the adaptive schedule reads
+        the fraction of all-correct groups among the step's generated groups)."""
+        return self.echo.coef_at(self.global_step, outcomes.all_correct / max(outcomes.num_groups, 1))
 
     # ------------------------------------------------------------------ traces
 

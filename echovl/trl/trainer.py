@@ -17,12 +17,17 @@ Data flow, per generation batch (``_generate_and_score_completions``, before TRL
 Per micro-batch (``_compute_loss``): ``J_echo`` is ``echovl.loss.echo_nll`` of the log-probs of the loss forward
 (the same tensor TRL's policy loss uses), over ``echo_mask``, and ::
 
-    loss = TRL loss + coef * total / (C / num_processes * gradient_accumulation_steps / steps_per_generation)
+    loss = TRL loss + coef * total * num_processes / C_step
 
-with ``C`` the number of clips in the whole generation batch. This is the normalisation TRL uses for its default
-``dapo`` loss with ``num_items_in_batch`` replaced by the clip count: DDP averages gradients over processes and
-micro-batches add up, so an optimizer step sees ``coef x`` (mean over its clips of the per-clip mean NLL), whatever
-the ``loss_type`` of the RL term.
+with ``total`` the micro-batch's sum of per-clip mean NLLs and ``C_step`` the number of clips in the optimizer
+step's micro-batches on all processes (counted once per generation batch, after TRL's shuffle and split, in
+``_prepare_inputs``). DDP averages gradients over processes and the step's micro-batches add up, so every
+optimizer step gets exactly ``coef x`` (mean over its clips of the per-clip mean NLL), whatever
+``gradient_accumulation_steps``, ``steps_per_generation``, ``num_iterations`` and ``loss_type`` (the RL term keeps
+TRL's own normalisation; see docs/echo_scale.md). Only a step that spans several generation batches
+(``steps_per_generation x num_iterations`` smaller than, or not a multiple of, ``gradient_accumulation_steps``)
+cannot count the clips of a batch not generated yet: there each generation batch's part is normalised by its own
+clips and weighs its share of the step's micro-batches.
 
 With ``echo.enable=false`` or ``coef=0`` nothing is mined and the loss is exactly ``GRPOTrainer``'s. The outcome
 fractions (``echo/degenerate_groups``, ``echo/all_wrong_groups``) are still logged when the success reward exists:
@@ -42,9 +47,9 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from ..clip import group_outcomes, mine_echo_clips
+from ..clip import group_outcomes, mine_echo_clips, row_clip_weight
 from ..config import EchoConfig
-from ..loss import echo_nll
+from ..loss import echo_nll, weighted_echo_nll
 from ..steps import delimiter_table, special_table, step_index, text_mask
 from ..traces import TraceWriter, build_group_records, select_groups
 
@@ -74,6 +79,13 @@ def _as_echo_config(value: EchoConfig | Mapping[str, Any] | None) -> EchoConfig:
     if isinstance(value, Mapping):
         return EchoConfig.from_dict(dict(value))
     raise TypeError(f"echo_config must be an EchoConfig or a dict, got {type(value).__name__}")
+
+
+def _clip_count(inputs: dict[str, Any]) -> torch.Tensor:
+    """Clips in a (split of a) batch: rows with clip tokens, or their summed clip weights (top_k / soft)."""
+    if "echo_clip_weight" in inputs:
+        return inputs["echo_clip_weight"].sum()
+    return inputs["echo_mask"].any(dim=-1).sum()
 
 
 def _mean(values: torch.Tensor) -> float:
@@ -125,6 +137,9 @@ class EchoGRPOTrainer(GRPOTrainer):
         self._echo_entropy: torch.Tensor | None = None
         self._echo_capture_logps = False
         self._echo_loss_logps: torch.Tensor | None = None
+        self._echo_batch_coef = self.echo_config.coef  # lambda of the current generation batch (echo.coef_schedule)
+        self._echo_split_clips: list[float] = []  # clips per split of the current generation batch, all processes
+        self._echo_generated_at = 0  # the micro-batch at which it was generated
 
     # ------------------------------------------------------------------------------------------------ helpers
     @property
@@ -222,6 +237,12 @@ class EchoGRPOTrainer(GRPOTrainer):
         metrics["echo/all_wrong_groups"].append(outcomes.all_wrong / max(outcomes.num_groups, 1))
         if not mine:
             return
+        train_step = self.state.global_step + 1  # the optimizer step this batch trains first (the logged "step")
+        coef = cfg.coef_at(train_step, outcomes.all_correct / max(outcomes.num_groups, 1))
+        metrics["echo/coef"].append(coef)
+        if coef == 0:  # before echo.start_step (or an adaptive lambda without all-correct groups): TRL's loss alone
+            self._echo_entropy = None
+            return
 
         entropy = self._echo_entropy
         if entropy is None:
@@ -243,19 +264,25 @@ class EchoGRPOTrainer(GRPOTrainer):
         steps = step_index(ids, mask, is_delimiter)
         text = text_mask(ids, mask, non_text)
         verified, group = verified.to(device), group.to(device)
-        clips = mine_echo_clips(
-            entropy, steps, text, verified, group, min_step_tokens=cfg.min_step_tokens, scope=cfg.scope
-        )
+        clips = mine_echo_clips(entropy, steps, text, verified, group, **cfg.mining_kwargs())
         rows = slice(self.accelerator.process_index * local_batch, (self.accelerator.process_index + 1) * local_batch)
         out["echo_mask"] = clips.mask[rows, :local_length]
-        out["echo_clip_count"] = torch.tensor(float(len(clips)), device=device)  # 0-dim: copied to every micro-batch
+        self._echo_batch_coef = coef  # the micro-batches of this generation batch train with it
+        if clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
+            out["echo_weight"] = clips.token_weight[rows, :local_length]
+            out["echo_clip_weight"] = row_clip_weight(clips, ids.shape[0])[rows]
+            if len(clips):
+                largest = torch.full((int(group.max()) + 1,), 0.0, device=device)
+                largest = largest.scatter_reduce(0, clips.group, clips.weight, reduce="amax")
+                mined_groups = torch.unique(clips.group)
+                metrics["echo/clips_per_group"].append(len(clips) / mined_groups.numel())
+                metrics["echo/clip_weight_max"].append(float(largest[mined_groups].mean()))
         metrics["echo/clips"].append(float(len(clips)))
         metrics["echo/clip_length"].append(_mean(clips.length))
         metrics["echo/clip_step_entropy"].append(_mean(clips.step_entropy))
         metrics["echo/entropy"].append(float((entropy * mask).sum() / mask.sum().clamp(min=1)))
         metrics["timing_s/echo_mining"].append(time.perf_counter() - start)
 
-        train_step = self.state.global_step + 1  # the optimizer step this batch trains (the logged "step")
         freq = cfg.trace_freq
         if self._echo_tracer is not None and train_step // freq > self._echo_traced_step // freq:
             self._echo_traced_step = train_step
@@ -308,6 +335,41 @@ class EchoGRPOTrainer(GRPOTrainer):
         self._echo_tracer.write(train_step, records)
 
     # ------------------------------------------------------------------------------------------------ loss
+    def _prepare_inputs(self, generation_batch):
+        """TRL's; when it has just generated (and shuffled and split) a batch, count the clips of each split."""
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        generating = self.model.training and (self._step % generate_every == 0 or self._buffered_inputs is None)
+        inputs = super()._prepare_inputs(generation_batch)
+        if generating and "echo_mask" in inputs:
+            self._echo_count_clips(self._buffered_inputs)
+        return inputs
+
+    def _echo_count_clips(self, splits: list[dict[str, Any]]) -> None:
+        """Clips in each of the generation batch's ``steps_per_generation`` splits, summed over processes (every
+        process computes the same); split ``k % steps_per_generation`` trains micro-batch ``k``."""
+        counts = torch.stack([_clip_count(split) for split in splits]).float()
+        self._echo_split_clips = self.accelerator.reduce(counts, reduction="sum").tolist()
+        self._echo_generated_at = self._step
+
+    def _echo_step_clips(self) -> tuple[float, float]:
+        """``(clips, share)`` of the optimizer step the current micro-batch belongs to.
+
+        ``clips`` counts the clips of every micro-batch (on every process) of the step that comes from the current
+        generation batch; ``share`` is their fraction of the step's micro-batches. A step inside one generation
+        batch (``gradient_accumulation_steps`` divides ``steps_per_generation x num_iterations``, TRL's default)
+        has ``share`` 1: its exact clip count. A step that spans several generation batches cannot know the clips
+        of the ones not generated yet, so each generation batch's part is normalised by its own clips and weighs
+        its share of the step. Steps are windows of ``gradient_accumulation_steps`` micro-batches from the
+        first, as TRL counts them.
+        """
+        accumulation = self.current_gradient_accumulation_steps
+        step_start = self._step - self._step % accumulation
+        lifetime = self.args.steps_per_generation * self.num_iterations  # micro-batches one generation batch serves
+        start = max(step_start, self._echo_generated_at)
+        stop = min(step_start + accumulation, self._echo_generated_at + lifetime)
+        splits = self._echo_split_clips
+        return sum(splits[k % len(splits)] for k in range(start, stop)), (stop - start) / accumulation
+
     def _echo_losses(self, model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(TRL's loss, coef * normalised J_echo or None)`` of one micro-batch."""
         with_echo = "echo_mask" in inputs
@@ -319,19 +381,17 @@ class EchoGRPOTrainer(GRPOTrainer):
             self._echo_capture_logps = False
         if not with_echo:
             return loss, None
-        total, count = echo_nll(self._echo_loss_logps, inputs["echo_mask"])
+        if "echo_weight" in inputs:  # top_k / soft: sum of weight x clip mean NLL; the count is the summed weight
+            total, count = weighted_echo_nll(self._echo_loss_logps, inputs["echo_weight"]), _clip_count(inputs)
+        else:
+            total, count = echo_nll(self._echo_loss_logps, inputs["echo_mask"])
         stats = self.accelerator.reduce(torch.stack([total.detach().float(), count.float()]), reduction="sum")
         self._metrics["train"]["echo/loss"].append(float(stats[0] / stats[1]) if stats[1] > 0 else math.nan)
-        clip_count = inputs["echo_clip_count"]
-        if clip_count <= 0:
+        clips, share = self._echo_step_clips()
+        if clips <= 0:
             return loss, None
-        normaliser = (
-            clip_count
-            / self.accelerator.num_processes
-            * self.current_gradient_accumulation_steps
-            / self.args.steps_per_generation
-        )
-        return loss, self.echo_config.coef * total / normaliser
+        # DDP averages gradients over processes and the step's micro-batches add up: coef x the mean over the clips
+        return loss, total * (self._echo_batch_coef * self.accelerator.num_processes * share / clips)
 
     def _compute_loss(self, model, inputs):
         loss, echo = self._echo_losses(model, inputs)

@@ -1,0 +1,50 @@
+"""The echo coefficient over training: a start step and a schedule for lambda."""
+
+from __future__ import annotations
+
+__all__ = ["COEF_SCHEDULES", "echo_coef"]
+
+COEF_SCHEDULES = ("constant", "linear", "adaptive")
+
+
+def echo_coef(
+    coef: float,
+    step: int,
+    *,
+    start_step: int = 0,
+    schedule: str = "constant",
+    warmup_steps: int = 0,
+    degenerate_fraction: float | None = None,
+) -> float:
+    """lambda_t, the weight of J_echo on training step ``step`` (counted from 1, as EasyR1 and TRL log it).
+
+    - ``step < start_step``: 0 (no echo before ``start_step``; 0 or 1 = from the first step).
+    - ``constant``: ``coef``.
+    - ``linear``: ``coef * min(1, (step - start_step' + 1) / warmup_steps)`` with ``start_step' =
+      max(start_step, 1)``: a linear warm-up from ``coef / warmup_steps`` to ``coef`` over ``warmup_steps``
+      steps (``warmup_steps`` 0 or 1: ``coef`` at once).
+    - ``adaptive``: ``coef * d_t``, with ``d_t`` the fraction of the step's groups whose rollouts are all
+      verified (degenerate: zero advantages), so the echo term grows as GRPO's signal shrinks.
+
+    Args:
+        coef: lambda (>= 0).
+        step: the training step (>= 1).
+        start_step: first step with the echo term.
+        schedule: one of :data:`COEF_SCHEDULES`.
+        warmup_steps: length of the linear warm-up.
+        degenerate_fraction: ``d_t`` in [0, 1]; required for ``adaptive``.
+    """
+    if schedule not in COEF_SCHEDULES:
+        raise ValueError(f"schedule must be one of {COEF_SCHEDULES}, got {schedule!r}")
+    if step < start_step:
+        return 0.0
+    if schedule == "linear" and warmup_steps > 1:
+        done = step - max(start_step, 1) + 1
+        return coef * min(1.0, done / warmup_steps)
+    if schedule == "adaptive":
+        if degenerate_fraction is None or not 0.0 <= degenerate_fraction <= 1.0:
+            raise ValueError(
+                f"the adaptive schedule needs a degenerate fraction in [0, 1], got {degenerate_fraction!r}"
+            )
+        return coef * degenerate_fraction
+    return coef

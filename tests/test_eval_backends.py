@@ -1,0 +1,166 @@
+"""Generation backends: the transformers backend's batches against one prompt at a time (tiny models), and the vLLM
+backend's requests and outputs through a fake ``vllm`` module (vLLM itself needs a GPU)."""
+
+import sys
+import types
+
+import pytest
+
+from echovl.eval.backends import Sampling, TransformersBackend, VLLMBackend, build_vllm_requests, load_backend
+from echovl.eval.benchmarks import EvalError
+from echovl.eval.prompts import Prompt, PromptBuilder
+from echovl.testing import tiny_image
+from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+
+MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 16
+
+
+def test_sampling_validation():
+    assert Sampling(temperature=0).greedy and not Sampling().greedy
+    for bad in (dict(n=0), dict(temperature=-1), dict(top_p=0), dict(max_new_tokens=0)):
+        with pytest.raises(EvalError):
+            Sampling(**bad)
+
+
+def test_transformers_batches_match_one_prompt_at_a_time(tiny_lm_dir):
+    batched = TransformersBackend(tiny_lm_dir, batch_size=8, device="cpu")
+    builder = PromptBuilder(batched.tokenizer)
+    prompts = [builder.build("What is 2 + 2?" + " Explain." * i) for i in range(3)]  # different lengths: padding
+    greedy = Sampling(temperature=0, max_new_tokens=8)
+    single = TransformersBackend(tiny_lm_dir, batch_size=1, device="cpu")
+    assert batched.generate(prompts, greedy) == single.generate(prompts, greedy)
+    # sampling: n texts per prompt, reproducible from the seeds, different for other seeds
+    sampled = Sampling(n=3, temperature=1.0, max_new_tokens=6, seed=5)
+    first = batched.generate(prompts[:2], sampled, seeds=[10, 11])
+    assert [len(t) for t in first] == [3, 3]
+    assert batched.generate(prompts[:2], sampled, seeds=[10, 11]) == first
+    assert batched.generate(prompts[:2], sampled, seeds=[12, 13]) != first
+
+
+def test_transformers_with_images_and_context_cap(tiny_vl_dir):
+    backend = TransformersBackend(tiny_vl_dir, batch_size=4, device="cpu")
+    builder = PromptBuilder(backend.tokenizer, backend.processor, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    prompts = [builder.build(f"<image>Find x in figure {i}." + " Why?" * i, [tiny_image(i)]) for i in range(2)]
+    greedy = Sampling(temperature=0, max_new_tokens=6)
+    texts = backend.generate(prompts, greedy)
+    assert texts == TransformersBackend(tiny_vl_dir, batch_size=1, device="cpu").generate(prompts, greedy)
+    assert all("<|image_pad|>" not in t[0] for t in texts)
+    budgets = []
+    generate = backend.model.generate
+    backend.model.generate = lambda **kw: budgets.append(kw["generation_config"].max_new_tokens) or generate(**kw)
+    backend.context = prompts[0].input_length + 2  # the context leaves 2 tokens (image tokens count)
+    assert prompts[0].input_length > len(prompts[0].token_ids)
+    backend.generate(prompts[:1], Sampling(temperature=0, max_new_tokens=6))
+    assert budgets == [2]
+    backend.context = prompts[0].input_length
+    with pytest.raises(EvalError, match="leaves no room"):
+        backend.generate(prompts[:1], greedy)
+
+
+# ------------------------------------------------------------------------------------------------------- vLLM
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class FakeLLM:
+    """Records what it was built and called with; answers request i's sample j with ``"r{i}s{j}"``."""
+
+    instances = []
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+        self.calls = []
+        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=64))
+        FakeLLM.instances.append(self)
+
+    def generate(self, inputs, params, use_tqdm=True):
+        self.calls.append((inputs, params))
+        outputs = []
+        for i, p in enumerate(params):
+            completions = [types.SimpleNamespace(text=f"r{i}s{j}") for j in range(p.n)]
+            outputs.append(types.SimpleNamespace(outputs=completions))
+        return outputs
+
+
+@pytest.fixture
+def fake_vllm(monkeypatch):
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.instances.clear()
+    return module
+
+
+def test_vllm_requests():
+    image = tiny_image(0)
+    prompts = [Prompt("t", (1, 2, 3)), Prompt("u", (4, 5) * 20, (image,), multimodal=True, length=50)]
+    sampling = Sampling(n=4, temperature=0.6, top_p=0.9, max_new_tokens=40, seed=7)
+    inputs, params = build_vllm_requests(
+        prompts, sampling, [0, 1], sampling_params=FakeSamplingParams, context=64, logit_bias={9: -100.0}
+    )
+    assert inputs == [
+        {"prompt_token_ids": [1, 2, 3]},
+        {"prompt_token_ids": [4, 5] * 20, "multi_modal_data": {"image": [image]}},
+    ]
+    assert [p.max_tokens for p in params] == [40, 14]  # the second (50 tokens with its image) leaves 14
+    assert all(
+        (p.n, p.temperature, p.top_p, p.logit_bias, p.skip_special_tokens) == (4, 0.6, 0.9, {9: -100.0}, True)
+        for p in params
+    )
+    assert params[0].seed != params[1].seed  # one seed per request
+    again = build_vllm_requests(
+        prompts, sampling, [0, 1], sampling_params=FakeSamplingParams, context=64, logit_bias=None
+    )[1]
+    assert [p.seed for p in again] == [p.seed for p in params]
+    greedy = build_vllm_requests(
+        prompts[:1],
+        Sampling(n=3, temperature=0),
+        [0],
+        sampling_params=FakeSamplingParams,
+        context=None,
+        logit_bias=None,
+    )[1][0]
+    assert (greedy.n, greedy.temperature, greedy.top_p, greedy.max_tokens) == (1, 0.0, 1.0, 8192)
+
+
+def test_vllm_backend_through_a_fake_vllm(fake_vllm, tiny_vl_dir):
+    backend = load_backend(
+        "vllm",
+        tiny_vl_dir,
+        tensor_parallel_size=1,
+        max_images=2,
+        show_progress=False,
+        engine_kwargs={"gpu_memory_utilization": 0.5},
+    )
+    assert isinstance(backend, VLLMBackend)
+    [llm] = FakeLLM.instances
+    assert llm.kwargs["model"] == str(tiny_vl_dir) and llm.kwargs["gpu_memory_utilization"] == 0.5
+    assert llm.kwargs["limit_mm_per_prompt"] == {"image": 2} and llm.kwargs["tensor_parallel_size"] == 1
+    image_pad = backend.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert image_pad in backend.logit_bias  # never sample an image placeholder, as EasyR1's rollout
+    builder = PromptBuilder(backend.tokenizer, backend.processor, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+    prompts = [builder.build("<image>Find x.", [tiny_image(0)]), builder.build("<image>Find y.", [tiny_image(1)])]
+    texts = backend.generate(prompts, Sampling(n=2, max_new_tokens=8))
+    assert texts == [["r0s0", "r0s1"], ["r1s0", "r1s1"]]
+    [(inputs, params)] = llm.calls  # one call for all prompts and samples
+    assert inputs[0]["prompt_token_ids"] == list(prompts[0].token_ids)
+    assert inputs[1]["multi_modal_data"]["image"][0].size == prompts[1].images[0].size
+    assert backend.generate(prompts[:1], Sampling(n=3, temperature=0)) == [["r0s0"] * 3]  # greedy: one, repeated
+    backend.close()
+    assert backend.llm is None
+
+
+def test_auto_backend_without_vllm(monkeypatch, tiny_lm_dir):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert isinstance(load_backend("auto", tiny_lm_dir, batch_size=2, device="cpu"), TransformersBackend)
+    with pytest.raises(EvalError, match="needs vLLM"):
+        monkeypatch.setitem(sys.modules, "vllm", None)  # an import of vllm fails
+        load_backend("vllm", tiny_lm_dir)
+    with pytest.raises(EvalError, match="unknown backend"):
+        load_backend("tgi", tiny_lm_dir)
