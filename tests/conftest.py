@@ -6,15 +6,24 @@ import pytest
 
 # ------------------------------------------------------------------------------------------- EasyR1 tests
 # An EasyR1 test is one in a tests/test_easyr1_*.py module or marked ``easyr1``. Without EasyR1 they skip. With
-# EasyR1 installed they must all run: a skipped one (e.g. its import failed for want of one of EasyR1's own
-# dependencies, which pytest.importorskip reports as a skip) fails the session. The summary says how many ran.
+# EasyR1 installed none may skip for want of it: a skip whose reason is an import (EasyR1 itself, or one of its own
+# dependencies, which pytest.importorskip reports as a skip) fails the session. Opt-in tests that skip on purpose
+# (e.g. the Ray cluster test without ECHOVL_RAY_TESTS=1) are only counted. The summary says how many ran.
 
 EASYR1_INSTALLED = importlib.util.find_spec("verl") is not None
-_easyr1 = {"ran": 0, "skipped": []}
+_IMPORT_SKIP_WORDS = ("EasyR1", "verl", "could not import", "No module named")
+"""A skip reason with one of these is a failed import (our reasons name EasyR1; pytest's own say 'could not import')."""
+_easyr1 = {"ran": 0, "missing": [], "on_purpose": []}
 
 
 def _in_easyr1_module(nodeid: str) -> bool:
     return Path(nodeid.split("::")[0]).name.startswith("test_easyr1_")
+
+
+def _count_skip(name: str, longrepr) -> None:
+    reason = str(longrepr[2] if isinstance(longrepr, tuple) else longrepr)
+    kind = "missing" if any(word in reason for word in _IMPORT_SKIP_WORDS) else "on_purpose"
+    _easyr1[kind].append(name)
 
 
 def pytest_collection_modifyitems(items):
@@ -28,7 +37,7 @@ def pytest_collectreport(report):
     stub; as soon as a module is collected, take the stub out again so that libraries probing for vllm (TRL) see
     that it is not installed."""
     if report.skipped and _in_easyr1_module(report.nodeid):
-        _easyr1["skipped"].append(f"{report.nodeid} (the whole module)")
+        _count_skip(f"{report.nodeid} (the whole module)", report.longrepr)
     if "vllm" in sys.modules:
         from tests.easyr1_stubs import uninstall_vllm_stub
 
@@ -39,7 +48,7 @@ def pytest_runtest_logreport(report):
     if "easyr1" not in report.keywords:
         return
     if report.skipped:
-        _easyr1["skipped"].append(report.nodeid)
+        _count_skip(report.nodeid, report.longrepr)
     elif report.when == "call":
         _easyr1["ran"] += 1
 
@@ -47,19 +56,22 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     if (
         EASYR1_INSTALLED
-        and _easyr1["skipped"]
+        and _easyr1["missing"]
         and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
     ):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_terminal_summary(terminalreporter):
-    ran, skipped = _easyr1["ran"], _easyr1["skipped"]
+    ran, missing, on_purpose = _easyr1["ran"], _easyr1["missing"], _easyr1["on_purpose"]
     state = "installed" if EASYR1_INSTALLED else "not installed"
-    terminalreporter.write_line(f"EasyR1 integration tests: {ran} ran, {len(skipped)} skipped (EasyR1 {state}).")
-    if EASYR1_INSTALLED and skipped:
+    terminalreporter.write_line(
+        f"EasyR1 integration tests: {ran} ran, {len(missing)} skipped for want of an import, "
+        f"{len(on_purpose)} opt-in skipped (EasyR1 {state})."
+    )
+    if EASYR1_INSTALLED and missing:
         terminalreporter.write_line(
-            "FAILED: EasyR1 is installed, so its tests must run; skipped: " + ", ".join(skipped), red=True, bold=True
+            "FAILED: EasyR1 is installed, so its tests must run; skipped: " + ", ".join(missing), red=True, bold=True
         )
 
 
