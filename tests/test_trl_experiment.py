@@ -28,11 +28,16 @@ def test_digit_task_is_consistent():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    import torch
+
     from echovl.experiments.tiny_cpu import ExperimentSettings, run_experiment
 
     out = tmp_path_factory.mktemp("tiny_cpu")
     settings = ExperimentSettings.quick(seed=0)
-    return out, settings, run_experiment(out, settings)
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    summary = run_experiment(out, settings)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before  # restored
+    return out, settings, summary
 
 
 def test_quick_run_writes_metrics(quick_run):
@@ -99,9 +104,18 @@ def test_quick_run_summary(quick_run, capsys):
     assert set(saved["eval"]) == {"start", "baseline", "echo"}
     assert all(0 <= saved["eval"][k]["greedy"] <= 1 for k in saved["eval"])
     assert saved["runtime_s"] > 0 and saved["warmup"]["steps"] == settings.warmup_max_steps
+    # what the numbers depend on besides the settings: threads (fixed, 2 by default), kernels, versions, weights
+    import torch
+
+    environment = saved["environment"]
+    assert environment["torch_threads"] == settings.threads == 2
+    assert environment["packages"]["torch"] == torch.__version__.split("+")[0] and environment["cpu_capability"]
+    assert len(saved["model_fingerprint"]) == len(saved["warmup"]["fingerprint"]) == 16
+    assert saved["model_fingerprint"] != saved["warmup"]["fingerprint"]
     report = _report(summary)
     assert f"python demo/app.py --traces {out / 'traces'}" in report
     assert str(out / "plot.png") in report and str(out / "metrics.csv") in report
+    assert f"Fingerprints: model {saved['model_fingerprint']}, warm start {saved['warmup']['fingerprint']}." in report
 
 
 def test_cli_rejects_bad_arguments():
@@ -111,3 +125,5 @@ def test_cli_rejects_bad_arguments():
         main(["--steps", "0"])
     with pytest.raises(SystemExit):
         main(["--coef", "-1"])
+    with pytest.raises(SystemExit):
+        main(["--threads", "0"])

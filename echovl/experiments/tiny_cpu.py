@@ -94,6 +94,10 @@ class ExperimentSettings:
     attention_heads: int = 8
     vision_hidden_size: int = 64
     trace_freq: int = 5
+    threads: int = 2
+    """torch CPU threads. Fixed rather than torch's default (one per core), because the thread count can change how
+    kernels split their sums, hence the last bits of a result, and from there every sampled token (README: on the
+    development machine 1 and 2 threads gave the same run, while 8 threads changed the warm start within 50 steps)."""
 
     @classmethod
     def quick(cls, seed: int = 0) -> ExperimentSettings:
@@ -433,6 +437,68 @@ def _mean_where(rows, run, column, lo=None, hi=None) -> float:
     return sum(values) / len(values) if values else math.nan
 
 
+# ------------------------------------------------------------------------------------------------ reproducibility
+ENVIRONMENT_PACKAGES = ("torch", "transformers", "tokenizers", "trl", "accelerate", "datasets", "numpy", "pillow")
+"""The packages whose versions a run's numbers depend on (recorded in ``summary.json``)."""
+
+
+def environment() -> dict[str, Any]:
+    """What besides the settings decides the numbers: package versions, the CPU kernels torch picked, threads."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    versions = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels in use (AVX2, AVX512, ...)
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+    }
+
+
+def fingerprint(folder: Path) -> str:
+    """Short hash of a saved model's weights: two runs that start (or warm up) alike have the same one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "tokenizer.json"):
+        path = folder / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _Reproducible:
+    """While active: ``threads`` torch threads and deterministic algorithms (an op without a deterministic
+    implementation raises instead of silently varying); both restored on exit."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved[0])
+        torch.use_deterministic_algorithms(self.saved[1])
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def _prepare_out(out: Path) -> None:
     """Remove what a previous run of this experiment left in ``out`` (only our own files)."""
@@ -446,6 +512,11 @@ def _prepare_out(out: Path) -> None:
 
 def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=None) -> dict:
     """Run everything; returns the summary (also written to ``out/summary.json``)."""
+    with _Reproducible(settings.threads):
+        return _run_experiment(Path(out), settings, progress)
+
+
+def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import torch
@@ -458,7 +529,6 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
         from tqdm.auto import tqdm as progress
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
-    out = Path(out)
     _prepare_out(out)
     timing: dict[str, float] = {}
 
@@ -480,6 +550,7 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
     warmup = warm_up(model, processor, train, probe, settings, progress)
     start = out / "work" / "model_warmup"
     model.save_pretrained(start, safe_serialization=True)
+    warmup["fingerprint"] = fingerprint(start)
     mark = lap("warmup", mark)
 
     def evaluate(model) -> dict[str, float]:
@@ -527,8 +598,8 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
         "outcome": outcome,
         "timing_s": timing,
         "runtime_s": round(time.perf_counter() - started, 1),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        "environment": environment(),
+        "model_fingerprint": fingerprint(base),
         "files": {
             "metrics": str(out / "metrics.csv"),
             "plot": str(out / "plot.png"),
@@ -545,9 +616,13 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
 
 def _report(summary: dict) -> str:
     files, evals, outcome = summary["files"], summary["eval"], summary["outcome"]
+    env = summary["environment"]
+    packages = ", ".join(f"{name} {env['packages'][name]}" for name in ("torch", "transformers", "tokenizers", "trl"))
     lines = [
         "",
-        f"Done in {summary['runtime_s']:.0f} s ({summary['torch_threads']} torch threads).",
+        f"Done in {summary['runtime_s']:.0f} s ({env['torch_threads']} torch threads).",
+        f"Environment: {packages}; CPU kernels {env['cpu_capability']}.",
+        f"Fingerprints: model {summary['model_fingerprint']}, warm start {summary['warmup']['fingerprint']}.",
         f"Warm-up: {summary['warmup']['steps']} supervised steps, probe accuracy {summary['warmup']['probe_accuracy']:.2f}.",
         "Held-out accuracy (greedy / sampled):",
     ]
@@ -584,7 +659,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 40; quick: 2)")
     parser.add_argument("--coef", type=float, default=None, help="lambda of the echo run (default 0.001)")
     parser.add_argument("--quick", action="store_true", help="a few steps at tiny sizes (a pipeline check)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default 2, on every machine: see README)"
+    )
     args = parser.parse_args(argv)
     settings = ExperimentSettings.quick(args.seed) if args.quick else ExperimentSettings(seed=args.seed)
     if args.steps is not None:
@@ -596,9 +673,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--coef must be a finite number >= 0")
         settings.coef = args.coef
     if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        settings.threads = args.threads
     summary = run_experiment(args.out, settings)
     print(_report(summary))
     return 0
