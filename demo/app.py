@@ -233,7 +233,7 @@ def build_app(model_path: str, traces: str, runs: Sequence[str] = ()) -> gr.Bloc
                             form["delimiters"] = gr.Textbox(
                                 label="Step delimiters (one per line, \\n = newline)", value="\\n"
                             )
-                            form["min_step_tokens"] = gr.Number(value=1, precision=0, label="Min step tokens")
+                            form["min_step_tokens"] = gr.Number(value=2, precision=0, label="Min step tokens")
                             form["scope"] = gr.Radio(["all", "degenerate"], value="all", label="Mining scope")
                         run = gr.Button("Sample and mine", variant="primary", elem_id="live-run")
                     with gr.Column(scale=2, min_width=480):
