@@ -20,9 +20,8 @@ from tests.test_easyr1_actor import (  # noqa: E402, F401 (module fixtures: the 
     _process_group,
     _sgd_actor,
     _update_batch,
+    backbones,
     cpu_padding_free,
-    lm_batch,
-    lm_model,
     vl_batch,
     vl_model,
 )
@@ -41,6 +40,18 @@ from echovl.easyr1.uft import HINT_LENGTH, HintMaker, forward_with_hints, hinted
 from echovl.guidance import GuidanceConfig  # noqa: E402
 
 NO_ECHO = EchoConfig(enable=False)
+
+
+@pytest.fixture(scope="module")
+def lm_model(backbones):
+    return backbones("qwen2")[0]
+
+
+@pytest.fixture(scope="module")
+def lm_batch(backbones):
+    return backbones("qwen2")[1]
+
+
 ROW_ADVANTAGES = (0.5, 1.0, -0.7, 0.3, -1.2, 0.8)
 
 
@@ -302,12 +313,17 @@ def _dataset_batch(model_dir, tmp_path, *, images):
     return batch, tokenizer, processor
 
 
-def test_hinted_prompts_on_qwen2_5_vl_match_positions_built_from_scratch(tiny_vl_dir, tmp_path):
-    """UFT on Qwen2.5-VL: the hinted prompt's mrope position ids are EasyR1's get_rope_index of the longer prompt;
-    the ids end with the hint, vLLM's raw prompt ids too; the same step and seed give the same hints."""
-    from verl.models.transformers.qwen2_vl import get_rope_index
+@pytest.mark.parametrize("backbone", ["tiny_vl_dir", "tiny_qwen3_vl_dir"])
+def test_hinted_prompts_on_vl_batches_match_positions_built_from_scratch(request, tmp_path, backbone):
+    """UFT on Qwen2.5-VL and Qwen3-VL: the hinted prompt's mrope position ids are EasyR1's get_rope_index of the
+    longer prompt; the ids end with the hint, vLLM's raw prompt ids too; the same step and seed give the same
+    hints."""
+    if backbone == "tiny_qwen3_vl_dir":
+        from verl.models.transformers.qwen3_vl import get_rope_index
+    else:
+        from verl.models.transformers.qwen2_vl import get_rope_index
 
-    batch, tokenizer, processor = _dataset_batch(tiny_vl_dir, tmp_path, images=True)
+    batch, tokenizer, processor = _dataset_batch(request.getfixturevalue(backbone), tmp_path, images=True)
     guidance = GuidanceConfig(method="uft", hint_low=1.0, hint_high=1.0, hint_steps=3)
     maker = HintMaker(tokenizer, guidance, seed=1, max_prompt_length=160, step=lambda: 2)
     hinted = maker(dict(batch))
