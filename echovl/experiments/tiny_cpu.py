@@ -724,8 +724,14 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
     out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for index, seed in enumerate(seeds, start=1):
+        seed_settings = replace(settings, seed=seed)
+        done = _finished_summary(out / f"seed_{seed}", seed_settings)
+        if done is not None:
+            print(f"seed {seed} ({index} of {len(seeds)}): reusing {out / f'seed_{seed}'} (same settings)", file=sys.stderr)
+            summaries.append(done)
+            continue
         print(f"seed {seed} ({index} of {len(seeds)})", file=sys.stderr)
-        summaries.append(run_experiment(out / f"seed_{seed}", replace(settings, seed=seed), progress=progress))
+        summaries.append(run_experiment(out / f"seed_{seed}", seed_settings, progress=progress))
     rows = [
         {
             "seed": seed,
@@ -757,6 +763,20 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
     _atomic_write(out / "seeds.csv", buffer.getvalue().encode())
     _atomic_write(out / "seeds.json", (json.dumps(comparison, indent=2, default=float) + "\n").encode())
     return comparison
+
+
+def _finished_summary(out: Path, settings: ExperimentSettings) -> dict | None:
+    """A seed's ``summary.json`` when that run finished with exactly these settings (so an interrupted
+    ``--seeds`` run resumes at the first unfinished seed), else None."""
+    path = out / "summary.json"
+    if not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    expected = json.loads(json.dumps({**asdict(settings), "runs": list(settings.runs)}, default=float))
+    return summary if summary.get("settings") == expected else None
 
 
 def _seeds_report(comparison: dict, out: Path) -> str:
