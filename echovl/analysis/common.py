@@ -34,7 +34,7 @@ from ..eval.backends import Backend, Sampling, image_token_ids, load_backend, mi
 from ..eval.benchmarks import EvalError, load_benchmarks
 from ..eval.checkpoints import resolve_model
 from ..eval.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
-from ..eval.run import DEFAULT_FORMAT_PROMPT, read_training_config
+from ..eval.run import DEFAULT_FORMAT_PROMPT
 from ..eval.store import atomic_write
 from ..reward.math import judge
 
@@ -54,6 +54,8 @@ __all__ = [
     "obtain_rollouts",
     "png_bytes",
     "progress_bar",
+    "rollouts_jsonl",
+    "start_analysis",
     "write_outputs",
 ]
 
@@ -158,7 +160,9 @@ class AnalysisConfig:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser, *, samples_help: str) -> None:
-    """The options of :class:`AnalysisConfig` (``--out`` and the command's own are added by the command)."""
+    """The options of :class:`AnalysisConfig` (the command adds its own)."""
+    from ..eval.__main__ import add_prompt_arguments
+
     parser.add_argument("--model", required=True, help="a model folder, an EasyR1 checkpoint (merged) or a hub name")
     parser.add_argument(
         "--data",
@@ -191,24 +195,11 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, samples_help: str) 
         "echo.delimiters, else a newline)",
     )
     parser.add_argument("--batch-size", type=int, default=16, help="transformers: sequences per batch")
-    prompt = parser.add_argument_group("prompt (as in training; a flag beats --config)")
-    prompt.add_argument(
-        "--config",
-        default=None,
-        help="the training YAML: its data.format_prompt, min_pixels, max_pixels, prompt/answer/image keys and "
+    add_prompt_arguments(
+        parser,
+        "the training YAML: its data.format_prompt, min_pixels, max_pixels, prompt/answer/image keys and "
         "echo.delimiters",
     )
-    prompt.add_argument(
-        "--format-prompt",
-        default=None,
-        help="Jinja template applied to each problem, or 'none' (default: "
-        f"{DEFAULT_FORMAT_PROMPT.relative_to(DEFAULT_FORMAT_PROMPT.parents[2])})",
-    )
-    prompt.add_argument("--min-pixels", type=int, default=None, help="default: EasyR1's 262144")
-    prompt.add_argument("--max-pixels", type=int, default=None, help="default: EasyR1's 4194304")
-    prompt.add_argument("--prompt-key", default=None, help="problem column (default: problem)")
-    prompt.add_argument("--answer-key", default=None, help="answer column (default: answer)")
-    prompt.add_argument("--image-key", default=None, help="image column (default: images)")
     stats = parser.add_argument_group("intervals")
     stats.add_argument("--bootstrap", type=int, default=10000, help="resamples over problems (default: %(default)s)")
     stats.add_argument("--confidence", type=float, default=0.95, help="default: %(default)s")
@@ -243,13 +234,9 @@ def _training_delimiters(path: str) -> list[str] | None:
 
 def common_settings(args: argparse.Namespace) -> dict[str, Any]:
     """:class:`AnalysisConfig` fields from parsed :func:`add_common_arguments` options."""
-    prompt: dict[str, Any] = read_training_config(args.config) if args.config else {}
-    for key in ("format_prompt", "min_pixels", "max_pixels", "prompt_key", "answer_key", "image_key"):
-        value = getattr(args, key)
-        if value is not None:
-            prompt[key] = value
-    if str(prompt.get("format_prompt", "")).lower() == "none":
-        prompt["format_prompt"] = None
+    from ..eval.__main__ import prompt_settings
+
+    prompt = prompt_settings(args)
     delimiters = args.delimiters or (_training_delimiters(args.config) if args.config else None) or ["\n"]
     return dict(
         model=args.model,
@@ -462,6 +449,41 @@ def obtain_rollouts(
             verdict = judge(response, problem.answer, think_opened=prompt.think_opened)
             rollouts.append(Rollout(problem, sample, response, verdict.answer, bool(verdict.correct)))
     return rollouts
+
+
+def start_analysis(
+    config: AnalysisConfig,
+    backend_factory: Callable[..., Backend] | None,
+    *,
+    solution_key: str | None = None,
+    generates: bool = False,
+) -> tuple[Session, list[AnalysisProblem], list[Prompt], list[Rollout]]:
+    """The first half of both analyses: the problems, the session, the prompts and the graded rollouts.
+
+    The backend is built first (vLLM sizes its memory before the transformers model for the entropy is loaded next
+    to it) when rollouts are to be sampled or ``generates`` says the analysis generates later.
+    """
+    pyplot()  # fail now, not after the generation, when matplotlib is missing
+    problems = load_problems(
+        config.data,
+        prompt_key=config.prompt_key,
+        answer_key=config.answer_key,
+        image_key=config.image_key,
+        solution_key=solution_key,
+        limit=config.limit,
+    )
+    session = Session(config, backend_factory)
+    session.max_images = max([len(p.images or ()) for p in problems] + [1])
+    if config.rollouts is None or generates:
+        session.backend()
+    builder = session.builder()
+    prompts = [builder.build(p.problem, p.images, multimodal=p.multimodal) for p in problems]
+    return session, problems, prompts, obtain_rollouts(config, problems, prompts, session.backend)
+
+
+def rollouts_jsonl(rollouts: Sequence[Rollout], prompts: Sequence[Prompt]) -> str:
+    """``rollouts.jsonl``: one rollout record per line (what ``--rollouts`` reads back)."""
+    return "".join(json.dumps(r.record(prompts[r.problem.index]), ensure_ascii=False) + "\n" for r in rollouts)
 
 
 def no_verified_rollout(config: AnalysisConfig, rollouts: Sequence[Rollout]) -> AnalysisError:

@@ -41,17 +41,16 @@ from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
     ScoredResponse,
-    Session,
     add_common_arguments,
     common_settings,
     csv_text,
-    load_problems,
     main_wrapper,
     no_verified_rollout,
-    obtain_rollouts,
     png_bytes,
     progress_bar,
     pyplot,
+    rollouts_jsonl,
+    start_analysis,
     write_outputs,
 )
 
@@ -210,22 +209,7 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
     ``backend_factory(name, model_path, **options)`` builds the generation backend (default
     :func:`echovl.eval.load_backend`); tests pass fakes.
     """
-    pyplot()  # fail now, not after the generation, when matplotlib is missing
-    problems = load_problems(
-        config.data,
-        prompt_key=config.prompt_key,
-        answer_key=config.answer_key,
-        image_key=config.image_key,
-        solution_key=config.solution_key,
-        limit=config.limit,
-    )
-    session = Session(config, backend_factory)
-    session.max_images = max([len(p.images or ()) for p in problems] + [1])
-    if config.rollouts is None:
-        session.backend()  # first: vLLM sizes its memory before the entropy model is loaded
-    builder = session.builder()
-    prompts = [builder.build(p.problem, p.images, multimodal=p.multimodal) for p in problems]
-    rollouts = obtain_rollouts(config, problems, prompts, session.backend)
+    session, problems, prompts, rollouts = start_analysis(config, backend_factory, solution_key=config.solution_key)
     verified: dict[int, list] = {}
     sampled: dict[int, int] = {}
     for r in rollouts:
@@ -328,15 +312,12 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
         f"{session.model_ref.name}: expert traces vs verified rollouts of {len(expert_traces)} problems "
         f"(T = {config.temperature})",
     )
-    rollout_lines = "".join(
-        json.dumps(r.record(prompts[r.problem.index]), ensure_ascii=False) + "\n" for r in rollouts
-    )
     write_outputs(
         config.out,
         {
             "steps.csv": csv_text(step_rows, STEP_COLUMNS),
             "problems.csv": csv_text(problem_rows, PROBLEM_COLUMNS),
-            "rollouts.jsonl": rollout_lines,
+            "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
             "entropy_hist.png": figure,
             "summary.md": markdown,
             "summary.json": json.dumps(summary, indent=2, default=_json_default) + "\n",

@@ -58,18 +58,17 @@ from .common import (
     AnalysisError,
     Rollout,
     ScoredResponse,
-    Session,
     add_common_arguments,
     common_settings,
     csv_text,
     generate,
-    load_problems,
     main_wrapper,
     no_verified_rollout,
-    obtain_rollouts,
     png_bytes,
     progress_bar,
     pyplot,
+    rollouts_jsonl,
+    start_analysis,
     write_outputs,
 )
 
@@ -352,20 +351,8 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
     ``backend_factory(name, model_path, **options)`` builds the generation backend (default
     :func:`echovl.eval.load_backend`); tests pass fakes.
     """
-    pyplot()  # fail now, not after the generation, when matplotlib is missing
-    problems = load_problems(
-        config.data,
-        prompt_key=config.prompt_key,
-        answer_key=config.answer_key,
-        image_key=config.image_key,
-        limit=config.limit,
-    )
-    session = Session(config, backend_factory)
-    session.max_images = max([len(p.images or ()) for p in problems] + [1])
-    backend = session.backend()  # first: vLLM sizes its memory before the entropy model is loaded
-    builder = session.builder()
-    prompts = [builder.build(p.problem, p.images, multimodal=p.multimodal) for p in problems]
-    rollouts = obtain_rollouts(config, problems, prompts, session.backend)
+    session, problems, prompts, rollouts = start_analysis(config, backend_factory, generates=True)
+    backend, builder = session.backend(), session.builder()
     verified = [r for r in rollouts if r.correct]
     if not verified:
         raise no_verified_rollout(config, rollouts)
@@ -492,9 +479,6 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
         f"{session.model_ref.name}: {len(analysed)} verified rollouts of {summary['counts']['problems']} problems, "
         f"T = {config.temperature}",
     )
-    rollout_lines = "".join(
-        json.dumps(r.record(prompts[r.problem.index]), ensure_ascii=False) + "\n" for r in rollouts
-    )
     write_outputs(
         config.out,
         {
@@ -502,7 +486,7 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
             "deletions.csv": csv_text(deletion_rows, DELETION_COLUMNS),
             "accuracy.csv": csv_text(rows, ACCURACY_COLUMNS),
             "continuations.jsonl": "".join(continuation_lines),
-            "rollouts.jsonl": rollout_lines,
+            "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
             "accuracy.png": figure,
             "summary.md": markdown,
             "summary.json": json.dumps(summary, indent=2, default=str) + "\n",
@@ -515,7 +499,7 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m echovl.analysis.step_deletion",
-        description="Delete 0-50%% of the steps of the model's verified rollouts in order of step entropy (high "
+        description="Delete 0-50% of the steps of the model's verified rollouts in order of step entropy (high "
         "first, low first, random), let the model answer from the edited reasoning, and measure accuracy (the "
         "paper's Evidence 2). Writes summary.md/json, accuracy.csv/png, deletions.csv, steps.csv, "
         "continuations.jsonl and rollouts.jsonl into --out.",
