@@ -153,7 +153,7 @@ def _figure(expert_tokens, rollout_tokens, expert_steps, rollout_steps, title: s
 def _fmt(value: float, signed: bool = False) -> str:
     if value is None or math.isnan(value):
         return "-"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+    return f"{value:+.4g}" if signed else f"{value:.4g}"
 
 
 def _markdown(summary: dict) -> str:
