@@ -7,4 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1
+# idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads wait on each other (a 2-thread
+# run took up to 10x longer per step); results do not change
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 exec "${PYTHON:-python}" -m echovl.experiments.tiny_cpu --out "${OUT:-runs/tiny_cpu_echo}" "$@"

@@ -1,10 +1,12 @@
 """EchoRL demo: per-step entropy and the selected EchoClip.
 
-    python demo/app.py [--model PATH] [--traces FOLDER] [--host 127.0.0.1] [--port 7860] [--share]
+    python demo/app.py [--model PATH] [--traces FOLDER] [--run FOLDER [--run FOLDER2]] [--host 127.0.0.1]
+                       [--port 7860] [--share]
 
 Live tab: sample a group of rollouts for a question (and image), grade them, compute token entropy, split
 steps and mine the EchoClip, as training does. Training traces tab: browse a trace folder written by training
-(``echo.trace_freq``) by step and group. Without ``--model`` the app uses a tiny offline Qwen2.5-VL fitted on
+(``echo.trace_freq``) by step and group. Training overview tab: charts over the training steps of a run folder
+(EasyR1's ``experiment_log.jsonl`` or the CPU experiment's ``metrics.csv``), or of two for an A/B. Without ``--model`` the app uses a tiny offline Qwen2.5-VL fitted on
 the example problems, built into ``~/.cache/echovl`` (or ``$ECHOVL_CACHE_DIR``) on first start.
 
 The logic lives in :mod:`echovl.demo`; this file only lays out the page and wires events.
@@ -17,6 +19,7 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,12 +29,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no teleme
 
 import gradio as gr  # noqa: E402
 
-from echovl.demo import render, traces_view  # noqa: E402
+from echovl.demo import overview, render, traces_view  # noqa: E402
 from echovl.demo.examples import EXAMPLE_PROBLEMS, FORMAT_INSTRUCTION, demo_model_dir  # noqa: E402
 from echovl.demo.live import DemoError, LiveRequest, ModelCache, open_image, parse_delimiters, run_live  # noqa: E402
+from echovl.demo.run_logs import RunLogError, open_run_folders  # noqa: E402
 from echovl.traces import TraceError  # noqa: E402
 
 EXAMPLE_TRACES = Path(__file__).resolve().parent / "example_traces"
+EXAMPLE_RUN = Path(__file__).resolve().parent / "example_run"
 LOG = logging.getLogger("echovl.demo")
 MODELS = ModelCache()
 
@@ -47,7 +52,7 @@ PLACEHOLDER = (
 
 
 def _failure(error: Exception) -> str:
-    if isinstance(error, (DemoError, TraceError)):
+    if isinstance(error, (DemoError, TraceError, RunLogError)):
         return render.render_error(str(error))
     LOG.exception("unexpected error")
     return render.render_error(f"unexpected error: {type(error).__name__}: {error} (details in the server log)")
@@ -118,13 +123,15 @@ def _load_step(state: dict, train_step):
     return (state, group, *_group_outputs(state, index))
 
 
-def open_traces(folder):
+def open_traces(folder, train_step=None):
+    """Open a trace folder at ``train_step`` (default: its first traced step)."""
     empty = {"folder": "", "files": [], "records": []}
     try:
         files = traces_view.open_trace_folder(folder)
         state = {**empty, "folder": str(Path(folder.strip()).expanduser()), "files": files}
-        steps = gr.update(choices=[(f"step {s}", s) for s, _ in files], value=files[0][0])
-        return (steps, *_load_step(state, files[0][0]))
+        train_step = files[0][0] if train_step is None else int(train_step)
+        steps = gr.update(choices=[(f"step {s}", s) for s, _ in files], value=train_step)
+        return (steps, *_load_step(state, train_step))
     except Exception as error:
         nothing = gr.update(choices=[], value=None)
         return nothing, empty, nothing, None, _failure(error), "", ""
@@ -144,6 +151,35 @@ def choose_group(state, index):
         return None, _failure(error), "", ""
 
 
+# ------------------------------------------------------------------------------------------------ overview tab
+
+
+def open_overview(run, second_run, smoothing):
+    """Read the run folder(s) and chart them: state, summary, charts, traced-step choices."""
+    try:
+        folders = open_run_folders([run or "", second_run or ""])
+        view = overview.render_overview(folders, int(smoothing or 1))
+    except Exception as error:
+        nothing = gr.update(choices=[], value=None)
+        return {"traces": []}, _failure(error), "", nothing
+    choices = overview.trace_choices(folders)
+    state = {"traces": [str(f.traces) if f.traces else None for f in folders]}
+    steps = gr.update(choices=choices, value=choices[0][1] if choices else None)
+    return state, view.summary, view.charts, steps
+
+
+def show_traces(state, value):
+    """Open the traces tab at a traced step: the tabs, the trace folder box, :func:`open_traces`'s outputs, and
+    a message for the overview tab (empty, or why nothing was opened)."""
+    try:
+        if not value:
+            raise RunLogError("no traced step chosen (the opened runs have no trace folder)")
+        folder, train_step = overview.trace_target((state or {}).get("traces") or [], value)
+    except Exception as error:
+        return (*[gr.update()] * 9, _failure(error))
+    return (gr.Tabs(selected="traces"), folder, *open_traces(folder, train_step), "")
+
+
 # ------------------------------------------------------------------------------------------------ layout
 
 
@@ -159,10 +195,12 @@ def _example_rows() -> list[list]:
     return rows
 
 
-def build_app(model_path: str, traces: str) -> gr.Blocks:
+def build_app(model_path: str, traces: str, runs: Sequence[str] = ()) -> gr.Blocks:
+    """The page; ``runs``: up to two run folders opened by the overview tab at start."""
+    runs = [*runs, "", ""]
     with gr.Blocks(title="echovl: EchoRL demo", analytics_enabled=False) as app:
         gr.Markdown(INTRO)
-        with gr.Tabs():
+        with gr.Tabs() as tabs:
             with gr.Tab("Live", id="live"):
                 with gr.Row():
                     with gr.Column(scale=1, min_width=330):
@@ -195,7 +233,7 @@ def build_app(model_path: str, traces: str) -> gr.Blocks:
                             form["delimiters"] = gr.Textbox(
                                 label="Step delimiters (one per line, \\n = newline)", value="\\n"
                             )
-                            form["min_step_tokens"] = gr.Number(value=1, precision=0, label="Min step tokens")
+                            form["min_step_tokens"] = gr.Number(value=2, precision=0, label="Min step tokens")
                             form["scope"] = gr.Radio(["all", "degenerate"], value="all", label="Mining scope")
                         run = gr.Button("Sample and mine", variant="primary", elem_id="live-run")
                     with gr.Column(scale=2, min_width=480):
@@ -228,7 +266,44 @@ def build_app(model_path: str, traces: str) -> gr.Blocks:
                 folder.submit(open_traces, inputs=[folder], outputs=opened)
                 step.input(choose_step, inputs=[state, step], outputs=[state, group, *views])
                 group.input(choose_group, inputs=[state, group], outputs=views)
+            with gr.Tab("Training overview", id="overview"):
+                overview_state = gr.State({})
+                with gr.Row():
+                    run_a = gr.Textbox(
+                        value=runs[0],
+                        label="Run folder (EasyR1 experiment_log.jsonl or CPU-experiment metrics.csv, and its traces)",
+                        scale=4,
+                        elem_id="overview-run",
+                    )
+                    run_b = gr.Textbox(
+                        value=runs[1],
+                        label="Second run folder, for an A/B (optional)",
+                        scale=4,
+                        elem_id="overview-run-b",
+                    )
+                    smoothing = gr.Slider(1, 25, value=5, step=1, label="Smoothing (steps)", scale=2, min_width=160)
+                    open_runs = gr.Button("Open", scale=0, min_width=120, elem_id="overview-open")
+                overview_summary = gr.HTML(elem_id="overview-summary")
+                with gr.Row(equal_height=True):
+                    trace_step = gr.Dropdown(
+                        label="Traced step (▲ on the charts)", choices=[], scale=2, elem_id="overview-trace-step"
+                    )
+                    show = gr.Button("Show its traces", scale=0, min_width=180, elem_id="overview-show-traces")
+                    trace_message = gr.HTML(elem_id="overview-message", scale=3)
+                overview_charts = gr.HTML(elem_id="overview-charts")
+                run_inputs = [run_a, run_b, smoothing]
+                run_outputs = [overview_state, overview_summary, overview_charts, trace_step]
+                open_runs.click(open_overview, inputs=run_inputs, outputs=run_outputs)
+                run_a.submit(open_overview, inputs=run_inputs, outputs=run_outputs)
+                run_b.submit(open_overview, inputs=run_inputs, outputs=run_outputs)
+                smoothing.input(open_overview, inputs=run_inputs, outputs=run_outputs, trigger_mode="always_last")
+                show.click(
+                    show_traces,
+                    inputs=[overview_state, trace_step],
+                    outputs=[tabs, folder, *opened, trace_message],
+                )
         app.load(open_traces, inputs=[folder], outputs=opened)
+        app.load(open_overview, inputs=run_inputs, outputs=run_outputs)
     return app
 
 
@@ -242,10 +317,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model for the live tab (default: the tiny offline demo model)")
     parser.add_argument("--traces", default=str(EXAMPLE_TRACES), help="trace folder opened by the traces tab")
+    parser.add_argument(
+        "--run",
+        action="append",
+        default=None,
+        metavar="FOLDER",
+        help="run folder for the overview tab (experiment_log.jsonl or metrics.csv, and traces); twice for an A/B "
+        "(default: the shipped example run)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on")
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.run is None:
+        args.run = [str(EXAMPLE_RUN)]
+    if len(args.run) > 2:
+        parser.error("--run at most twice (two run folders for an A/B)")
+    return args
 
 
 def main(argv=None) -> None:
@@ -255,15 +343,15 @@ def main(argv=None) -> None:
     if model is None:
         LOG.info("preparing the tiny offline demo model (built once, in about a minute, then cached)")
         model = str(demo_model_dir())
-    LOG.info("live model: %s; traces: %s", model, args.traces)
-    app = build_app(model, args.traces)
+    LOG.info("live model: %s; traces: %s; runs: %s", model, args.traces, ", ".join(args.run))
+    app = build_app(model, args.traces, args.run)
     app.queue(default_concurrency_limit=1).launch(
         server_name=args.host,
         server_port=args.port,
         share=args.share,
         show_error=True,
         theme=gr.themes.Default(**THEME_FONTS),
-        css=render.CSS,
+        css=render.CSS + overview.CSS,
         footer_links=[],
     )
 

@@ -3,6 +3,16 @@
 A response is split into reasoning steps at delimiter tokens (by default any token whose text contains
 ``"\\n"``). Everything here is a table lookup plus a cumulative sum, so it runs on whatever device the ids
 are on, with no Python loop over tokens.
+
+Reasoning markers (:data:`REASONING_MARKERS`, ``<think>`` and ``</think>``) are text, like any other token, and
+split steps only through their text (so by default never: they hold no newline). Qwen3's tokenizers add them as
+single non-special tokens, Qwen2.5's spell them with ordinary BPE pieces (the newline after them merged into
+``">\\n"``); treating them as text gives the same steps and the same text tokens for the same response text under
+both, so a response's step entropies mean the same thing whatever the backbone. In a ``<think>`` block with one
+step per line, the markers sit in short steps of their own (``"<think>\\n"``, ``"</think>\\n"``), which the
+entropy ranking judges like any other step. They stay text even where a tokenizer flags them special: dropping
+them from the text mask would make the steps' token counts and entropies depend on the tokenizer's flags rather
+than on what the model wrote.
 """
 
 from __future__ import annotations
@@ -12,6 +22,7 @@ from collections.abc import Sequence
 import torch
 
 __all__ = [
+    "REASONING_MARKERS",
     "VISION_TOKENS",
     "delimiter_table",
     "special_table",
@@ -21,7 +32,10 @@ __all__ = [
 ]
 
 VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
-"""Qwen2-VL / Qwen2.5-VL special tokens that stand for images and videos, not text."""
+"""Qwen2-VL / Qwen2.5-VL / Qwen3-VL special tokens that stand for images and videos, not text."""
+
+REASONING_MARKERS = ("<think>", "</think>")
+"""Tokens that open and close a reasoning block: always text, never special (see the module docstring)."""
 
 
 def _tokenizer(tokenizer_or_processor):
@@ -41,9 +55,10 @@ def _table_size(tokenizer, vocab_size: int | None) -> int:
 
 
 def _special_ids(tokenizer) -> set[int]:
+    """The tokenizer's special tokens, less :data:`REASONING_MARKERS` (text whatever their flag)."""
     ids = set(tokenizer.all_special_ids)
     ids.update(i for i, token in getattr(tokenizer, "added_tokens_decoder", {}).items() if token.special)
-    return ids
+    return {i for i in ids if tokenizer.convert_ids_to_tokens(i) not in REASONING_MARKERS}
 
 
 def delimiter_table(
@@ -55,7 +70,9 @@ def delimiter_table(
     (``".\\n"``, ``")\\n\\n"``), and those tokens count. A token holding only part of a multi-byte character
     decodes to U+FFFD; that replacement character never matches, so such a token counts only if a whole
     delimiter is also inside it (``b"\\x80\\n"`` ends a step, ``b"\\xe3\\x80"`` never does). Special tokens
-    (``<|im_end|>``, vision tokens, ...) are never delimiters.
+    (``<|im_end|>``, vision tokens, ...) are never delimiters. :data:`REASONING_MARKERS` are text: with
+    ``delimiters=("\\n", "</think>")`` Qwen3's one-token ``</think>`` ends a step (Qwen2.5 spells it in pieces,
+    none of which contains it).
 
     Args:
         tokenizer: a Hugging Face tokenizer, or a processor that has ``.tokenizer``.
@@ -103,7 +120,8 @@ def vision_table(tokenizer, *, vocab_size: int | None = None) -> torch.BoolTenso
 
 
 def special_table(tokenizer, *, vocab_size: int | None = None) -> torch.BoolTensor:
-    """``table[token_id]`` is True for every token that is not text: special and vision tokens.
+    """``table[token_id]`` is True for every token that is not text: special and vision tokens (never
+    :data:`REASONING_MARKERS`).
 
     ``~special_table[response_ids]`` is the text mask used for step entropies and the echo clip.
     """

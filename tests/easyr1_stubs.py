@@ -8,6 +8,7 @@ tests install a stub that provides just the names imported at the pinned commit 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -16,6 +17,7 @@ import types
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 VLLM_STUB_MODULES = {
@@ -98,6 +100,41 @@ def init_gloo_group() -> None:
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ["MASTER_PORT"] = str(_free_port())
         dist.init_process_group("gloo", rank=0, world_size=1)
+
+
+_PATCHED_MODEL_CLASSES = {
+    "transformers.models.qwen2_vl.modeling_qwen2_vl": ("Qwen2VLModel", "Qwen2VLForConditionalGeneration"),
+    "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl": ("Qwen2_5_VLModel", "Qwen2_5_VLForConditionalGeneration"),
+    "transformers.models.qwen3_vl.modeling_qwen3_vl": ("Qwen3VLModel", "Qwen3VLForConditionalGeneration"),
+    "transformers.models.qwen3_vl_moe.modeling_qwen3_vl_moe": (
+        "Qwen3VLMoeModel",
+        "Qwen3VLMoeForConditionalGeneration",
+    ),
+}
+"""The classes whose ``forward`` EasyR1's ``apply_ulysses_patch`` replaces (pinned commit b44b311b)."""
+
+
+@contextlib.contextmanager
+def worker_model_patch(model, config):
+    """What ``FSDPWorker`` does to the model classes before building the actor: with ``padding_free`` it calls
+    EasyR1's ``apply_ulysses_patch(model_type)``, which swaps in EasyR1's own forward for the Qwen-VL families (a
+    zero-weighted pass through the vision tower for text-only micro-batches, the (4, B, L) position ids check) and
+    its flash-attention entry. Undone on exit, so the reference forward and other tests see plain transformers."""
+    if not config.padding_free:
+        yield
+        return
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from verl.models.monkey_patch import apply_ulysses_patch
+
+    with pytest.MonkeyPatch.context() as patches:
+        for module_name, names in _PATCHED_MODEL_CLASSES.items():
+            module = importlib.import_module(module_name)
+            for name in names:
+                cls = getattr(module, name)
+                patches.setattr(cls, "forward", cls.forward)  # recorded, restored on exit
+        patches.setitem(ALL_ATTENTION_FUNCTIONS, "flash_attention_2", ALL_ATTENTION_FUNCTIONS["flash_attention_2"])
+        apply_ulysses_patch(model.config.model_type)
+        yield
 
 
 # ------------------------------------------------------------------------------------------- batches

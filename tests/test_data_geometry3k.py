@@ -335,6 +335,7 @@ def test_outputs_load_with_datasets(tmp_path):
     assert len(test) == 2 and set(test.column_names) == {"problem", "answer", "images", "id", "choices"}
 
 
+@pytest.mark.easyr1
 def test_rlhf_dataset_reads_the_output(tmp_path, tiny_vl_dir):
     pytest.importorskip("verl.utils.dataset", reason="EasyR1 (package verl) is not installed")
     from transformers import AutoProcessor, AutoTokenizer

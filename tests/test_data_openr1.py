@@ -324,6 +324,7 @@ def test_eval_needs_data_source(tmp_path):
 # ------------------------------------------------------------------------------------------------ consumers
 
 
+@pytest.mark.easyr1
 def test_outputs_load_with_datasets_and_rlhf_dataset(tmp_path, text_only_tokenizer):
     from datasets import load_dataset
 

@@ -6,12 +6,13 @@ from pathlib import Path
 import pytest
 
 from echovl.testing import tiny_image
-from tests.demo_support import elements
+from tests.demo_support import elements, write_cpu_run, write_easyr1_log
 
 pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "demo" / "example_traces"
+EXAMPLE_RUN = ROOT / "demo" / "example_run"
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +52,21 @@ def test_cli_defaults(app_module):
     assert Path(args.traces) == EXAMPLE
     args = app_module.parse_args(["--model", "m", "--traces", "t", "--host", "0.0.0.0", "--port", "9", "--share"])
     assert (args.model, args.traces, args.host, args.port, args.share) == ("m", "t", "0.0.0.0", 9, True)
+    assert [Path(run) for run in args.run] == [EXAMPLE_RUN]  # the shipped example run
+    assert app_module.parse_args(["--run", "a", "--run", "b"]).run == ["a", "b"]
+    with pytest.raises(SystemExit):
+        app_module.parse_args(["--run", "a", "--run", "b", "--run", "c"])
 
 
 def test_build_app(app_module, tiny_vl_dir):
     import gradio as gr
 
-    app = app_module.build_app(str(tiny_vl_dir), str(EXAMPLE))
+    app = app_module.build_app(str(tiny_vl_dir), str(EXAMPLE), ["run_a"])
     assert isinstance(app, gr.Blocks)
-    ids = {getattr(block, "elem_id", None) for block in app.blocks.values()}
-    assert {"live-run", "live-chart", "live-rollouts", "traces-chart", "traces-step", "traces-group"} <= ids
+    blocks = {getattr(block, "elem_id", None): block for block in app.blocks.values()}
+    assert {"live-run", "live-chart", "live-rollouts", "traces-chart", "traces-step", "traces-group"} <= set(blocks)
+    assert {"overview-charts", "overview-summary", "overview-trace-step", "overview-show-traces"} <= set(blocks)
+    assert (blocks["overview-run"].value, blocks["overview-run-b"].value) == ("run_a", "")
 
 
 def test_live_handler_success_and_errors(app_module, tiny_vl_dir, tmp_path):
@@ -120,3 +127,43 @@ def test_traces_handlers(app_module, tmp_path):
     steps, state, groups, image, summary, chart, rollouts = app_module.open_traces(str(folder))
     assert "step_000003.jsonl:1: not valid JSON" in elements(summary, "echo-error")[0]["text"]
     assert groups["choices"] == [] and chart == rollouts == ""
+
+
+def test_overview_handlers(app_module, tmp_path):
+    folder = write_cpu_run(tmp_path / "tiny_cpu_echo")
+    state, summary, charts, steps = app_module.open_overview(str(folder), "", 5)
+    assert "baseline: steps 1–6" in elements(summary, "echo-run-summary")[0]["text"]
+    cards = elements(charts, "echo-overview-chart")
+    assert [c["attrs"]["data-chart"] for c in cards][:5] == [
+        "degenerate_groups",
+        "accuracy",
+        "clip_step_entropy",
+        "clip_length",
+        "echo_loss",
+    ]
+    assert "trailing mean over 5 steps" in charts
+    assert steps["choices"] == [("step 1", "0:1"), ("step 2", "0:2")] and steps["value"] == "0:1"
+    assert state == {"traces": [str(folder / "traces")]}
+
+    # the traced-step selector opens the traces tab at that step
+    tabs, trace_folder, trace_steps, trace_state, groups, image, summary, chart, rollouts, message = (
+        app_module.show_traces(state, "0:2")
+    )
+    assert tabs.selected == "traces" and trace_folder == str(folder / "traces") and message == ""
+    assert trace_steps["value"] == 2 and all(r["train_step"] == 2 for r in trace_state["records"])
+    assert elements(summary, "echo-summary") and elements(chart, "echo-chart", "svg")
+
+    # an A/B of two EasyR1 runs
+    write_easyr1_log(tmp_path / "grpo")
+    write_easyr1_log(tmp_path / "grpo_echo")
+    state, summary, charts, steps = app_module.open_overview(str(tmp_path / "grpo"), str(tmp_path / "grpo_echo"), 1)
+    runs = {e["attrs"]["data-run"] for e in elements(charts, "echo-run-series")}
+    assert runs == {"grpo", "grpo_echo"} and steps["choices"] == [] and steps["value"] is None
+
+    # bad input: a message in the page, never an exception
+    state, summary, charts, steps = app_module.open_overview(str(tmp_path / "nope"), "", 5)
+    assert "nope: no such file or folder" in elements(summary, "echo-error")[0]["text"] and charts == ""
+    state, summary, charts, steps = app_module.open_overview(str(tmp_path), None, None)
+    assert "no run log in this folder" in elements(summary, "echo-error")[0]["text"]
+    *unchanged, message = app_module.show_traces(state, None)
+    assert "no traced step chosen" in elements(message, "echo-error")[0]["text"]

@@ -1,9 +1,12 @@
 """End to end in a real headless browser: start ``demo/app.py`` on localhost with the tiny demo model, submit
-a question with an image, and check the page shows the step-entropy chart and the highlighted EchoClip.
+a question with an image, and check the page shows the step-entropy chart and the highlighted EchoClip; open the
+overview tab on a run folder built here and check its charts, its link to the traces tab, an A/B of two folders
+and a bad folder.
 
 Needs Debian's chromium (``apt-get install chromium``; ``.ci/run`` installs it) and the python ``playwright``
 package; it never downloads a browser. Set ``ECHOVL_DEMO_SCREENSHOT=docs/screenshot.png`` to also write the
-README's screenshot.
+README's screenshot of the live tab, ``ECHOVL_OVERVIEW_SCREENSHOT=docs/overview.png`` for the overview tab on the
+shipped example run.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pytest
 
 from echovl.demo.examples import EXAMPLE_PROBLEMS
 from echovl.testing import tiny_image
-from tests.demo_support import demo_model_once
+from tests.demo_support import demo_model_once, write_cpu_run, write_easyr1_log
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -55,7 +58,13 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(demo_model, tmp_path_factory):
+def run_folder(tmp_path_factory):
+    """A CPU-experiment output (baseline and echo, 6 steps, traces at steps 1 and 2), opened at start."""
+    return write_cpu_run(tmp_path_factory.mktemp("runs") / "tiny_cpu_echo")
+
+
+@pytest.fixture(scope="module")
+def app_url(demo_model, run_folder, tmp_path_factory):
     port = _free_port()
     log_path = tmp_path_factory.mktemp("demo_app") / "app.log"
     env = {
@@ -64,7 +73,8 @@ def app_url(demo_model, tmp_path_factory):
         "GRADIO_ANALYTICS_ENABLED": "False",
         "ECHOVL_CACHE_DIR": str(log_path.parent / "cache"),
     }
-    command = [sys.executable, "demo/app.py", "--model", str(demo_model), "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "demo/app.py", "--model", str(demo_model), "--run", str(run_folder)]
+    command += ["--host", "127.0.0.1", "--port", str(port)]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
@@ -102,8 +112,8 @@ def page():
             browser.close()
 
 
-def _save_docs_screenshot(page, path: str) -> None:
-    """The top of the live tab after a run, palette-quantised to keep the PNG small."""
+def _save_docs_screenshot(page, path: str, height: int = 1330) -> None:
+    """The top of the page, palette-quantised to keep the PNG small."""
     from PIL import Image
 
     target = Path(path)
@@ -111,7 +121,7 @@ def _save_docs_screenshot(page, path: str) -> None:
         target = ROOT / target
     target.parent.mkdir(parents=True, exist_ok=True)
     raw = target.with_suffix(".raw.png")
-    page.screenshot(path=str(raw), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": 1330})
+    page.screenshot(path=str(raw), full_page=True, clip={"x": 0, "y": 0, "width": 1400, "height": height})
     image = Image.open(raw).convert("RGB")
     image.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE).save(target, optimize=True)
     raw.unlink()
@@ -159,3 +169,60 @@ def test_live_and_traces_tabs_in_a_browser(app_url, page, tmp_path):
     page.click("#live-run")
     page.wait_for_selector("#live-summary .echo-error", timeout=30_000)
     assert "the question is empty" in page.locator("#live-summary .echo-error").inner_text()
+
+
+def _fill(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id}").locator("textarea, input").first.fill(text)
+
+
+def test_overview_tab_in_a_browser(app_url, run_folder, page, tmp_path):
+    page.goto(app_url)
+    page.get_by_role("tab", name="Training overview").click()
+    page.wait_for_selector("#overview-charts .echo-overview-chart svg", timeout=60_000)  # opened at start (--run)
+    charts = page.locator("#overview-charts .echo-overview-chart")
+    names = [charts.nth(i).get_attribute("data-chart") for i in range(charts.count())]
+    assert names[:5] == ["degenerate_groups", "accuracy", "clip_step_entropy", "clip_length", "echo_loss"]
+    degenerate = page.locator('#overview-charts [data-chart="degenerate_groups"] .echo-run-series')
+    assert [degenerate.nth(i).get_attribute("data-run") for i in range(2)] == ["baseline", "echo"]  # A/B, one chart
+    assert degenerate.first.locator("circle").count() == 6  # one point per step
+    assert page.locator('#overview-charts [data-chart="echo_loss"] .echo-run-series').count() == 1
+    assert "metrics.csv" in page.locator("#overview-summary").inner_text()
+    assert page.locator("#overview-charts svg").first.is_visible()
+    page.screenshot(path=str(tmp_path / "overview.png"), full_page=True)
+
+    # a traced step opens the traces tab at that step
+    page.locator("#overview-trace-step").locator("input").first.click()
+    page.get_by_role("option", name="step 2").click()
+    page.click("#overview-show-traces")
+    page.wait_for_function(
+        "() => { const box = document.querySelector('#traces-step input'); return box && box.value === 'step 2'; }",
+        timeout=30_000,
+    )
+    page.wait_for_selector("#traces-chart svg.echo-chart", timeout=30_000)
+    assert page.locator("#traces-chart").is_visible()  # the traces tab is the one shown
+    assert page.locator("#traces-folder").locator("textarea, input").first.input_value() == str(run_folder / "traces")
+    assert "training step2" in page.locator("#traces-summary .echo-stats").text_content()  # label, then value
+
+    # an A/B of two EasyR1 runs, typed in
+    a, b = write_easyr1_log(tmp_path / "grpo").parent, write_easyr1_log(tmp_path / "grpo_echo").parent
+    page.get_by_role("tab", name="Training overview").click()
+    _fill(page, "overview-run", str(a))
+    _fill(page, "overview-run-b", str(b))
+    page.click("#overview-open")
+    page.wait_for_selector('#overview-charts .echo-run-series[data-run="grpo_echo"]', timeout=30_000)
+    accuracy = page.locator('#overview-charts [data-chart="accuracy"] .echo-run-series')
+    assert [accuracy.nth(i).get_attribute("data-run") for i in range(accuracy.count())] == ["grpo", "grpo_echo"]
+
+    # a folder without a log: a message in the page
+    _fill(page, "overview-run", str(tmp_path / "nowhere"))
+    _fill(page, "overview-run-b", "")
+    page.click("#overview-open")
+    page.wait_for_selector("#overview-summary .echo-error", timeout=30_000)
+    assert "nowhere: no such file or folder" in page.locator("#overview-summary .echo-error").inner_text()
+    assert page.locator("#overview-charts .echo-overview-chart").count() == 0
+
+    if os.environ.get("ECHOVL_OVERVIEW_SCREENSHOT"):  # the shipped example run, as the app opens it by default
+        _fill(page, "overview-run", str(ROOT / "demo" / "example_run"))
+        page.click("#overview-open")
+        page.wait_for_selector("#overview-charts .echo-overview-chart svg", timeout=30_000)
+        _save_docs_screenshot(page, os.environ["ECHOVL_OVERVIEW_SCREENSHOT"], height=1250)

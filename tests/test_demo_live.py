@@ -8,7 +8,9 @@ from echovl.demo.live import (
     DemoError,
     LiveRequest,
     ModelCache,
+    SampledGroup,
     load_model,
+    mine_group,
     open_image,
     parse_delimiters,
     run_live,
@@ -150,6 +152,43 @@ def test_sample_group_entropy_mask_and_texts(tiny_vl):
     hotter = LiveRequest("Find angle C.", "70", num_rollouts=3, temperature=1.5, max_new_tokens=24, seed=3)
     hotter.validate()
     assert float(sample_group(tiny_vl, hotter, image).entropy.max()) > float(sampled.entropy.max())
+
+
+@pytest.mark.parametrize("model_dir", ["tiny_qwen3_vl_dir", "tiny_qwen3_dir"])
+def test_qwen3_backbones_sample_and_mine(request, model_dir):
+    """Qwen3-VL / Qwen3 (one-token <think> markers): sampling and entropy as for Qwen2.5-VL, and a verified rollout
+    written with the markers is split and clipped as its text reads."""
+    loaded = load_model(str(request.getfixturevalue(model_dir)), device="cpu")
+    image = tiny_image(2) if loaded.is_vlm else None
+    live = LiveRequest("Find x.", "6", num_rollouts=2, temperature=0.9, max_new_tokens=12, seed=1)
+    live.validate()
+    sampled = sample_group(loaded, live, image)
+    torch.testing.assert_close(sampled.entropy, _reference_entropy(loaded, sampled, image, live), atol=2e-4, rtol=1e-4)
+
+    tokenizer = loaded.tokenizer
+    texts = ["<think>\nAngle A is 30.\nSo x = 6.\n</think>\n\\boxed{6}", "<think>\nx = 5.\n</think>\n\\boxed{5}"]
+    rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    assert tokenizer.convert_tokens_to_ids("</think>") in rows[0]  # one token, not BPE pieces
+    width = max(map(len, rows))
+    response = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    entropy = torch.full(response.shape, 0.1) * mask
+    second = len(tokenizer("<think>\nAngle A is 30.\n", add_special_tokens=False)["input_ids"])
+    entropy[0, second : second + 3] = 2.0  # "So x = 6.\n" is the uncertain step
+    record = mine_group(loaded, SampledGroup("Find x.", response, mask, entropy, texts, (0.0, 0.0)), live)
+    steps = record["rollouts"][0]["steps"]
+    assert [texts[0][slice(*step["chars"])] for step in steps] == [
+        "<think>\n",
+        "Angle A is 30.\n",
+        "So x = 6.\n",
+        "</think>\n",
+        "\\boxed{6}",  # <|im_end|> is special: not text, and not in the decoded text
+    ]
+    assert [r["verified"] for r in record["rollouts"]] == [True, False]
+    clip = record["clip"]
+    assert (clip["rollout"], clip["step"]) == (0, 2)
+    assert texts[0][: clip["char_end"]] == "<think>\nAngle A is 30.\nSo x = 6.\n"
+    assert steps[0]["text_tokens"] == 2  # <think> and the newline: the marker counts as text
 
 
 def test_vision_placeholders_are_never_sampled(tiny_vl_dir):

@@ -15,6 +15,7 @@ from tests.easyr1_stubs import (  # noqa: E402
     init_gloo_group,
     install_vllm_stub,
     reference_log_probs_and_entropy,
+    worker_model_patch,
     write_prompt_parquet,
 )
 
@@ -35,33 +36,47 @@ def _process_group():
     init_gloo_group()
 
 
-@pytest.fixture(scope="module")
-def vl_model(tiny_vl_dir):
-    from transformers import AutoModelForImageTextToText
-
-    return AutoModelForImageTextToText.from_pretrained(tiny_vl_dir, dtype=torch.float32).eval()
-
-
-@pytest.fixture(scope="module")
-def lm_model(tiny_lm_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_lm_dir, dtype=torch.float32).eval()
+BACKBONE_DIRS = {
+    "qwen2_5_vl": "tiny_vl_dir",
+    "qwen3_vl": "tiny_qwen3_vl_dir",
+    "qwen2": "tiny_lm_dir",
+    "qwen3": "tiny_qwen3_dir",
+}
+"""Tiny backbone -> the session fixture that builds it."""
+VL_BACKBONES = ("qwen2_5_vl", "qwen3_vl")
 
 
 @pytest.fixture(scope="module")
-def vl_batch(tiny_vl_dir, tmp_path_factory):
-    """3 prompts (2 with an image, 1 text only) x 2 responses, mrope position ids as EasyR1 builds them."""
-    parquet = write_prompt_parquet(tmp_path_factory.mktemp("vl") / "train.parquet", images=True)
-    batch, _, _ = build_rollout_batch(tiny_vl_dir, parquet, n=2, temperature=TEMPERATURE)
-    return batch
+def backbones(request, tmp_path_factory):
+    """``backbones(name) -> (model, batch)``: the tiny backbone's fp32 model and a rollout batch of 3 prompts x 2
+    responses from EasyR1's ``RLHFDataset`` (VL: 2 prompts with an image, 1 text only, mrope position ids as EasyR1
+    builds them for that model), each loaded once per module."""
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+
+    loaded = {}
+
+    def get(name: str):
+        if name not in loaded:
+            model_dir = request.getfixturevalue(BACKBONE_DIRS[name])
+            images = name in VL_BACKBONES
+            auto = AutoModelForImageTextToText if images else AutoModelForCausalLM
+            model = auto.from_pretrained(model_dir, dtype=torch.float32).eval()
+            parquet = write_prompt_parquet(tmp_path_factory.mktemp(name) / "train.parquet", images=images)
+            batch, _, _ = build_rollout_batch(model_dir, parquet, n=2, temperature=TEMPERATURE)
+            loaded[name] = model, batch
+        return loaded[name]
+
+    return get
 
 
 @pytest.fixture(scope="module")
-def lm_batch(tiny_lm_dir, tmp_path_factory):
-    parquet = write_prompt_parquet(tmp_path_factory.mktemp("lm") / "train.parquet", images=False)
-    batch, _, _ = build_rollout_batch(tiny_lm_dir, parquet, n=2, temperature=TEMPERATURE)
-    return batch
+def vl_model(backbones):
+    return backbones("qwen2_5_vl")[0]
+
+
+@pytest.fixture(scope="module")
+def vl_batch(backbones):
+    return backbones("qwen2_5_vl")[1]
 
 
 def _unpad_input(hidden_states, attention_mask, *args):
@@ -97,7 +112,8 @@ def cpu_dynamic_batching(monkeypatch):
 
 
 def _check_against_hf(actor, model, batch):
-    log_probs, entropy = actor.compute_log_prob_and_entropy(batch)
+    with worker_model_patch(model, actor.config):
+        log_probs, entropy = actor.compute_log_prob_and_entropy(batch)
     ref_log_probs, ref_entropy = reference_log_probs_and_entropy(model, batch, TEMPERATURE)
     mask = batch.batch["response_mask"].bool()
     assert log_probs.shape == entropy.shape == mask.shape
@@ -107,21 +123,27 @@ def _check_against_hf(actor, model, batch):
     assert entropy[mask].min() > 0.1  # a random tiny model is far from deterministic
 
 
+@pytest.mark.parametrize("backbone", VL_BACKBONES)
 @pytest.mark.parametrize("micro", [2, 3])
-def test_entropy_matches_hf_forward_padded(vl_model, vl_batch, micro):
-    """Image and text-only samples in one batch, mrope position ids, EasyR1's padded branch."""
-    assert vl_batch.batch["position_ids"].dim() == 3
-    inputs = vl_batch.non_tensor_batch["multi_modal_inputs"]
+def test_entropy_matches_hf_forward_padded(backbones, backbone, micro):
+    """Image and text-only samples in one batch, mrope position ids (Qwen3-VL: its own rope index, interleaved
+    mrope, deepstack), EasyR1's padded branch."""
+    model, batch = backbones(backbone)
+    assert batch.batch["position_ids"].dim() == 3
+    inputs = batch.non_tensor_batch["multi_modal_inputs"]
     assert any(inputs_row == {} for inputs_row in inputs) and any("pixel_values" in r for r in inputs)
-    actor = EchoActor(actor_config(len(vl_batch), micro=micro), vl_model, echo=EchoConfig(entropy_chunk_size=7))
-    _check_against_hf(actor, vl_model, vl_batch)
+    actor = EchoActor(actor_config(len(batch), micro=micro), model, echo=EchoConfig(entropy_chunk_size=7))
+    _check_against_hf(actor, model, batch)
 
 
+@pytest.mark.parametrize("backbone", VL_BACKBONES)
 @pytest.mark.parametrize("micro", [1, 3])
-def test_entropy_matches_hf_forward_padding_free(vl_model, vl_batch, cpu_padding_free, micro):
-    """EasyR1's padding-free branch (unpad, packed forward, pad back), several sequences per pack."""
-    actor = EchoActor(actor_config(len(vl_batch), micro=micro, padding_free=True), vl_model, echo=EchoConfig())
-    _check_against_hf(actor, vl_model, vl_batch)
+def test_entropy_matches_hf_forward_padding_free(backbones, backbone, cpu_padding_free, micro):
+    """EasyR1's padding-free branch (unpad, packed forward through EasyR1's own model forward, pad back), several
+    sequences per pack."""
+    model, batch = backbones(backbone)
+    actor = EchoActor(actor_config(len(batch), micro=micro, padding_free=True), model, echo=EchoConfig())
+    _check_against_hf(actor, model, batch)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -137,12 +159,14 @@ def test_entropy_matches_hf_forward_dynamic_batching(
     _check_against_hf(actor, vl_model, vl_batch)
 
 
+@pytest.mark.parametrize("backbone", ["qwen2", "qwen3"])
 @pytest.mark.parametrize("padding_free", [False, True])
-def test_entropy_matches_hf_forward_text_model(lm_model, lm_batch, cpu_padding_free, padding_free):
+def test_entropy_matches_hf_forward_text_model(backbones, backbone, cpu_padding_free, padding_free):
     """A text-only causal LM (2-D position ids)."""
-    assert lm_batch.batch["position_ids"].dim() == 2
-    actor = EchoActor(actor_config(len(lm_batch), micro=2, padding_free=padding_free), lm_model, echo=EchoConfig())
-    _check_against_hf(actor, lm_model, lm_batch)
+    model, batch = backbones(backbone)
+    assert batch.batch["position_ids"].dim() == 2
+    actor = EchoActor(actor_config(len(batch), micro=2, padding_free=padding_free), model, echo=EchoConfig())
+    _check_against_hf(actor, model, batch)
 
 
 @pytest.mark.parametrize("padding_free", [False, True])
@@ -271,18 +295,20 @@ def _params(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
-def test_update_policy_echo_only_gradient(vl_model, vl_batch):
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl", "qwen3"])
+def test_update_policy_echo_only_gradient(backbones, backbone):
     """All advantages 0: the PG term is 0, the echo term alone moves the parameters; echo/loss = mean clip NLL."""
+    base, batch = backbones(backbone)
     clip_rows = (0, 3, 4)
-    data = _update_batch(vl_batch, vl_model, advantages=0.0, clip_rows=clip_rows)
-    model = _clone(vl_model)
+    data = _update_batch(batch, base, advantages=0.0, clip_rows=clip_rows)
+    model = _clone(base)
     before = _params(model)
     coef = 0.5
     actor = _sgd_actor(EchoActor, model, len(data), echo=EchoConfig(coef=coef))
     metrics = actor.update_policy(data)
 
     # hand-computed J_echo: the mean over clips of each clip's mean NLL, from a plain forward
-    ref_log_probs, _ = reference_log_probs_and_entropy(vl_model, data, TEMPERATURE)
+    ref_log_probs, _ = reference_log_probs_and_entropy(base, data, TEMPERATURE)
     nll = [-ref_log_probs[r][data.batch[ECHO_MASK][r]].mean() for r in clip_rows]
     expected = torch.stack(nll).mean()
     assert metrics["echo/loss"] == [pytest.approx(float(expected), rel=1e-5)]
@@ -291,7 +317,7 @@ def test_update_policy_echo_only_gradient(vl_model, vl_batch):
     assert max(delta) > 0
 
     # the step is exactly -lr * coef * grad(J_echo) (SGD, lr 1, no clipping)
-    reference = _clone(vl_model)
+    reference = _clone(base)
     log_probs = _forward_log_probs(reference, data)
     total, count = echo_nll(log_probs, data.batch[ECHO_MASK])
     (coef * total / count).backward()

@@ -135,10 +135,26 @@ def test_without_easyr1_the_entry_point_says_how_to_install(monkeypatch, capsys)
     assert "pip install -e '.[easyr1]'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(
-    "script", ["geo3k_grpo_echo.sh", "geo3k_grpo.sh", "geo3k_dapo_echo.sh", "openr1_math_grpo_echo.sh"]
-)
-def test_launch_scripts_build_valid_configs(tmp_path, script):
+LAUNCH_SCRIPTS = {
+    "geo3k_grpo_echo.sh": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "geo3k_grpo.sh": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "geo3k_dapo_echo.sh": "Qwen/Qwen2.5-VL-7B-Instruct",
+    "geo3k_qwen3vl_grpo_echo.sh": "Qwen/Qwen3-VL-4B-Instruct",
+    "openr1_math_grpo_echo.sh": "Qwen/Qwen2.5-Math-7B",
+    "openr1_math_qwen3_grpo_echo.sh": "Qwen/Qwen3-8B-Base",
+}
+"""Every launch script in configs/ and the model it trains by default."""
+
+
+def test_every_launch_script_is_tested():
+    """Every training script in configs/ (not the CPU mini-experiment, not the eval_*.sh evaluation scripts)."""
+    scripts = [p.name for p in (ROOT / "configs").glob("*.sh") if p.name != "tiny_cpu_echo.sh"]
+    assert sorted(name for name in scripts if not name.startswith("eval_")) == sorted(LAUNCH_SCRIPTS)
+
+
+@pytest.mark.parametrize("script", sorted(LAUNCH_SCRIPTS))
+@pytest.mark.parametrize("model_path", [None, "/models/m"])
+def test_launch_scripts_build_valid_configs(tmp_path, script, model_path):
     """Each script, with its environment overrides, passes arguments that load into a valid config."""
     fake_python = tmp_path / "python"
     fake_python.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
@@ -148,19 +164,25 @@ def test_launch_scripts_build_valid_configs(tmp_path, script):
         **os.environ,
         "PYTHON": str(fake_python),
         "ARGS_OUT": str(out),
-        "MODEL_PATH": "/models/m",
         "TRAIN_FILES": "/data/train.parquet",
         "N_GPUS_PER_NODE": "4",
         "NNODES": "2",
     }
+    env.pop("MODEL_PATH", None)
+    if model_path is not None:
+        env["MODEL_PATH"] = model_path
     subprocess.run(["bash", str(ROOT / "configs" / script), "trainer.max_steps=3"], env=env, check=True, cwd=tmp_path)
     args = out.read_text().splitlines()
     assert args[:2] == ["-m", "echovl.train"]
     config = load_config(args[2:])
-    assert config.worker.actor.model.model_path == "/models/m"
+    assert config.worker.actor.model.model_path == (model_path or LAUNCH_SCRIPTS[script])
     assert config.data.train_files == "/data/train.parquet"
+    rollout = config.worker.rollout  # vLLM must fit one whole sequence in a batch (EasyR1 checks it at start-up)
+    assert rollout.max_num_batched_tokens >= config.data.max_prompt_length + config.data.max_response_length
     assert (config.trainer.n_gpus_per_node, config.trainer.nnodes, config.trainer.max_steps) == (4, 2, 3)
     assert config.echo.enable == (script != "geo3k_grpo.sh")
     if script == "geo3k_dapo_echo.sh":
         assert config.algorithm.online_filtering and config.algorithm.disable_kl
         assert config.algorithm.filter_key == "accuracy"
+    if script == "openr1_math_qwen3_grpo_echo.sh":
+        assert config.data.max_response_length == 8192  # LUFFY's budget, in Qwen3's context

@@ -1,5 +1,7 @@
 """The paired bootstrap over problems: known differences, no difference, and coverage in a small simulation."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -79,3 +81,29 @@ def test_bad_input():
         paired_bootstrap([np.ones(3)], [np.ones(4)])
     with pytest.raises(ValueError, match="confidence"):
         paired_bootstrap([np.ones(3)], [np.ones(3)], confidence=1.0)
+
+
+def test_student_t_quantiles_match_the_table():
+    from echovl.eval.stats import student_t_quantile
+
+    # two-sided 95% critical values from a printed t table
+    for df, value in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (30, 2.042), (120, 1.980)):
+        assert student_t_quantile(0.975, df) == pytest.approx(value, abs=1e-3)
+    assert student_t_quantile(0.95, 10) == pytest.approx(1.812, abs=1e-3)
+    assert student_t_quantile(0.025, 4) == pytest.approx(-2.776, abs=1e-3)
+    with pytest.raises(ValueError):
+        student_t_quantile(1.0, 3)
+
+
+def test_paired_t_interval_worked_by_hand():
+    from echovl.eval.stats import paired_t_interval
+
+    # differences 1, 2, 3: mean 2, sd 1, half width 4.3027 / sqrt(3) = 2.4841
+    interval = paired_t_interval([0.0, 0.0, 0.0], [1.0, 2.0, 3.0])
+    assert interval.difference == 2.0 and (interval.low, interval.high) == pytest.approx((-0.4841, 4.4841), abs=1e-4)
+    assert not interval.excludes_zero
+    assert paired_t_interval([0.0, 1.0], [1.0, 2.0]).low == pytest.approx(1.0)  # no spread: a point
+    single = paired_t_interval([0.2], [0.5])
+    assert single.difference == pytest.approx(0.3) and math.isnan(single.low)
+    with pytest.raises(ValueError):
+        paired_t_interval([1.0], [1.0, 2.0])

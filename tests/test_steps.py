@@ -4,6 +4,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from echovl.steps import (
+    REASONING_MARKERS,
     VISION_TOKENS,
     delimiter_table,
     row_extents,
@@ -128,6 +129,63 @@ def test_text_mask_drops_vision_tokens_and_padding(qwen_tokenizer):
     mask[0, -1] = 0
     out = text_mask(ids, mask, vision_table(qwen_tokenizer))
     assert out[0].tolist() == [False, False, False] + [True] * (ids.shape[1] - 4) + [False]
+
+
+# ---------------------------------------------------------------- reasoning markers (<think>, </think>)
+
+
+def _step_texts(tokenizer, text: str, delimiters=("\n",)) -> tuple[list[str], str]:
+    """The decoded text of each step of ``text``, and of its text tokens (the text mask) joined."""
+    ids = torch.tensor([_ids(tokenizer, text)])
+    mask = torch.ones_like(ids)
+    steps = step_index(ids, mask, delimiter_table(tokenizer, delimiters))[0]
+    texts = text_mask(ids, mask, special_table(tokenizer))[0]
+    step_texts = [tokenizer.decode(ids[0][steps == s].tolist()) for s in range(int(steps.max()) + 1)]
+    return step_texts, tokenizer.decode(ids[0][texts].tolist())
+
+
+def test_qwen3_reasoning_markers_are_single_text_tokens_not_delimiters(qwen3_tokenizer):
+    """Qwen3's tokenizer adds <think> / </think> as one non-special token each: text, and no step boundary."""
+    marker_ids = [qwen3_tokenizer.convert_tokens_to_ids(m) for m in REASONING_MARKERS]
+    for marker, token_id in zip(REASONING_MARKERS, marker_ids):
+        assert _ids(qwen3_tokenizer, marker) == [token_id]
+        assert qwen3_tokenizer.added_tokens_decoder[token_id].special is False  # as in Qwen3's tokenizer config
+    assert not special_table(qwen3_tokenizer)[marker_ids].any()
+    assert not delimiter_table(qwen3_tokenizer)[marker_ids].any()
+    assert special_table(qwen3_tokenizer)[qwen3_tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    # a delimiter named after a marker makes Qwen3's one-token marker a step boundary
+    assert delimiter_table(qwen3_tokenizer, ["\n", "</think>"])[marker_ids].tolist() == [False, True]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "<think>\nAngle A is 30 degrees.\nSo x = 6.\n</think>\n\\boxed{6}",
+        "<think>\nThe radius is 3.\n\nArea is 9 π.\n</think>\n\nThe answer is \\boxed{9}.",
+        "<think>Let x be the side.\nThen x = 4.</think>\\boxed{4}",
+        "No block here.\nJust <think> in words.\n",
+    ],
+)
+def test_qwen3_and_qwen2_5_tokenizers_give_the_same_steps(qwen_tokenizer, qwen3_tokenizer, text):
+    """One marker token (Qwen3) or BPE pieces (Qwen2.5): the same steps and the same text tokens."""
+    qwen3_ids = _ids(qwen3_tokenizer, text)
+    assert len(qwen3_ids) < len(_ids(qwen_tokenizer, text))  # the tokenizations really differ
+    steps, texts = _step_texts(qwen3_tokenizer, text)
+    assert (steps, texts) == _step_texts(qwen_tokenizer, text)
+    assert "".join(steps) == texts == text
+
+
+def test_reasoning_markers_stay_text_when_flagged_special(qwen_tokenizer):
+    """A tokenizer that registers <think> / </think> as special tokens still counts them as text."""
+    import copy
+
+    flagged = copy.deepcopy(qwen_tokenizer)
+    flagged.add_special_tokens({"additional_special_tokens": list(REASONING_MARKERS)}, False)
+    marker_ids = [flagged.convert_tokens_to_ids(m) for m in REASONING_MARKERS]
+    assert set(marker_ids) <= set(flagged.all_special_ids)
+    assert not special_table(flagged)[marker_ids].any()
+    text = "<think>\nSo x = 6.\n</think>\n\\boxed{6}"
+    assert _step_texts(flagged, text) == (["<think>\n", "So x = 6.\n", "</think>\n", "\\boxed{6}"], text)
 
 
 # ---------------------------------------------------------------- step_index

@@ -28,11 +28,17 @@ def test_digit_task_is_consistent():
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    import torch
+
     from echovl.experiments.tiny_cpu import ExperimentSettings, run_experiment
 
     out = tmp_path_factory.mktemp("tiny_cpu")
     settings = ExperimentSettings.quick(seed=0)
-    return out, settings, run_experiment(out, settings)
+    settings.variants = {"soft": {"selection": "soft", "soft_temperature": 0.5}}  # a third run, echo with soft clips
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    summary = run_experiment(out, settings)
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before  # restored
+    return out, settings, summary
 
 
 def test_quick_run_writes_metrics(quick_run):
@@ -44,7 +50,7 @@ def test_quick_run_writes_metrics(quick_run):
         assert tuple(reader.fieldnames) == COLUMNS
         rows = list(reader)
     assert [(r["run"], int(r["step"])) for r in rows] == [
-        (run, step) for run in ("baseline", "echo") for step in range(1, settings.steps + 1)
+        (run, step) for run in ("baseline", "echo", "soft") for step in range(1, settings.steps + 1)
     ]
     for row in rows:
         for column in ("accuracy", "all_correct_groups", "all_wrong_groups", "rl_grad_norm", "loss", "entropy"):
@@ -96,12 +102,22 @@ def test_quick_run_summary(quick_run, capsys):
     out, settings, summary = quick_run
     saved = json.loads((out / "summary.json").read_text())
     assert saved["settings"]["steps"] == settings.steps and saved["settings"]["seed"] == 0
-    assert set(saved["eval"]) == {"start", "baseline", "echo"}
+    assert set(saved["eval"]) == {"start", "baseline", "echo", "soft"}
+    assert saved["settings"]["runs"] == ["baseline", "echo", "soft"]
     assert all(0 <= saved["eval"][k]["greedy"] <= 1 for k in saved["eval"])
     assert saved["runtime_s"] > 0 and saved["warmup"]["steps"] == settings.warmup_max_steps
+    # what the numbers depend on besides the settings: threads (fixed, 2 by default), kernels, versions, weights
+    import torch
+
+    environment = saved["environment"]
+    assert environment["torch_threads"] == settings.threads == 2
+    assert environment["packages"]["torch"] == torch.__version__.split("+")[0] and environment["cpu_capability"]
+    assert len(saved["model_fingerprint"]) == len(saved["warmup"]["fingerprint"]) == 16
+    assert saved["model_fingerprint"] != saved["warmup"]["fingerprint"]
     report = _report(summary)
     assert f"python demo/app.py --traces {out / 'traces'}" in report
     assert str(out / "plot.png") in report and str(out / "metrics.csv") in report
+    assert f"Fingerprints: model {saved['model_fingerprint']}, warm start {saved['warmup']['fingerprint']}." in report
 
 
 def test_cli_rejects_bad_arguments():
@@ -111,3 +127,80 @@ def test_cli_rejects_bad_arguments():
         main(["--steps", "0"])
     with pytest.raises(SystemExit):
         main(["--coef", "-1"])
+    with pytest.raises(SystemExit):
+        main(["--threads", "0"])
+
+
+def test_a_variant_runs_with_its_echo_settings(quick_run):
+    """--variant soft:selection=soft,...: its own traces, every group's clip weights summing to 1."""
+    from echovl.traces import list_trace_files, read_trace_file
+
+    out, _, summary = quick_run
+    records = [r for _, path in list_trace_files(out / "traces_soft") for r in read_trace_file(path)]
+    mined = [r for r in records if r["clips"]]
+    assert mined and all(sum(c["weight"] for c in r["clips"]) == pytest.approx(1.0, abs=1e-5) for r in mined)
+    assert all(len(r["clips"]) == 1 for _, path in list_trace_files(out / "traces") for r in read_trace_file(path))
+    assert "soft" in _report_lines(summary)
+
+
+def _report_lines(summary) -> str:
+    from echovl.experiments.tiny_cpu import _report
+
+    return _report(summary)
+
+
+def test_seeds_and_variants_are_parsed_with_clear_errors():
+    from echovl.experiments.tiny_cpu import main, parse_seeds, parse_variant
+
+    assert parse_seeds("0-4") == [0, 1, 2, 3, 4]
+    assert parse_seeds("3, 1-2,3") == [3, 1, 2]
+    for bad in ("", "a", "4-2", "-1", "1-x"):
+        with pytest.raises(ValueError, match="--seeds"):
+            parse_seeds(bad)
+    assert parse_variant("soft:selection=soft,soft_temperature=0.5") == (
+        "soft",
+        {"selection": "soft", "soft_temperature": 0.5},
+    )
+    assert parse_variant("late:start_step=10,coef=0.01") == ("late", {"start_step": 10, "coef": 0.01})
+    for bad, message in (
+        ("soft", "NAME:key=value"),
+        ("echo:top_k=2", "not baseline or echo"),
+        ("x:selection", "is not key=value"),
+        ("x:selecton=soft", "Did you mean echo.selection"),
+        ("x:top_k=0", "echo.top_k"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_variant(bad)
+    for argv in (["--seeds", "2-1"], ["--variant", "bad"], ["--seed", "3", "--seeds", "0-1"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+
+
+def test_seeds_report_the_paired_difference_over_seeds(tmp_path, monkeypatch):
+    """Three seeds with scripted held-out accuracies: the differences, their mean and the t-interval by hand."""
+    from echovl.experiments import tiny_cpu
+
+    greedy = {0: (0.50, 0.60, 0.52), 1: (0.40, 0.45, 0.40), 2: (0.70, 0.70, 0.75)}  # baseline, echo, soft
+
+    def fake_run(out, settings, progress=None):
+        assert out.name == f"seed_{settings.seed}" and settings.variants == {"soft": {"selection": "soft"}}
+        evals = {"start": {"greedy": 0.1, "sampled": 0.1}}
+        for run, value in zip(("baseline", "echo", "soft"), greedy[settings.seed]):
+            evals[run] = {"greedy": value, "sampled": value / 2}
+        return {"eval": evals, "runtime_s": 10.0}
+
+    monkeypatch.setattr(tiny_cpu, "run_experiment", fake_run)
+    settings = tiny_cpu.ExperimentSettings.quick()
+    settings.variants = {"soft": {"selection": "soft"}}
+    comparison = tiny_cpu.run_seeds(tmp_path, settings, [0, 1, 2])
+    echo = comparison["differences"]["echo"]["greedy"]
+    assert echo["per_seed"] == pytest.approx([0.10, 0.05, 0.0])
+    # mean 0.05, sd 0.05, t(0.975, 2) = 4.3027: half width 4.3027 * 0.05 / sqrt(3) = 0.12421
+    assert echo["mean"] == pytest.approx(0.05) and echo["high"] - echo["mean"] == pytest.approx(0.12421, abs=1e-5)
+    assert comparison["differences"]["soft"]["sampled"]["per_seed"] == pytest.approx([0.01, 0.0, 0.025])
+    with open(tmp_path / "seeds.csv") as f:
+        assert len(f.read().splitlines()) == 1 + 3 * 4  # header + seeds x (start, baseline, echo, soft)
+    saved = json.loads((tmp_path / "seeds.json").read_text())
+    assert saved["differences"]["echo"]["greedy"]["mean"] == pytest.approx(0.05) and saved["runtime_s"] == 30.0
+    report = tiny_cpu._seeds_report(comparison, tmp_path)
+    assert "echo - baseline: greedy +0.050 [-0.074, +0.174]" in report

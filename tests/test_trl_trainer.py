@@ -167,16 +167,20 @@ def test_echo_off_matches_grpo_trainer(tiny_vl_dir, tmp_path):
 
 
 # ------------------------------------------------------------------------------------- degenerate batch
-@pytest.mark.parametrize("enable", [False, True])
-def test_all_correct_batch_has_a_gradient_only_with_echo(tiny_vl_dir, tmp_path, enable):
+@pytest.mark.parametrize(
+    "model_dir, enable", [("tiny_vl_dir", False), ("tiny_vl_dir", True), ("tiny_qwen3_vl_dir", True)]
+)
+def test_all_correct_batch_has_a_gradient_only_with_echo(request, tmp_path, model_dir, enable):
+    """Qwen2.5-VL, and Qwen3-VL (its processor, its tokenizer's one-token <think> markers)."""
     from echovl.trl import EchoGRPOTrainer
 
+    model_dir = request.getfixturevalue(model_dir)
     trainer = EchoGRPOTrainer(
-        model=_vl_model(tiny_vl_dir),
+        model=_vl_model(model_dir),
         reward_funcs=[all_correct],
         args=grpo_config(tmp_path, max_steps=1),
         train_dataset=vl_dataset(),
-        processing_class=_vl_processor(tiny_vl_dir),
+        processing_class=_vl_processor(model_dir),
         echo_config={"enable": enable},
     )
     before = [p.detach().clone() for p in trainer.model.parameters()]

@@ -5,9 +5,10 @@ The paper averages entropy over a step so that one noisy token does not decide t
 per folder:
 
 - how many clips were chosen, and how often the chosen step has fewer than 2, 3, 5 text tokens;
-- for each ``echo.min_step_tokens`` = k, how many groups would get another clip (or none): the clip re-mined
-  from the trace's own per-step entropies and text-token counts (verified rollouts only; ties to the lowest
-  rollout, then the earliest step, as :func:`echovl.clip.mine_echo_clips`).
+- for each ``echo.min_step_tokens`` = k, how many groups would get another clip (or none) than with k = 1: both
+  re-mined from the trace's own per-step entropies and text-token counts (verified rollouts only; ties to the
+  lowest rollout, then the earliest step, as :func:`echovl.clip.mine_echo_clips`). Both sides use the trace's
+  entropies, rounded to 6 decimals, so a tie the rounding made cannot count as a change.
 
 ``--csv FILE`` writes the same table.
 """
@@ -86,9 +87,8 @@ def _count(stats: ClipStepStats, record: dict, thresholds: Sequence[int]) -> Non
         stats.clips += 1
         for k in thresholds:
             stats.shorter_than[k] += tokens < k
-    clip = record["clip"]
-    if clip is not None:
-        chosen = (clip["rollout"], clip["step"])
+    if record["clip"] is not None:
+        chosen = remine_step(record, 1)
         for k in thresholds:
             stats.changed_with_min[k] += remine_step(record, k) != chosen
 

@@ -130,7 +130,7 @@ class LiveRequest:
     """Appended to the question (empty for none)."""
     delimiters: tuple[str, ...] = ("\n",)
     """A token whose text contains one of these ends a step."""
-    min_step_tokens: int = 1
+    min_step_tokens: int = 2  # echo.min_step_tokens' default
     """Fewest text tokens of an eligible step."""
     scope: str = "all"
     """``all`` mines every group with a verified rollout; ``degenerate`` only all-correct groups."""

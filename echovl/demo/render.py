@@ -14,8 +14,10 @@ from typing import NamedTuple
 
 __all__ = [
     "CSS",
+    "PALETTE",
     "GroupView",
     "RecordError",
+    "axis_ticks",
     "check_record",
     "entropy_range",
     "render_chart",
@@ -214,13 +216,16 @@ def render_summary(record: dict, notes: Sequence[str] = ()) -> str:
     )
 
 
-def _ticks(top: float, count: int = 5) -> list[float]:
-    if top <= 0:
-        return [0.0]
-    raw = top / count
+def axis_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """Round axis ticks (multiples of 1, 2, 2.5 or 5 times a power of ten) from ``low`` up to ``high``, about
+    ``count`` intervals; ``[low]`` when the range is empty."""
+    if not high > low:
+        return [low]
+    raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
     step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    return [i * step for i in range(int(math.floor(top / step + 1e-9)) + 1)]
+    first = math.ceil(low / step - 1e-9)
+    return [i * step for i in range(first, int(math.floor(high / step + 1e-9)) + 1)]
 
 
 def render_chart(record: dict) -> str:
@@ -237,7 +242,7 @@ def render_chart(record: dict) -> str:
     width, height = 760, 300
     left, right, top_margin, bottom = 56, 18, 30, 44
     plot_w, plot_h = width - left - right, height - top_margin - bottom
-    ticks = _ticks(top * 1.08)
+    ticks = axis_ticks(0.0, top * 1.08)
     y_max = max(ticks[-1], top * 1.08) or 1.0
 
     def x(step: int) -> float:

@@ -9,9 +9,14 @@
    accuracy on held-out problems >= ``--warmup-target``, checked every ``--warmup-check`` steps);
 4. runs GRPO twice from that same start with the same seed, echo off (``baseline``) and on (``echo``), measuring
    on every step the gradient of the RL term and of the echo term separately
-   (:class:`~echovl.experiments.probe.GradientProbeTrainer`);
-5. evaluates both on held-out problems and writes ``metrics.csv``, ``plot.png``, ``summary.json`` and trace files
-   (``traces/``, for ``python demo/app.py --traces <out>/traces``).
+   (:class:`~echovl.experiments.probe.GradientProbeTrainer`), plus one more echo run per ``--variant``
+   (other ``echo:`` settings, e.g. ``soft:selection=soft``);
+5. evaluates them on held-out problems and writes ``metrics.csv``, ``plot.png``, ``summary.json`` and trace files
+   (``traces/``, for ``python demo/app.py --traces <out>/traces``; a variant's in ``traces_<name>/``).
+
+``--seeds 0-4`` does all of it once per seed (``<out>/seed_<s>/``) and reports, for echo and each variant, the
+paired difference to the baseline in held-out accuracy over the seeds with a 95% confidence interval
+(``seeds.json``, ``seeds.csv``).
 """
 
 from __future__ import annotations
@@ -27,15 +32,16 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..traces import _atomic_write  # the trace files' atomic writer: no partial output files
 
-__all__ = ["ExperimentSettings", "main", "run_experiment"]
+__all__ = ["ExperimentSettings", "main", "parse_seeds", "parse_variant", "run_experiment", "run_seeds"]
 
 RUNS = ("baseline", "echo")
+"""The two runs every experiment makes; ``ExperimentSettings.variants`` adds more echo runs."""
 
 # CSV column -> the trainer's logged metric
 _LOGGED = {
@@ -94,6 +100,18 @@ class ExperimentSettings:
     attention_heads: int = 8
     vision_hidden_size: int = 64
     trace_freq: int = 5
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """More echo runs from the same start: name -> ``echo:`` settings on top of the echo run's (e.g.
+    ``{"soft": {"selection": "soft", "soft_temperature": 0.5}}``)."""
+    threads: int = 2
+    """torch CPU threads. Fixed rather than torch's default (one per core), because the thread count can change how
+    kernels split their sums, hence the last bits of a result, and from there every sampled token (README: on the
+    development machine 1 and 2 threads gave the same run, while 8 threads changed the warm start within 50 steps)."""
+
+    @property
+    def runs(self) -> tuple[str, ...]:
+        """``baseline``, ``echo``, then the variants."""
+        return (*RUNS, *self.variants)
 
     @classmethod
     def quick(cls, seed: int = 0) -> ExperimentSettings:
@@ -281,7 +299,8 @@ def _metric_recorder(run: str, rows: list[dict], progress, total: int):
 
 
 def run_grpo(run: str, start: Path, processor, dataset, settings: ExperimentSettings, out: Path, progress):
-    """GRPO from the checkpoint in ``start``, echo on for ``run == "echo"``; returns the metric rows and the model."""
+    """GRPO from the checkpoint in ``start``, echo on for every run but ``baseline`` (with a variant's settings);
+    returns the metric rows and the model."""
     from transformers import AutoModelForImageTextToText, PrinterCallback
 
     from ..trl import GRPOConfig, accuracy
@@ -319,11 +338,12 @@ def run_grpo(run: str, start: Path, processor, dataset, settings: ExperimentSett
         log_completions=False,
     )
     echo = {
-        "enable": run == "echo",
+        "enable": run != "baseline",
         "coef": settings.coef,
-        "trace_freq": settings.trace_freq if run == "echo" else 0,
+        "trace_freq": settings.trace_freq if run != "baseline" else 0,
         "trace_groups": settings.prompts_per_step,
-        "trace_dir": str(out / "traces"),
+        "trace_dir": str(out / ("traces" if run in RUNS else f"traces_{run}")),
+        **settings.variants.get(run, {}),
     }
     rows: list[dict] = []
     trainer = GradientProbeTrainer(
@@ -375,11 +395,14 @@ def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
         picked = [r for r in rows if r["run"] == run]
         return [r["step"] for r in picked], [r[column] for r in picked]
 
+    runs = summary["settings"].get("runs", RUNS)
+    others = ("tab:green", "tab:purple", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
     colors = {"baseline": "tab:gray", "echo": "tab:blue"}
+    colors.update({run: others[i % len(others)] for i, run in enumerate(runs[len(RUNS) :])})
     fig, axes = plt.subplots(2, 3, figsize=(15, 8.5))
     (acc, deg, grad), (token, loss, clips) = axes
-    for run in RUNS:
-        label = f"{run}: GRPO" + (" + echo" if run == "echo" else "")
+    for run in runs:
+        label = f"{run}: GRPO" + ("" if run == "baseline" else " + echo")
         for ax, column in ((acc, "accuracy"), (deg, "all_correct_groups")):
             steps, values = series(run, column)
             ax.plot(steps, values, color=colors[run], alpha=0.3, lw=1)
@@ -415,10 +438,10 @@ def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
         ax.set_xlabel("GRPO step")
         ax.grid(alpha=0.3)
     evals = summary["eval"]
+    finals = ", ".join(f"{run} {evals[run]['greedy']:.2f}" for run in runs)
     fig.suptitle(
-        "EchoRL tiny CPU experiment: held-out greedy accuracy "
-        f"start {evals['start']['greedy']:.2f} -> baseline {evals['baseline']['greedy']:.2f}, "
-        f"echo {evals['echo']['greedy']:.2f} (seed {summary['settings']['seed']})"
+        f"EchoRL tiny CPU experiment: held-out greedy accuracy start {evals['start']['greedy']:.2f} -> {finals} "
+        f"(seed {summary['settings']['seed']})"
     )
     fig.tight_layout()
     buffer = io.BytesIO()
@@ -431,6 +454,68 @@ def _mean_where(rows, run, column, lo=None, hi=None) -> float:
     values = [r[column] for r in rows if r["run"] == run and not math.isnan(r[column])]
     values = values[lo:hi]
     return sum(values) / len(values) if values else math.nan
+
+
+# ------------------------------------------------------------------------------------------------ reproducibility
+ENVIRONMENT_PACKAGES = ("torch", "transformers", "tokenizers", "trl", "accelerate", "datasets", "numpy", "pillow")
+"""The packages whose versions a run's numbers depend on (recorded in ``summary.json``)."""
+
+
+def environment() -> dict[str, Any]:
+    """What besides the settings decides the numbers: package versions, the CPU kernels torch picked, threads."""
+    import importlib.metadata
+    import platform
+
+    import torch
+
+    versions = {}
+    for name in ENVIRONMENT_PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the SIMD kernels in use (AVX2, AVX512, ...)
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+    }
+
+
+def fingerprint(folder: Path) -> str:
+    """Short hash of a saved model's weights: two runs that start (or warm up) alike have the same one."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "tokenizer.json"):
+        path = folder / name
+        if path.exists():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class _Reproducible:
+    """While active: ``threads`` torch threads and deterministic algorithms (an op without a deterministic
+    implementation raises instead of silently varying); both restored on exit."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+
+    def __enter__(self):
+        import torch
+
+        self.saved = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        torch.set_num_threads(self.threads)
+        torch.use_deterministic_algorithms(True)
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.saved[0])
+        torch.use_deterministic_algorithms(self.saved[1])
 
 
 # ------------------------------------------------------------------------------------------------ driver
@@ -446,6 +531,11 @@ def _prepare_out(out: Path) -> None:
 
 def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=None) -> dict:
     """Run everything; returns the summary (also written to ``out/summary.json``)."""
+    with _Reproducible(settings.threads):
+        return _run_experiment(Path(out), settings, progress)
+
+
+def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import torch
@@ -458,7 +548,6 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
         from tqdm.auto import tqdm as progress
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
-    out = Path(out)
     _prepare_out(out)
     timing: dict[str, float] = {}
 
@@ -480,6 +569,7 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
     warmup = warm_up(model, processor, train, probe, settings, progress)
     start = out / "work" / "model_warmup"
     model.save_pretrained(start, safe_serialization=True)
+    warmup["fingerprint"] = fingerprint(start)
     mark = lap("warmup", mark)
 
     def evaluate(model) -> dict[str, float]:
@@ -494,7 +584,7 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
 
     dataset = _dataset(train)
     rows: list[dict] = []
-    for run in RUNS:
+    for run in settings.runs:
         run_rows, trained = run_grpo(run, start, processor, dataset, settings, out, progress)
         rows += run_rows
         mark = lap(f"grpo_{run}", mark)
@@ -512,7 +602,7 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
             "rl_grad_norm_first_half": _mean_where(rows, run, "rl_grad_norm", hi=half),
             "rl_grad_norm_second_half": _mean_where(rows, run, "rl_grad_norm", lo=half),
         }
-        for run in RUNS
+        for run in settings.runs
     }
     echo_rows = [r for r in rows if r["run"] == "echo"]
     outcome["echo"]["max_rl_token_grad_all_correct"] = max(
@@ -521,14 +611,14 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
     outcome["echo"]["min_echo_grad_norm"] = min((r["echo_grad_norm"] for r in echo_rows), default=math.nan)
     outcome["echo"]["steps_with_all_correct_groups"] = sum(r["all_correct_groups"] > 0 for r in echo_rows)
     summary = {
-        "settings": asdict(settings),
+        "settings": {**asdict(settings), "runs": list(settings.runs)},
         "warmup": warmup,
         "eval": evals,
         "outcome": outcome,
         "timing_s": timing,
         "runtime_s": round(time.perf_counter() - started, 1),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(),
+        "environment": environment(),
+        "model_fingerprint": fingerprint(base),
         "files": {
             "metrics": str(out / "metrics.csv"),
             "plot": str(out / "plot.png"),
@@ -545,15 +635,21 @@ def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=No
 
 def _report(summary: dict) -> str:
     files, evals, outcome = summary["files"], summary["eval"], summary["outcome"]
+    env = summary["environment"]
+    packages = ", ".join(f"{name} {env['packages'][name]}" for name in ("torch", "transformers", "tokenizers", "trl"))
     lines = [
         "",
-        f"Done in {summary['runtime_s']:.0f} s ({summary['torch_threads']} torch threads).",
+        f"Done in {summary['runtime_s']:.0f} s ({env['torch_threads']} torch threads).",
+        f"Environment: {packages}; CPU kernels {env['cpu_capability']}.",
+        f"Fingerprints: model {summary['model_fingerprint']}, warm start {summary['warmup']['fingerprint']}.",
         f"Warm-up: {summary['warmup']['steps']} supervised steps, probe accuracy {summary['warmup']['probe_accuracy']:.2f}.",
         "Held-out accuracy (greedy / sampled):",
     ]
-    for name in ("start", *RUNS):
-        lines.append(f"  {name:<9}{evals[name]['greedy']:.2f} / {evals[name]['sampled']:.2f}")
-    for run in RUNS:
+    runs = summary["settings"].get("runs", RUNS)
+    width = max(9, *(len(run) + 1 for run in runs))
+    for name in ("start", *runs):
+        lines.append(f"  {name:<{width}}{evals[name]['greedy']:.2f} / {evals[name]['sampled']:.2f}")
+    for run in runs:
         o = outcome[run]
         lines.append(
             f"{run}: rollout accuracy {o['train_accuracy_first_half']:.2f} -> {o['train_accuracy_second_half']:.2f}, "
@@ -574,6 +670,120 @@ def _report(summary: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ several seeds
+def parse_seeds(spec: str) -> list[int]:
+    """``"0-4"``, ``"0,2,5"`` or ``"1-3,7"`` -> the seeds, in order, each once."""
+    seeds: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        low, dash, high = part.partition("-")
+        try:
+            values = range(int(low), int(high) + 1) if dash else [int(part)]
+        except ValueError:
+            raise ValueError(f"--seeds: {part!r} is not a seed or a range like 0-4") from None
+        if dash and int(high) < int(low):
+            raise ValueError(f"--seeds: the range {part!r} is empty")
+        seeds += [s for s in values if s not in seeds]
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds needs seeds >= 0, got {spec!r}")
+    return seeds
+
+
+def parse_variant(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"NAME:key=value,key=value"`` -> ``(NAME, {key: value})``, the values read as YAML scalars and checked
+    against :class:`~echovl.config.EchoConfig` (an unknown key or a bad value names the key)."""
+    import yaml
+
+    from ..config import EchoConfig
+
+    name, colon, body = spec.partition(":")
+    name = name.strip()
+    if not colon or not name or not body.strip():
+        raise ValueError(f"--variant {spec!r}: expected NAME:key=value[,key=value...], e.g. soft:selection=soft")
+    if name in RUNS or not name.replace("_", "").replace("-", "").isalnum():
+        raise ValueError(f"--variant {spec!r}: the name must be letters, digits, - or _, and not baseline or echo")
+    overrides: dict[str, Any] = {}
+    for item in body.split(","):
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"--variant {spec!r}: {item!r} is not key=value")
+        overrides[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+    try:
+        EchoConfig.from_dict({"enable": True, **overrides})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--variant {name}: {error}") from None
+    return name, overrides
+
+
+def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int], *, progress=None) -> dict:
+    """The experiment once per seed (``<out>/seed_<s>``), then the paired differences to the baseline over the
+    seeds (``seeds.json``, ``seeds.csv``); returns that comparison."""
+    from ..eval.stats import paired_t_interval
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summaries = []
+    for index, seed in enumerate(seeds, start=1):
+        print(f"seed {seed} ({index} of {len(seeds)})", file=sys.stderr)
+        summaries.append(run_experiment(out / f"seed_{seed}", replace(settings, seed=seed), progress=progress))
+    rows = [
+        {
+            "seed": seed,
+            "run": run,
+            "greedy": summary["eval"][run]["greedy"],
+            "sampled": summary["eval"][run]["sampled"],
+        }
+        for seed, summary in zip(seeds, summaries)
+        for run in ("start", *settings.runs)
+    ]
+    comparison: dict[str, Any] = {"seeds": list(seeds), "runs": list(settings.runs), "differences": {}}
+    for run in settings.runs[1:]:
+        comparison["differences"][run] = {}
+        for metric in ("greedy", "sampled"):
+            base = [s["eval"]["baseline"][metric] for s in summaries]
+            other = [s["eval"][run][metric] for s in summaries]
+            interval = paired_t_interval(base, other)
+            comparison["differences"][run][metric] = {
+                "per_seed": [round(b - a, 4) for a, b in zip(base, other)],
+                "mean": interval.difference,
+                "low": interval.low,
+                "high": interval.high,
+            }
+    comparison["runtime_s"] = round(sum(s["runtime_s"] for s in summaries), 1)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=("seed", "run", "greedy", "sampled"), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write(out / "seeds.csv", buffer.getvalue().encode())
+    _atomic_write(out / "seeds.json", (json.dumps(comparison, indent=2, default=float) + "\n").encode())
+    return comparison
+
+
+def _seeds_report(comparison: dict, out: Path) -> str:
+    seeds = comparison["seeds"]
+    lines = [
+        "",
+        f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {comparison['runtime_s']:.0f} s in all.",
+        "Held-out accuracy, difference to the baseline (mean over seeds, 95% t-interval over the seeds):",
+    ]
+    for run, metrics in comparison["differences"].items():
+        cells = []
+        for metric in ("greedy", "sampled"):
+            d = metrics[metric]
+            low, high = d["low"], d["high"]
+            sign = "" if math.isnan(low) or low <= 0 <= high else " *"
+            cells.append(f"{metric} {d['mean']:+.3f} [{low:+.3f}, {high:+.3f}]{sign}")
+        lines.append(f"  {run} - baseline: {'; '.join(cells)}")
+        lines.append(f"    per seed (greedy): {', '.join(f'{v:+.2f}' for v in metrics['greedy']['per_seed'])}")
+    lines += [
+        "  * the interval excludes 0.",
+        f"per seed: {out}/seed_<s>/ (metrics.csv, plot.png, summary.json, traces)",
+        f"table:    {out / 'seeds.csv'}",
+        f"summary:  {out / 'seeds.json'}",
+    ]
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m echovl.experiments.tiny_cpu",
@@ -584,7 +794,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 40; quick: 2)")
     parser.add_argument("--coef", type=float, default=None, help="lambda of the echo run (default 0.001)")
     parser.add_argument("--quick", action="store_true", help="a few steps at tiny sizes (a pipeline check)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default 2, on every machine: see README)"
+    )
+    parser.add_argument(
+        "--seeds",
+        default=None,
+        help="run the whole experiment for each seed (e.g. 0-4 or 0,3,7) and report the paired differences",
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+        help="one more echo run with other echo: settings, e.g. soft:selection=soft,soft_temperature=0.5 (repeatable)",
+    )
     args = parser.parse_args(argv)
     settings = ExperimentSettings.quick(args.seed) if args.quick else ExperimentSettings(seed=args.seed)
     if args.steps is not None:
@@ -596,11 +820,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("--coef must be a finite number >= 0")
         settings.coef = args.coef
     if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    summary = run_experiment(args.out, settings)
-    print(_report(summary))
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        settings.threads = args.threads
+    if args.seeds is not None and args.seed != 0:
+        parser.error("give --seed or --seeds, not both")
+    try:
+        for spec in args.variant:
+            name, overrides = parse_variant(spec)
+            if name in settings.variants:
+                raise ValueError(f"--variant {name} is given twice")
+            settings.variants[name] = overrides
+        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    except ValueError as error:
+        parser.error(str(error))
+    if seeds is None:
+        print(_report(run_experiment(args.out, settings)))
+    else:
+        print(_seeds_report(run_seeds(args.out, settings, seeds), Path(args.out)))
     return 0
 
 
