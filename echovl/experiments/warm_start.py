@@ -4,8 +4,8 @@ analyses (``python -m echovl.analysis.entropy_gap`` / ``step_deletion``) on a mo
 ``python -m echovl.experiments.warm_start --out runs/tiny_warm_start`` writes
 
 - ``model/``: the tiny Qwen2.5-VL of :mod:`echovl.experiments.tiny_cpu` after the same supervised warm-up from the
-  same seed (:func:`~echovl.experiments.tiny_cpu.warm_up`, the model ``tiny_cpu`` saves as ``work/model_warmup``),
-  with its processor, so that it loads like any model folder;
+  same seed, threads and deterministic algorithms (:func:`~echovl.experiments.tiny_cpu.warm_up`, the model
+  ``tiny_cpu`` saves as ``work/model_warmup``), with its processor, so that it loads like any model folder;
 - ``problems.parquet``: the experiment's held-out problems (``problem`` = ``<image>`` + the question, ``answer``,
   ``solution`` = the reference solution the warm-up trains on, ``images``).
 
@@ -55,7 +55,7 @@ def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, pro
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .digits import make_problems
-    from .tiny_cpu import ExperimentSettings, build_model, warm_up
+    from .tiny_cpu import ExperimentSettings, _Reproducible, build_model, warm_up
 
     if progress is None:
         from tqdm.auto import tqdm as progress
@@ -69,9 +69,10 @@ def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, pro
         train = make_problems(settings.train_problems, seed=settings.seed)  # as run_experiment draws them
         probe = make_problems(settings.probe_problems, seed=settings.seed + 1)
         held_out = make_problems(max(problems, settings.eval_problems), seed=settings.seed + 2)[:problems]
-        torch.manual_seed(settings.seed)
-        model = AutoModelForImageTextToText.from_pretrained(base)
-        summary = warm_up(model, processor, train, probe, settings, progress)
+        with _Reproducible(settings.threads):  # as run_experiment: fixed threads, deterministic algorithms
+            torch.manual_seed(settings.seed)
+            model = AutoModelForImageTextToText.from_pretrained(base)
+            summary = warm_up(model, processor, train, probe, settings, progress)
         model.save_pretrained(base, safe_serialization=True)  # over the random weights; tokenizer files stay
         pq.write_table(problems_table(held_out), work / "problems.parquet")
         for name in ("model", "problems.parquet"):
@@ -93,18 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/tiny_warm_start", help="output folder (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="the experiment's seed (default: %(default)s)")
     parser.add_argument("--problems", type=int, default=100, help="held-out problems (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the experiment's, 2)")
     args = parser.parse_args(argv)
     if args.problems < 1:
         parser.error("--problems must be >= 1")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .tiny_cpu import ExperimentSettings
 
+    settings = ExperimentSettings(seed=args.seed)
     if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    summary = write_warm_start(args.out, ExperimentSettings(seed=args.seed), problems=args.problems)
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        settings.threads = args.threads
+    summary = write_warm_start(args.out, settings, problems=args.problems)
     print(
         f"warm-up: {summary['steps']} supervised steps, probe accuracy {summary['probe_accuracy']:.2f}\n"
         f"model:    {Path(args.out) / 'model'}\nproblems: {Path(args.out) / 'problems.parquet'}"
