@@ -415,8 +415,8 @@ def _read_rollouts(path: Path, problems: Sequence[AnalysisProblem], prompts: Seq
                 raise AnalysisError(f"{where}: row {row} holds another problem than the data file's: another --data?")
             if prompt_text != prompts[problem.index].text:
                 raise AnalysisError(
-                    f"{where}: the rollout was sampled under another prompt than this run builds (format prompt, "
-                    "chat template or image size): pass the --config / --format-prompt of the run that wrote it"
+                    f"{where}: the rollout was sampled under another prompt than this run builds (format prompt or "
+                    "chat template): pass the --config / --format-prompt of the run that wrote it"
                 )
             if not isinstance(response, str):
                 raise AnalysisError(f"{where}: 'response' must be a string")
