@@ -1,7 +1,8 @@
 #!/bin/bash
 # GRPO + EchoRL, text only: Qwen2.5-Math-7B on OpenR1-Math 45k (configs/openr1_math_grpo_echo.yaml).
 #   bash configs/openr1_math_grpo_echo.sh [key=value ...]
-# Environment: MODEL_PATH, TRAIN_FILES, VAL_FILES, N_GPUS_PER_NODE, NNODES, EXPERIMENT_NAME, PYTHON.
+# Environment: MODEL_PATH, TRAIN_FILES, VAL_FILES, N_GPUS_PER_NODE, NNODES, EXPERIMENT_NAME, PYTHON (and CONFIG, the
+# YAML file: the LUFFY and UFT scripts run this one with theirs).
 # Relative paths are relative to the repository root (the script runs from there).
 
 set -euo pipefail
@@ -16,7 +17,7 @@ EXPERIMENT_NAME=${EXPERIMENT_NAME:-qwen2_5_math_7b_openr1_grpo_echo}
 
 set -x
 ${PYTHON:-python3} -m echovl.train \
-    config=configs/openr1_math_grpo_echo.yaml \
+    config="${CONFIG:-configs/openr1_math_grpo_echo.yaml}" \
     data.train_files="${TRAIN_FILES}" \
     data.val_files="${VAL_FILES}" \
     worker.actor.model.model_path="${MODEL_PATH}" \

@@ -10,7 +10,45 @@ from typing import Any, Optional
 from .clip import SCOPES, SELECTIONS
 from .schedule import COEF_SCHEDULES, echo_coef
 
-__all__ = ["EchoConfig"]
+__all__ = ["ConfigSection", "EchoConfig", "reject_unknown_keys"]
+
+
+def reject_unknown_keys(cls, values: dict[str, Any], section: str) -> None:
+    """Raise ``ValueError`` for a key of ``values`` that is not a field of the dataclass ``cls``, naming the
+    closest valid key (``Unknown key echo.coeff. Did you mean echo.coef?``)."""
+    known = [f.name for f in fields(cls)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" Did you mean {section}.{close[0]}?" if close else ""
+            raise ValueError(f"Unknown key {section}.{key}.{hint} Valid keys: {', '.join(known)}.")
+
+
+class ConfigSection:
+    """What a dataclass config section shares: validation on construction and on EasyR1's ``post_init``,
+    ``from_dict`` rejecting unknown keys, ``to_dict``. Subclasses set ``SECTION`` and define ``validate``."""
+
+    SECTION = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def post_init(self) -> None:
+        """EasyR1 calls ``post_init`` on every config section after merging; validate again."""
+        self.validate()
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None):
+        """Build from a plain mapping, rejecting unknown keys with the closest valid name."""
+        values = dict(values or {})
+        reject_unknown_keys(cls, values, cls.SECTION)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 _ESCAPES = {"\\n": "\n", "\\r": "\r", "\\t": "\t"}
@@ -23,8 +61,10 @@ def _unescape(text: str) -> str:
 
 
 @dataclass
-class EchoConfig:
+class EchoConfig(ConfigSection):
     """EchoRL settings. Invalid values raise ``ValueError`` naming the key (``echo.<key>``)."""
+
+    SECTION = "echo"
 
     enable: bool = True
     """Add the echo term. With ``false`` (or ``coef: 0``) training is exactly the base method."""
@@ -66,13 +106,6 @@ class EchoConfig:
     """Groups written per traced step (mined groups first)."""
     trace_dir: Optional[str] = None  # noqa: UP045 (OmegaConf structured configs need typing.Optional)
     """Folder of the trace files; the trainer picks a default under its checkpoint folder when unset."""
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    def post_init(self) -> None:
-        """EasyR1 calls ``post_init`` on every config section after merging; validate again."""
-        self.validate()
 
     @property
     def active(self) -> bool:
@@ -155,18 +188,3 @@ class EchoConfig:
             raise bad("success_threshold", "must be finite")
         if self.trace_dir is not None and not isinstance(self.trace_dir, str):
             raise bad("trace_dir", "must be a folder path")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> EchoConfig:
-        """Build from a plain mapping, rejecting unknown keys with the closest valid name."""
-        values = dict(values or {})
-        known = [f.name for f in fields(cls)]
-        for key in values:
-            if key not in known:
-                close = difflib.get_close_matches(key, known, n=1)
-                hint = f" Did you mean echo.{close[0]}?" if close else ""
-                raise ValueError(f"Unknown key echo.{key}.{hint} Valid keys: {', '.join(known)}.")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)

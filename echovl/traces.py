@@ -14,6 +14,7 @@ group (one prompt and its rollouts)::
       "image": "images/9a0b....png",      # relative to the trace folder, or null
       "degenerate": true,                 # every rollout verified: all advantages are zero
       "all_wrong": false,
+      "hint": "...",                      # optional (UFT): the solution prefix appended to the prompt, or null
       "clip": {                           # null when the group has no clip
         "rollout": 3, "step": 2, "step_entropy": 1.234, "length": 57,
         "token_end": 60, "char_end": 210, # the clip is rollouts[3].text[:210] (tokens [0, 60))
@@ -23,6 +24,7 @@ group (one prompt and its rollouts)::
       "rollouts": [
         {
           "text": "...", "reward": 1.0, "accuracy": 1.0, "verified": true, "num_tokens": 120,
+          "expert": true,                 # optional (LUFFY): the expert solution, not a rollout of the model
           "steps": [{"tokens": [0, 12], "chars": [0, 40], "text_tokens": 12, "entropy": 0.81}, ...]
         }, ...
       ]
@@ -31,6 +33,10 @@ group (one prompt and its rollouts)::
 Token spans are ``[start, end)`` over the response tokens; character spans are ``[start, end)`` over
 ``text``, which is the concatenation of the steps' decoded text (special tokens skipped). ``entropy`` is
 the step's mean token entropy over its text tokens (null if it has none).
+
+``hint`` and ``expert`` are optional additions of the same schema version (readers ignore keys they do not
+know): a record of a UFT run has ``hint`` (its ``prompt`` is then the prompt without it); a LUFFY run marks its
+expert rows with ``"expert": true``. The EchoClip never comes from either.
 """
 
 from __future__ import annotations
@@ -119,12 +125,15 @@ def build_group_records(
     images: Sequence[Any] | None = None,
     group_names: Sequence[str] | None = None,
     source: str = "echovl",
+    expert: Sequence[bool] | None = None,
+    hints: Sequence[str | None] | None = None,
 ) -> list[tuple[dict, Any]]:
     """One trace record per group in ``groups`` (ids as in ``group``), with its image (or None).
 
     Per-row inputs are batch-aligned ([B] or [B, T], any order of rows); ``group_names`` optionally gives
     the printable id of each row's group (e.g. EasyR1's uid strings). The image of a record is returned
-    beside it for :class:`TraceWriter`, which stores it and fills ``record["image"]``.
+    beside it for :class:`TraceWriter`, which stores it and fills ``record["image"]``. ``expert`` (LUFFY) marks
+    expert rows; ``hints`` (UFT) gives each row's hint text (the record takes its first row's).
     """
     group = group.cpu()
     mean, count = step_entropies(entropy.float().cpu(), steps.cpu(), text_mask.cpu())
@@ -149,6 +158,8 @@ def build_group_records(
                 tokenizer, response_ids[row].tolist(), steps[row].tolist(), count[row].tolist(), mean[row].tolist()
             )
             record.update(reward=float(rewards[row]), accuracy=float(accuracy[row]), verified=bool(verified[row]))
+            if expert is not None and expert[row]:
+                record["expert"] = True
             rollouts.append(record)
         group_clips = []
         for row, step, step_entropy, length, weight in clips_of.get(g, []):
@@ -175,6 +186,7 @@ def build_group_records(
             "image": None,
             "degenerate": all(flags),
             "all_wrong": not any(flags),
+            **({"hint": hints[rows[0]]} if hints is not None else {}),
             "clip": group_clips[0] if group_clips else None,
             "clips": group_clips,
             "rollouts": rollouts,

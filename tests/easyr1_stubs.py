@@ -197,27 +197,12 @@ def vllm_layout(input_ids, attention_mask, position_ids, response_ids, *, eos: i
     }
 
 
-def build_rollout_batch(
-    model_dir: Path,
-    parquet: Path,
-    *,
-    n: int = 2,
-    responses=RESPONSES,
-    max_prompt_length: int = 96,
-    max_response_length: int = 40,
-    temperature: float = 1.0,
-):
-    """A driver-side rollout batch exactly as EasyR1 lays it out after ``generate_sequences``.
-
-    Prompts come from EasyR1's ``RLHFDataset`` (chat template, ``<image>`` split, left padding, mrope position
-    ids (4, S) for Qwen2.5-VL) and ``collate_fn``; each prompt gets ``n`` responses (cycling ``responses``),
-    laid out like ``vLLMRollout.generate_sequences``: right-padded, position ids continued from the last
-    prompt position, ``response_mask`` up to and including the first EOS. Also returns the per-sample
-    ``multi_modal_inputs`` the worker would add (``FSDPWorker._process_multi_modal_inputs``).
-    """
+def collate_prompts(model_dir: Path, parquet: Path, *, max_prompt_length: int = 96):
+    """``(batch_dict, tokenizer, processor)``: every prompt of ``parquet`` through EasyR1's ``RLHFDataset`` (chat
+    template, ``<image>`` split, left padding, mrope position ids (4, S) for Qwen2.5-VL) and ``collate_fn``, as
+    the training data loader yields them (the processor is None for a text-only model)."""
     from transformers import AutoProcessor, AutoTokenizer
-    from verl.protocol import DataProto
-    from verl.utils.dataset import RLHFDataset, collate_fn, process_image
+    from verl.utils.dataset import RLHFDataset, collate_fn
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     try:
@@ -237,7 +222,30 @@ def build_rollout_batch(
         min_pixels=28 * 28 * 4,
         max_pixels=28 * 28 * 16,
     )
-    batch_dict = collate_fn([dataset[i] for i in range(len(dataset))])
+    return collate_fn([dataset[i] for i in range(len(dataset))]), tokenizer, processor
+
+
+def build_rollout_batch(
+    model_dir: Path,
+    parquet: Path,
+    *,
+    n: int = 2,
+    responses=RESPONSES,
+    max_prompt_length: int = 96,
+    max_response_length: int = 40,
+    temperature: float = 1.0,
+):
+    """A driver-side rollout batch exactly as EasyR1 lays it out after ``generate_sequences``.
+
+    Prompts come from :func:`collate_prompts`; each prompt gets ``n`` responses (cycling ``responses``),
+    laid out like ``vLLMRollout.generate_sequences``: right-padded, position ids continued from the last
+    prompt position, ``response_mask`` up to and including the first EOS. Also returns the per-sample
+    ``multi_modal_inputs`` the worker would add (``FSDPWorker._process_multi_modal_inputs``).
+    """
+    from verl.protocol import DataProto
+    from verl.utils.dataset import process_image
+
+    batch_dict, tokenizer, processor = collate_prompts(model_dir, parquet, max_prompt_length=max_prompt_length)
     prompts = DataProto.from_single_dict(batch_dict)
     num_prompts = len(prompts)
     prompts.non_tensor_batch["uid"] = np.array([f"uid-{i}" for i in range(num_prompts)], dtype=object)

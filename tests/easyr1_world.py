@@ -33,10 +33,21 @@ def problem(index: int) -> tuple[str, str, str]:
     return f"Problem {index}: compute {a} + {b}.", str(a + b), PATTERNS[index % len(PATTERNS)]
 
 
-def write_problem_parquet(path: Path, count: int) -> Path:
+def expert_solution(index: int, long: bool = False) -> str:
+    """A correct expert trace for prompt ``index`` (LUFFY's expert row, UFT's hints); ``long``: too long to use."""
+    _, answer, _ = problem(index)
+    lines = ["We add the two numbers.", "Adding them gives the sum."] * (40 if long else 1)
+    return "<think>\n" + "\n".join(lines) + "\n</think>\nThe answer is \\boxed{" + answer + "}."
+
+
+def write_problem_parquet(path: Path, count: int, solutions: bool = False, long_every: int = 0) -> Path:
+    """``problem``, ``answer`` (and, with ``solutions``, ``solution``: every ``long_every``-th one too long)."""
     import pandas as pd
 
     rows = [dict(zip(("problem", "answer"), problem(i)[:2])) for i in range(count)]
+    if solutions:
+        for i, row in enumerate(rows):
+            row["solution"] = expert_solution(i, long=bool(long_every) and i % long_every == long_every - 1)
     pd.DataFrame(rows).to_parquet(path)
     return path
 
@@ -97,17 +108,20 @@ class FakeActorWorkerGroup:
         Path(path).mkdir(parents=True, exist_ok=True)  # the real workers write the model there
 
     def generate_sequences(self, prompts):
+        """Scripted rollouts; like vLLM, ``meta_info`` may override ``n``, and rollout ``k`` of a prompt is the
+        sampling seed's child ``seed + k`` (``seed`` 1 by default, EasyR1's)."""
         from verl.protocol import DataProto
 
         self._check_dispatch(prompts)
         self.generated.append(prompts)
         eos, pad = self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.pad_token_id
+        count, first = prompts.meta_info.get("n", self.n), prompts.meta_info.get("seed", 1) - 1
         texts = []
         for raw in prompts.non_tensor_batch["raw_prompt_ids"]:
             index = int(re.search(r"Problem (\d+):", self.tokenizer.decode(list(raw))).group(1))
-            texts += [scripted_response(index, k, self.n) for k in range(self.n)]
+            texts += [scripted_response(index, first + k, self.n) for k in range(count)]
         rows = (
-            prompts.batch[k].repeat_interleave(self.n, dim=0) for k in ("input_ids", "attention_mask", "position_ids")
+            prompts.batch[k].repeat_interleave(count, dim=0) for k in ("input_ids", "attention_mask", "position_ids")
         )
         ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
         tensors = vllm_layout(*rows, ids, eos=eos, pad=pad, length=self.response_length)

@@ -142,6 +142,11 @@ LAUNCH_SCRIPTS = {
     "geo3k_qwen3vl_grpo_echo.sh": "Qwen/Qwen3-VL-4B-Instruct",
     "openr1_math_grpo_echo.sh": "Qwen/Qwen2.5-Math-7B",
     "openr1_math_qwen3_grpo_echo.sh": "Qwen/Qwen3-8B-Base",
+    "openr1_math_grpo.sh": "Qwen/Qwen2.5-Math-7B",
+    "openr1_math_luffy_echo.sh": "Elliott/Qwen2.5-Math-7B-16k-think",
+    "openr1_math_luffy.sh": "Elliott/Qwen2.5-Math-7B-16k-think",
+    "openr1_math_uft_echo.sh": "Elliott/Qwen2.5-Math-7B-16k-think",
+    "openr1_math_uft.sh": "Elliott/Qwen2.5-Math-7B-16k-think",
 }
 """Every launch script in configs/ and the model it trains by default."""
 
@@ -180,7 +185,8 @@ def test_launch_scripts_build_valid_configs(tmp_path, script, model_path):
     rollout = config.worker.rollout  # vLLM must fit one whole sequence in a batch (EasyR1 checks it at start-up)
     assert rollout.max_num_batched_tokens >= config.data.max_prompt_length + config.data.max_response_length
     assert (config.trainer.n_gpus_per_node, config.trainer.nnodes, config.trainer.max_steps) == (4, 2, 3)
-    assert config.echo.enable == (script != "geo3k_grpo.sh")
+    assert config.echo.enable == ("echo" in script)
+    assert config.guidance.method == next((m for m in ("luffy", "uft") if m in script), "none")
     if script == "geo3k_dapo_echo.sh":
         assert config.algorithm.online_filtering and config.algorithm.disable_kl
         assert config.algorithm.filter_key == "accuracy"

@@ -48,10 +48,11 @@ def fake_ray(monkeypatch):
     monkeypatch.setattr(ray, "get", lambda value: value)
 
 
-def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_worker=True, world_size=2):
+def _build(tmp_path, tiny_lm_dir, *overrides, trainer_cls=EchoTrainer, echo_worker=True, world_size=2, data=None):
+    """EasyR1's trainer on the fake world; ``data``: keyword arguments of ``write_problem_parquet``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    parquet = write_problem_parquet(tmp_path / "train.parquet", 24)
+    parquet = write_problem_parquet(tmp_path / "train.parquet", 24, **(data or {}))
     config = load_config(
         [
             f"data.train_files={parquet}",

@@ -25,6 +25,10 @@ share per mini-batch and trained after that mini-batch's PG micro-batches, in mi
 the optimizer steps are EasyR1's, every step sees its share of both kinds of rows, and EasyR1's PG arithmetic
 and metrics never see a row without a PG term. With echo inactive it is EasyR1's ``update_policy`` itself; a
 mini-batch without clip tokens on any rank runs exactly EasyR1's arithmetic.
+
+LUFFY and UFT (:class:`~echovl.easyr1.guidance.GuidedUpdate`, the lines marked ``# guidance``) hook into the same
+loop: LUFFY's PG loss on micro-batches holding an expert row, UFT's hint log-probs from the same forward and its
+hint NLL term. A batch without their keys (or ``guidance.method: none``) leaves the loop as it is.
 """
 
 from __future__ import annotations
@@ -46,7 +50,9 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor
 
 from ..config import EchoConfig
 from ..entropy import token_entropy
+from ..guidance import GuidanceConfig
 from ..loss import echo_nll, weighted_echo_nll
+from .guidance import GuidedUpdate
 
 __all__ = ["ECHO_CLIP_WEIGHT", "ECHO_COEF", "ECHO_MASK", "ECHO_ROW", "ECHO_WEIGHT", "EchoActor"]
 
@@ -81,13 +87,22 @@ class EchoActor(DataParallelPPOActor):
             from the run's ``echo:`` section) is used unless ``echo`` is given.
         actor_module, actor_optimizer: as for ``DataParallelPPOActor``.
         echo: the echo settings (defaults to ``config.echo``, else echo disabled).
+        guidance: LUFFY / UFT settings (defaults to ``config.guidance``, else none).
     """
 
-    def __init__(self, config, actor_module, actor_optimizer=None, echo: EchoConfig | None = None):
+    def __init__(
+        self,
+        config,
+        actor_module,
+        actor_optimizer=None,
+        echo: EchoConfig | None = None,
+        guidance: GuidanceConfig | None = None,
+    ):
         super().__init__(config, actor_module, actor_optimizer)
         if echo is None:
             echo = getattr(config, "echo", None) or EchoConfig(enable=False)
         self.echo = echo
+        self.guidance = guidance or getattr(config, "guidance", None)  # LUFFY / UFT (echovl.easyr1.guidance)
         self._log_probs_only = self.log_probs_from_logits  # EasyR1's (possibly torch.compile'd) function
         # like EasyR1's log-prob function, compiled when use_torch_compile: the chunk's fp32 passes fuse into a few
         # kernels that read the logits once or twice, instead of about ten full-chunk memory passes in eager mode
@@ -171,8 +186,10 @@ class EchoActor(DataParallelPPOActor):
     # ------------------------------------------------------------------ PPO update with the echo term
 
     def update_policy(self, data: DataProto) -> dict[str, Any]:
-        """EasyR1's ``update_policy``; the lines marked ``# echo`` are the only additions."""
-        if not self.echo.active or ECHO_MASK not in data.batch.keys():
+        """EasyR1's ``update_policy``; the lines marked ``# echo`` and ``# guidance`` are the only additions."""
+        guided = GuidedUpdate(self.guidance, data)  # guidance: LUFFY / UFT
+        echo_batch = self.echo.active and ECHO_MASK in data.batch.keys()  # echo
+        if not echo_batch and not guided.active:
             return super().update_policy(data)  # exactly EasyR1
 
         self.actor_module.train()
@@ -181,6 +198,7 @@ class EchoActor(DataParallelPPOActor):
         select_keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
         select_keys.extend(["old_log_probs", "ref_log_probs", "advantages"])
         select_keys.extend([ECHO_MASK, ECHO_ROW, ECHO_WEIGHT, ECHO_CLIP_WEIGHT])  # echo
+        select_keys.extend(guided.select_keys())  # guidance
         self._echo_coef = data.meta_info.get(ECHO_COEF, self.echo.coef)  # echo: lambda of this step
         non_tensor_select_keys = ["multi_modal_inputs"]
 
@@ -199,7 +217,8 @@ class EchoActor(DataParallelPPOActor):
                 total_response_tokens = torch.sum(mini_batch.batch["response_mask"])
                 dist.all_reduce(total_response_tokens, op=dist.ReduceOp.SUM)
                 total_response_tokens = total_response_tokens.clamp(min=1)  # echo: no 0/0 (EasyR1 divides by it)
-                total_clips = self._global_clip_count(mini_batch, echo_share)  # echo
+                total_clips = self._global_clip_count(mini_batch, echo_share) if echo_batch else 0  # echo
+                guided.start_mini_batch(mini_batch)  # guidance
 
                 if self.config.dynamic_batching:
                     max_input_len = mini_batch.batch["input_ids"].size(-1)
@@ -219,13 +238,14 @@ class EchoActor(DataParallelPPOActor):
                     advantages = model_inputs["advantages"]
 
                     # all return: (bsz, response_length)
-                    log_probs = self._forward_micro_batch(model_inputs, temperature=temperature)
+                    log_probs = guided.forward(self, model_inputs, temperature)  # guidance: UFT's hint log-probs too
                     echo_loss = self._echo_loss(log_probs, model_inputs, total_clips)  # echo
                     if micro_batch.meta_info.get(_ECHO_ROWS_ONLY):  # echo: no PG/KL term, no PG metrics
                         echo_loss.backward()
                         continue
 
-                    pg_loss, pg_metrics = compute_policy_loss(
+                    luffy = guided.pg_loss(self.config, model_inputs, log_probs, metrics)  # guidance: expert rows
+                    pg_loss, pg_metrics = luffy or compute_policy_loss(
                         old_log_probs=old_log_probs,
                         log_probs=log_probs,
                         advantages=advantages,
@@ -254,6 +274,9 @@ class EchoActor(DataParallelPPOActor):
                         loss = pg_loss
 
                     loss = loss * torch.sum(response_mask) * self.world_size / total_response_tokens
+                    hint_term = guided.extra_loss(self.world_size)  # guidance: UFT's beta * hint NLL
+                    if hint_term is not None:  # guidance
+                        loss = loss + hint_term
                     if echo_loss is not None:  # echo
                         loss = loss + echo_loss
                     loss.backward()
@@ -265,6 +288,7 @@ class EchoActor(DataParallelPPOActor):
                 grad_norm = self._optimizer_step()
                 append_to_dict(metrics, {"actor/grad_norm": grad_norm.detach().item()})
                 self._append_echo_metrics(metrics, total_clips)  # echo
+                guided.end_mini_batch(metrics, self.world_size)  # guidance
 
         return metrics
 

@@ -4,9 +4,10 @@
 dotted overrides, in OmegaConf struct mode, so a misspelt key is an error (reported with the full key, the
 closest valid name and where it came from) instead of a silently ignored setting.
 
-The ``echo:`` section is copied into ``worker.actor.echo`` (an automatic field, like EasyR1 copies the KL
-settings into the actor) because the workers only receive ``config.worker``. Setting ``worker.actor.echo.<key>``
-to anything but ``echo.<key>``'s value is an error naming both keys (the copy would overwrite it).
+The ``echo:`` and ``guidance:`` sections are copied into ``worker.actor.echo`` and ``worker.actor.guidance``
+(automatic fields, like EasyR1 copies the KL settings into the actor) because the workers only receive
+``config.worker``. Setting ``worker.actor.echo.<key>`` to anything but ``echo.<key>``'s value is an error naming
+both keys (the copy would overwrite it).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from verl.workers.actor.config import ActorConfig
 from verl.workers.config import WorkerConfig
 
 from ..config import EchoConfig
+from ..guidance import GuidanceConfig
+from .guidance import check_guidance, check_solution_column
 
 __all__ = [
     "ConfigError",
@@ -63,6 +66,8 @@ class EchoActorConfig(ActorConfig):
     # below are auto keys
     echo: EasyR1EchoConfig = field(default_factory=EasyR1EchoConfig, init=False)
     """Copied from the top-level ``echo:`` section."""
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig, init=False)
+    """Copied from the top-level ``guidance:`` section."""
 
 
 @dataclass
@@ -74,10 +79,13 @@ class EchoWorkerConfig(WorkerConfig):
 class EchoPPOConfig(PPOConfig):
     worker: EchoWorkerConfig = field(default_factory=EchoWorkerConfig)
     echo: EasyR1EchoConfig = field(default_factory=EasyR1EchoConfig)
+    guidance: GuidanceConfig = field(default_factory=GuidanceConfig)
 
     def post_init(self) -> None:
         super().post_init()
         self.worker.actor.echo = self.echo
+        self.worker.actor.guidance = self.guidance
+        check_guidance(self)
 
 
 def _source_name(source: str) -> str:
@@ -207,6 +215,10 @@ def check_paths(config: EchoPPOConfig) -> None:
     for key, path in files.items():
         if _missing(path):
             raise ConfigError(f"{key}: file not found: {path}{where}")
+    try:
+        check_solution_column(config)  # LUFFY / UFT: the expert solutions are in the training file
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if config.worker.reward.reward_function is None:
         raise ConfigError("worker.reward.reward_function is not set (e.g. ./echovl/reward/math.py:compute_score)")
     for key in ("train_files", "val_files"):

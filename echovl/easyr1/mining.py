@@ -64,19 +64,32 @@ class EchoMiner:
         entropy: torch.Tensor,
         verified: torch.Tensor,
         uids: Sequence,
+        pool: torch.Tensor | None = None,
     ) -> MinedBatch:
-        """Clips of a batch: ``responses``/``response_mask``/``entropy`` [B, R], ``verified`` [B], ``uids`` [B]."""
+        """Clips of a batch: ``responses``/``response_mask``/``entropy`` [B, R], ``verified`` [B], ``uids`` [B].
+
+        ``pool`` ([B] bool, optional) limits the rows that may give a clip (LUFFY: not the expert row); groups
+        still count as all-correct (``scope: degenerate``) by all their rows' ``verified`` flags.
+        """
         group = group_ids(uids)
         steps = step_index(responses, response_mask, self.is_delimiter)
         text = text_mask(responses, response_mask, self.non_text)
         verified = verified.bool()
+        eligible, scope = verified, self.echo.scope
+        if pool is not None:
+            eligible = verified & pool.bool()
+            if scope == "degenerate":  # the all-correct groups, judged on every row, then the pool's rows
+                _, index = torch.unique(group, return_inverse=True)
+                all_correct = torch.ones(int(index.max()) + 1 if index.numel() else 0, dtype=torch.long)
+                all_correct = all_correct.scatter_reduce(0, index, verified.long(), reduce="amin").bool()
+                eligible, scope = eligible & all_correct[index], "all"
         clips = mine_echo_clips(
             entropy.float(),
             steps,
             text,
-            verified,
+            eligible,
             group,
-            **self.echo.mining_kwargs(),
+            **{**self.echo.mining_kwargs(), "scope": scope},
         )
         return MinedBatch(clips, group, steps, text, verified, group_outcomes(verified, group))
 

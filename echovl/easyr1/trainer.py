@@ -41,6 +41,8 @@ from .filtering import (
     padded_echo_rows,
     rows_scores,
 )
+from .guidance import make_guide
+from .luffy import EXPERT_ROW
 from .mining import (
     EchoMiner,
     MinedBatch,
@@ -50,6 +52,7 @@ from .mining import (
     outcome_metrics,
     verified_flags,
 )
+from .uft import HINT_LENGTH
 
 __all__ = ["ECHO_SCORE", "EchoTrainer", "mine_rollout_batch", "trace_records"]
 
@@ -75,11 +78,13 @@ class _RecordingRewardManager:
         return getattr(self._handle, name)
 
 
-def mine_rollout_batch(miner: EchoMiner, batch: DataProto, scores: np.ndarray) -> MinedBatch:
+def mine_rollout_batch(
+    miner: EchoMiner, batch: DataProto, scores: np.ndarray, pool: torch.Tensor | None = None
+) -> MinedBatch:
     """Mine the clips of an EasyR1 rollout batch (any row order) and write ``echo_mask`` into it.
 
     Uses ``responses``, ``response_mask``, ``old_entropy`` and the ``uid`` of every row; ``scores`` are the rows'
-    ``echo.success_key`` scores.
+    ``echo.success_key`` scores; ``pool`` ([B] bool) the rows that may give a clip (default: all).
     """
     if "old_entropy" not in batch.batch.keys():
         raise KeyError(
@@ -92,6 +97,7 @@ def mine_rollout_batch(miner: EchoMiner, batch: DataProto, scores: np.ndarray) -
         batch.batch["old_entropy"],
         verified_flags(scores, miner.echo),
         batch.non_tensor_batch["uid"],
+        pool=pool,
     )
     batch.batch[ECHO_MASK] = mined.clips.mask
     if mined.clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
@@ -113,6 +119,9 @@ class EchoTrainer(RayPPOTrainer):
         self.trace_dir = self.echo.trace_dir or os.path.join(config.trainer.save_checkpoint_path, "echo_traces")
         self._filtered: DataProto | None = None  # DAPO: the dropped all-correct groups kept for their clips
         self._generated_outcomes = None  # DAPO: outcomes over every generated group of the step
+        self.guide = make_guide(self)  # LUFFY / UFT (guidance.method), None otherwise
+        if self.guide is not None:
+            self.train_dataloader = self.guide.loader
 
     # ------------------------------------------------------------------ hooks into EasyR1's fit
 
@@ -120,6 +129,8 @@ class EchoTrainer(RayPPOTrainer):
         super().init_workers()
         self._easyr1_update_actor = self.actor_rollout_ref_wg.update_actor
         self.actor_rollout_ref_wg.update_actor = self._update_actor
+        if self.guide is not None:  # LUFFY: expert rows at generation
+            self.guide.wrap_workers(self.actor_rollout_ref_wg)
 
     def _update_actor(self, batch: DataProto) -> DataProto:
         update_batch, metrics = self.prepare_update(batch)
@@ -132,9 +143,16 @@ class EchoTrainer(RayPPOTrainer):
         if isinstance(self.reward_fn, _RecordingRewardManager):
             self.reward_fn.calls.clear()
         self._filtered, self._generated_outcomes = None, None
+        if self.guide is not None:
+            self.guide.start_step()
         batch = super()._make_batch_data(metrics)
         if self.config.algorithm.online_filtering:
             batch = self._after_online_filtering(batch)
+        if self.guide is not None:  # UFT: rewards on hint + response
+            batch, reward_metrics = self.guide.after_batch(batch, metrics)
+            if reward_metrics is not None:
+                scores = self._success_scores(reward_metrics, "the training batch")
+                batch.non_tensor_batch[ECHO_SCORE] = np.array(scores, dtype=object)
         return batch
 
     # ------------------------------------------------------------------ scores
@@ -250,10 +268,12 @@ class EchoTrainer(RayPPOTrainer):
         """Verified flags, clips and ``echo_mask``; returns the batch for ``update_actor`` and the echo metrics."""
         start = time.perf_counter()
         scores = self._batch_scores(batch)
+        guide_metrics, pool, on_policy = self.guide.prepare(batch, scores) if self.guide else ({}, None, None)
         outcomes = self._generated_outcomes
-        if outcomes is None:
+        if outcomes is None:  # (LUFFY: a group is all-correct when its rollouts and its expert row are)
             outcomes = group_outcomes(verified_flags(scores, self.echo), group_ids(batch.non_tensor_batch["uid"]))
         metrics = outcome_metrics(outcomes)
+        metrics.update(guide_metrics)
         if not self.echo.active:
             return batch, metrics
         coef = self._echo_coef(outcomes)
@@ -263,8 +283,11 @@ class EchoTrainer(RayPPOTrainer):
             return batch, metrics
 
         batch.meta_info[ECHO_COEF] = coef
-        mined = mine_rollout_batch(self.miner, batch, scores)
-        metrics["echo/entropy"] = mean_entropy(batch.batch["old_entropy"], batch.batch["response_mask"])
+        mined = mine_rollout_batch(self.miner, batch, scores, pool=pool)
+        response_mask = batch.batch["response_mask"]
+        if on_policy is not None:  # echo's metrics are over the model's own rollouts
+            response_mask = response_mask * on_policy.unsqueeze(-1).to(response_mask.dtype)
+        metrics["echo/entropy"] = mean_entropy(batch.batch["old_entropy"], response_mask)
         traced, update_batch, timing = [(batch, scores, mined)], batch, {}
         if self._filtered is not None:
             update_batch, data, data_scores, filtered_mined = self._add_filtered_clips(batch, timing)
@@ -302,6 +325,7 @@ class EchoTrainer(RayPPOTrainer):
                     train_step=self.global_step,
                     limit=quota,
                     image_dir=self.config.data.image_dir,
+                    guided=self.guide is not None,
                 )
             path = TraceWriter(self.trace_dir).write(self.global_step, records)
             print(f"echovl: wrote {len(records)} trace records to {path}")
@@ -318,18 +342,27 @@ def trace_records(
     train_step: int,
     limit: int,
     image_dir: str | None = None,
+    guided: bool = False,
 ) -> list:
     """Trace records (:func:`echovl.traces.build_group_records`) of up to ``limit`` groups of a mined batch
-    (mined groups first), with each group's prompt text and first image."""
+    (mined groups first), with each group's prompt text and first image. With ``guided`` (LUFFY / UFT), rows
+    carrying ``expert_row`` are marked as expert rows and a prompt's ``hint_length`` last tokens become the
+    record's ``hint``."""
     groups = select_groups(mined.group, mined.clips, limit)
     prompts: list[str] = [""] * len(batch)
     images: list[Any] = [None] * len(batch)
+    hint_length = batch.batch[HINT_LENGTH] if guided and HINT_LENGTH in batch.batch.keys() else None
+    hints: list[str | None] | None = [None] * len(batch) if hint_length is not None else None
     multi_modal = batch.non_tensor_batch.get("multi_modal_data")
     for g in groups:
         row = int((mined.group == g).nonzero()[0])  # the record reads its prompt and image from the first row
         prompt = batch.batch["prompts"][row]
         prompt_mask = batch.batch["attention_mask"][row, : prompt.shape[0]].bool()
-        prompts[row] = tokenizer.decode(prompt[prompt_mask], skip_special_tokens=True)
+        ids = prompt[prompt_mask]
+        if hints is not None:  # UFT: the hint is the prompt's last tokens
+            split = ids.numel() - int(hint_length[row])
+            ids, hints[row] = ids[:split], tokenizer.decode(ids[split:], skip_special_tokens=True)
+        prompts[row] = tokenizer.decode(ids, skip_special_tokens=True)
         pictures = (multi_modal[row] or {}).get("images") if multi_modal is not None else None
         if pictures is not None and len(pictures):
             picture = pictures[0]
@@ -355,4 +388,6 @@ def trace_records(
         images=images,
         group_names=[str(u) for u in batch.non_tensor_batch["uid"]],
         source="easyr1",
+        expert=batch.batch[EXPERT_ROW].tolist() if guided and EXPERT_ROW in batch.batch.keys() else None,
+        hints=hints,
     )

@@ -9,12 +9,18 @@
 2. ``compute_log_prob_and_entropy`` vs EasyR1's ``compute_log_prob`` (one forward either way). Targets: time
    <= 1.10x, peak memory <= 1.05x. GPU: ``torch.cuda.max_memory_allocated``; CPU: peak RSS (``ru_maxrss``) of
    a fresh subprocess per method, also given as the extra over the RSS before the call.
+3. ``--only guided``: ``update_policy`` with LUFFY, LUFFY + echo, UFT and UFT + echo against EasyR1's GRPO update
+   on the same batch (prompts carrying a ``--hint``-token hint, the first row of each group an expert row, the
+   first half of the second row an EchoClip). Targets: time <= 1.05x, peak memory <= 1.02x (CPU: peak RSS of a
+   fresh subprocess per method, high-water mark reset before the measured update; GPU: ``max_memory_allocated``).
+   On a shared machine add ``--cpu-time`` (the process's CPU time, with ``--threads 1``).
 
 Models have random weights, built from a config (no download): ``tiny``/``wide`` from
 :func:`echovl.testing.build_tiny_qwen2_5_vl`, ``3b`` with Qwen2.5-VL-3B-Instruct's dimensions (36 layers,
 hidden 2048, 152k vocabulary, 32-layer vision tower) in bf16. Batches: one image per prompt, ``--rollouts``
 responses per prompt, laid out like EasyR1's vLLM rollout, mrope position ids from EasyR1's ``get_rope_index``.
-EasyR1's padded path (``padding_free=False``) is timed: the padding-free path needs flash-attn.
+EasyR1's padded path (``padding_free=False``) is timed: the padding-free path needs flash-attn (``--padding-free``
+runs it on CPU with the tests' pure-torch unpad/pad in place of flash-attn's).
 """
 
 from __future__ import annotations
@@ -47,6 +53,10 @@ from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
 from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.easyr1.luffy import EXPERT_ROW  # noqa: E402
+from echovl.easyr1.uft import HINT_LENGTH  # noqa: E402
+from echovl.guidance import GuidanceConfig  # noqa: E402
+from echovl.hints import append_hints  # noqa: E402
 from echovl.testing import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, synthetic_corpus, tiny_image  # noqa: E402
 
 QWEN_VOCAB = 151936
@@ -138,8 +148,11 @@ def response_texts(count: int, tokens: int, tokenizer) -> list[list[int]]:
     return out
 
 
-def make_batch(tokenizer, processor, *, prompts: int, rollouts: int, response: int, image: int) -> DataProto:
-    """A rollout batch laid out like EasyR1's: left-padded prompts with one image each, mrope (4, S) positions."""
+def make_batch(
+    tokenizer, processor, *, prompts: int, rollouts: int, response: int, image: int, hint: int = 0
+) -> DataProto:
+    """A rollout batch laid out like EasyR1's: left-padded prompts with one image each, mrope (4, S) positions;
+    with ``hint``, each prompt ends with a ``hint``-token UFT hint (``hint_length``)."""
     from verl.models.transformers.qwen2_vl import get_rope_index
 
     rows, inputs = [], []
@@ -162,6 +175,15 @@ def make_batch(tokenizer, processor, *, prompts: int, rollouts: int, response: i
         for ids, mask, pos in rows
     ]
     input_ids, attention_mask, position_ids = (torch.stack([p[i] for p in padded]) for i in range(3))
+    hint_ids = [response_texts(1, hint, tokenizer)[0][:hint] for _ in range(prompts)] if hint else [[]] * prompts
+    input_ids, attention_mask, position_ids, hint_length = append_hints(
+        input_ids,
+        attention_mask,
+        position_ids,
+        hint_ids,
+        max_length=length + hint,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     input_ids, attention_mask, position_ids = (
         t.repeat_interleave(rollouts, dim=0) for t in (input_ids, attention_mask, position_ids)
     )
@@ -179,12 +201,17 @@ def make_batch(tokenizer, processor, *, prompts: int, rollouts: int, response: i
         "multi_modal_inputs": np.array([inputs[i // rollouts] for i in range(prompts * rollouts)], dtype=object),
         "uid": np.repeat(np.arange(prompts), rollouts).astype(object),
     }
+    tensors[HINT_LENGTH] = hint_length.repeat_interleave(rollouts)
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info={"temperature": 0.6})
+
+
+PADDING_FREE = False
+"""``--padding-free``: EasyR1's padding-free path (set in ``main``)."""
 
 
 def actor_config(rows: int, preset: dict, compile_log_probs: bool) -> ActorConfig:
     config = ActorConfig(
-        padding_free=False,
+        padding_free=PADDING_FREE,
         dynamic_batching=False,
         use_torch_compile=compile_log_probs,
         micro_batch_size_per_device_for_experience=preset["micro_exp"],
@@ -212,12 +239,17 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+CLOCK = time.perf_counter
+"""What ``timed`` reads: wall clock, or with ``--cpu-time`` the process's CPU time (on a machine shared with other
+jobs, one thread's CPU time does not count the time the scheduler gives to others)."""
+
+
 def timed(fn, device: str) -> float:
     sync(device)
-    start = time.perf_counter()
+    start = CLOCK()
     fn()
     sync(device)
-    return time.perf_counter() - start
+    return CLOCK() - start
 
 
 def interleaved(first, second, device: str, repeats: int) -> tuple[list[float], list[float]]:
@@ -255,7 +287,8 @@ def setup(args, folder: Path):
     if args.response:
         preset["response"] = args.response
     model, tokenizer, processor = load_model(args.model_size, args.device, folder)
-    batch = make_batch(tokenizer, processor, **{k: preset[k] for k in ("prompts", "rollouts", "response", "image")})
+    sizes = {k: preset[k] for k in ("prompts", "rollouts", "response", "image")}
+    batch = make_batch(tokenizer, processor, **sizes, hint=args.hint if args.only == "guided" else 0)
     batch = batch.to(args.device)
     if args.device == "cuda":  # as EasyR1's worker would, keep the images next to the model
         for inputs in batch.non_tensor_batch["multi_modal_inputs"]:
@@ -349,6 +382,102 @@ def bench_update(args, folder: Path) -> dict:
     return result
 
 
+GUIDED = {
+    "luffy": (GuidanceConfig(method="luffy"), False),
+    "luffy_echo": (GuidanceConfig(method="luffy"), True),
+    "uft": (GuidanceConfig(method="uft"), False),
+    "uft_echo": (GuidanceConfig(method="uft"), True),
+}
+"""The guided updates benchmarked against EasyR1's GRPO update: (guidance, echo on)."""
+
+
+def guided_batch(args, folder: Path):
+    """Model, optimizer and a batch every method can train on: old log-probs, advantages, one expert row and one
+    EchoClip per group, the prompts' hints (``--hint`` tokens)."""
+    model, batch, preset = setup(args, folder)
+    config = actor_config(len(batch), preset, args.compile)
+    batch.batch["old_log_probs"] = quiet(DataParallelPPOActor(config, model))[0].compute_log_prob(batch)
+    g = torch.Generator().manual_seed(0)
+    response_mask = batch.batch["response_mask"]
+    batch.batch["advantages"] = torch.randn(len(batch), 1, generator=g).to(response_mask.device) * response_mask
+    rows = torch.arange(len(batch), device=response_mask.device) % preset["rollouts"]
+    batch.batch[EXPERT_ROW] = rows == 0
+    echo_mask = torch.zeros_like(response_mask, dtype=torch.bool)
+    for row in range(1, len(batch), preset["rollouts"]):
+        echo_mask[row, : int(response_mask[row].sum()) // 2] = True
+    batch.batch[ECHO_MASK] = echo_mask
+    return model, batch, config, torch.optim.AdamW(model.parameters(), lr=1e-7)
+
+
+def guided_actor(method: str, config, model, optimizer):
+    if method == "grpo":
+        return quiet(DataParallelPPOActor(config, model, optimizer))[0]
+    guidance, echo = GUIDED[method]
+    actor = EchoActor(config, model, optimizer, echo=EchoConfig(coef=0.001, enable=echo), guidance=guidance)
+    return quiet(actor)[0]
+
+
+def bench_guided(args, folder: Path) -> dict:
+    model, batch, config, optimizer = guided_batch(args, folder)
+    grpo = guided_actor("grpo", config, model, optimizer)
+    if args.compile:
+        for actor in (guided_actor(m, config, model, optimizer) for m in GUIDED):
+            share_compiled(grpo, actor)
+    out = {
+        "rows": len(batch),
+        "hint_tokens": int(batch.batch[HINT_LENGTH].sum()),
+        "response_tokens": int(batch.batch["response_mask"].sum()),
+    }
+    for method in GUIDED:
+        actor = guided_actor(method, config, model, optimizer)
+        if args.compile:
+            share_compiled(grpo, actor)
+        result = summary(
+            "update",
+            *interleaved(
+                lambda: grpo.update_policy(batch), lambda a=actor: a.update_policy(batch), args.device, args.repeats
+            ),
+        )
+        out[method] = {
+            "time_ratio": result["time_ratio"],
+            "time_ratio_of_minima": result["time_ratio_of_minima"],
+            "update_s": result["update_s"],
+            "update_method_s": result["update_echo_s"],
+        }
+    if args.device == "cuda":
+        peaks = {}
+        for method in ("grpo", *GUIDED):
+            actor = guided_actor(method, config, model, optimizer)
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            actor.update_policy(batch)
+            sync(args.device)
+            peaks[method] = torch.cuda.max_memory_allocated()
+        for method in GUIDED:
+            out[method]["memory_ratio"] = peaks[method] / peaks["grpo"]
+    return out
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def measure_update_rss(args, method: str, folder: Path) -> dict:
+    """Child process: peak RSS of one ``update_policy`` call of ``method``. A warm-up call of the same method
+    allocates AdamW's state; then the kernel's high-water mark is reset (``/proc/self/clear_refs``), so the peak is
+    the update's, not the model building's before it."""
+    model, batch, config, optimizer = guided_batch(args, folder)
+    actor = guided_actor(method, config, model, optimizer)
+    actor.update_policy(batch)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS
+    before = _status_mb("VmRSS")
+    actor.update_policy(batch)
+    return {"peak_mb": _status_mb("VmHWM"), "before_mb": before}
+
+
 def gpu_kernel_seconds(fn) -> float:
     """Total time of the GPU kernels one call launches (torch.profiler): the device work itself, free of the
     host-side jitter (allocator, Python) that dominates wall-clock spread on a shared machine."""
@@ -370,9 +499,27 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=EchoConfig().entropy_chunk_size)
     parser.add_argument("--compile", action="store_true", help="torch.compile EasyR1's log-prob function")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    parser.add_argument("--only", choices=["update", "logprob"], default=None)
+    parser.add_argument("--only", choices=["update", "logprob", "guided"], default=None)
+    parser.add_argument("--cpu-time", action="store_true", help="time with the process's CPU time (CPU, --threads 1)")
+    parser.add_argument("--padding-free", action="store_true", help="EasyR1's padding-free path (pure-torch unpad)")
+    parser.add_argument("--hint", type=int, default=48, help="UFT hint tokens per prompt (--only guided)")
     parser.add_argument("--_rss", choices=["baseline", "entropy"], default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_rss_update", choices=["grpo", *GUIDED], default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.cpu_time:
+        global CLOCK
+        if args.device != "cpu":
+            parser.error("--cpu-time measures CPU runs only")
+        CLOCK = time.process_time
+    if args.padding_free:
+        global PADDING_FREE
+        from verl.workers.actor import dp_actor
+
+        from tests.test_easyr1_actor import _pad_input, _unpad_input
+
+        PADDING_FREE = True
+        dp_actor.unpad_input, dp_actor.pad_input = _unpad_input, _pad_input
+        dp_actor.index_first_axis = lambda x, indices: x[indices]
     if args.threads:
         torch.set_num_threads(args.threads)
     init_gloo_group()
@@ -381,7 +528,13 @@ def main() -> None:
         if args._rss:
             print(json.dumps(measure_rss(args, args._rss, folder)))
             return
-        print(f"device={args.device} model={args.model_size} chunk={args.chunk_size} compile={args.compile}")
+        if args._rss_update:
+            print(json.dumps(measure_update_rss(args, args._rss_update, folder)))
+            return
+        print(
+            f"device={args.device} model={args.model_size} chunk={args.chunk_size} compile={args.compile} "
+            f"padding_free={args.padding_free} clock={'process CPU time' if args.cpu_time else 'wall'}"
+        )
         if args.only in (None, "logprob"):
             result = bench_log_probs(args, folder)
             if args.device == "cpu":
@@ -412,6 +565,35 @@ def main() -> None:
                 print(
                     f"  GPU kernel time {result['gpu_kernel_s']:.3f} s vs {result['gpu_kernel_echo_s']:.3f} s with echo: "
                     f"ratio {result['gpu_kernel_ratio']:.4f}"
+                )
+        if args.only == "guided":
+            result = bench_guided(args, folder)
+            if args.device == "cpu":
+                rss = {}
+                for method in ("grpo", *GUIDED):
+                    cmd = [sys.executable, __file__, f"--_rss_update={method}", f"--model-size={args.model_size}"]
+                    cmd += [f"--threads={args.threads}", "--only=guided", f"--hint={args.hint}"]
+                    cmd += ["--padding-free"] if args.padding_free else []
+                    cmd += [f"--response={args.response}"] if args.response else []
+                    line = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()
+                    rss[method] = json.loads(line[-1])
+                grpo_extra = rss["grpo"]["peak_mb"] - rss["grpo"]["before_mb"]
+                for method in GUIDED:
+                    result[method]["memory_ratio"] = rss[method]["peak_mb"] / rss["grpo"]["peak_mb"]
+                    result[method]["peak_rss_mb"] = rss[method]["peak_mb"]
+                    extra = rss[method]["peak_mb"] - rss[method]["before_mb"]
+                    result[method]["extra_rss_mb"] = extra  # the update's own working memory
+                    result[method]["extra_ratio"] = extra / grpo_extra
+                result["grpo_peak_rss_mb"] = rss["grpo"]["peak_mb"]
+                result["grpo_extra_rss_mb"] = rss["grpo"]["peak_mb"] - rss["grpo"]["before_mb"]
+            print("update_policy with LUFFY / UFT (+ echo) vs EasyR1's GRPO:", json.dumps(result, indent=1))
+            for method in GUIDED:
+                own = result[method].get("extra_ratio")
+                print(
+                    f"  {method:10s} time ratio {result[method]['time_ratio']:.3f} (target <= 1.05; of the minima "
+                    f"{result[method]['time_ratio_of_minima']:.3f}), peak memory ratio "
+                    f"{result[method]['memory_ratio']:.3f} (target <= 1.02)"
+                    + (f"; the update's own memory {own:.2f}x" if own is not None else "")
                 )
 
 
