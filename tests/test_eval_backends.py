@@ -57,6 +57,29 @@ def test_transformers_with_images_and_context_cap(tiny_vl_dir):
         backend.generate(prompts[:1], greedy)
 
 
+def test_transformers_continues_a_response_prefix(tiny_lm_dir, tiny_vl_dir):
+    """Greedy: a continuation from the first k tokens of a greedy response gives the rest of that response."""
+    import torch
+
+    for folder, problem, images in (
+        (tiny_lm_dir, "What is 2 + 2?", None),
+        (tiny_vl_dir, "<image>Find x.", [tiny_image(0)]),
+    ):
+        backend = TransformersBackend(folder, batch_size=4, device="cpu")
+        builder = PromptBuilder(backend.tokenizer, backend.processor, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        prompt = builder.build(problem, images)
+        inputs = builder.model_inputs([prompt])
+        with torch.inference_mode():
+            config = backend._generation_config(Sampling(temperature=0), 10)
+            out = backend.model.generate(**inputs, generation_config=config, use_model_defaults=False)
+        ids = out[0, inputs["input_ids"].shape[1] :].tolist()  # the model's own tokens, no re-tokenisation
+        longer = builder.build(problem + " Explain it all.", images)  # batched with a longer prompt: padding
+        texts = backend.generate(
+            [builder.continuation(prompt, ids[:4]), longer], Sampling(temperature=0, max_new_tokens=6)
+        )
+        assert texts[0] == [backend._decode(torch.tensor(ids[4:]))]
+
+
 # ------------------------------------------------------------------------------------------------------- vLLM
 
 
@@ -124,6 +147,12 @@ def test_vllm_requests():
         logit_bias=None,
     )[1][0]
     assert (greedy.n, greedy.temperature, greedy.top_p, greedy.max_tokens) == (1, 0.0, 1.0, 8192)
+    # a continuation: the prompt's ids then exactly the prefix ids; the prefix takes its share of the context
+    cont = Prompt("u", (4, 5) * 20 + (7, 8), (image,), multimodal=True, length=52, prefix_ids=(7, 8), prefix_text="ab")
+    inputs, params = build_vllm_requests(
+        [cont], sampling, [1], sampling_params=FakeSamplingParams, context=64, logit_bias=None
+    )
+    assert inputs[0]["prompt_token_ids"] == [4, 5] * 20 + [7, 8] and params[0].max_tokens == 12
 
 
 def test_vllm_backend_through_a_fake_vllm(fake_vllm, tiny_vl_dir):

@@ -136,3 +136,39 @@ def test_batch_inputs_are_left_padded(tiny_vl_dir):
     batch = text.model_inputs([a, b])
     assert batch["input_ids"][0, -len(a.token_ids) :].tolist() == list(a.token_ids)
     assert batch["attention_mask"][0].sum() == len(a.token_ids)
+
+
+def test_continuations_hold_the_prompt_then_exactly_the_prefix_ids(tiny_vl_dir):
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(tiny_vl_dir)
+    tokenizer = processor.tokenizer
+    prefix = tokenizer.encode("<think>\nso x = 2.\n", add_special_tokens=False)
+    for builder, problem, images in (
+        (
+            PromptBuilder(tokenizer, processor, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS),
+            "<image>Find x.",
+            [png(0, (84, 84))],
+        ),
+        (PromptBuilder(tokenizer, format_prompt=FORMAT_PROMPT.read_text()), "Find x.", None),
+    ):
+        plain = builder.build(problem, images)
+        other = builder.build(problem + " Why is that so?", images)
+        cont = builder.continuation(plain, prefix)
+        assert cont.prefix_ids == tuple(prefix) and cont.text == plain.text + "<think>\nso x = 2.\n"
+        assert cont.token_ids == plain.token_ids + tuple(prefix) and cont.chat_text == plain.text
+        assert cont.input_length == plain.input_length + len(prefix)
+        alone = builder.model_inputs([plain])["input_ids"][0].tolist()
+        batch = builder.model_inputs([cont, other])  # in a batch with a longer plain prompt: left padding
+        mask = batch["attention_mask"][0].bool()
+        assert batch["input_ids"][0][mask].tolist() == alone + prefix
+        assert (
+            batch["input_ids"][1][batch["attention_mask"][1].bool()].tolist()
+            == builder.model_inputs([other])["input_ids"][0].tolist()
+        )
+        with pytest.raises(Exception, match="continuation already"):
+            builder.continuation(cont, prefix)
+    # the prefix is part of the response: a prompt that opens <think> stays think-opened, a prefix opening one does not
+    think = Prompt("<|im_start|>assistant\n<think>", (1,))
+    assert PromptBuilder(tokenizer).continuation(think, prefix).think_opened
+    assert not PromptBuilder(tokenizer).continuation(Prompt("<|im_start|>assistant\n", (1,)), prefix).think_opened

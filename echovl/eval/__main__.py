@@ -11,7 +11,7 @@ import sys
 from .benchmarks import EvalError
 from .run import DEFAULT_FORMAT_PROMPT, EvalConfig, evaluate, read_training_config
 
-__all__ = ["build_parser", "main"]
+__all__ = ["add_prompt_arguments", "build_parser", "main", "prompt_settings"]
 
 
 def _k(value: str) -> tuple[str | None, int]:
@@ -72,22 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-size", type=int, default=16, help="transformers backend: sequences per batch (default: %(default)s)"
     )
-    prompt = parser.add_argument_group("prompt (as in training; a flag beats --config)")
-    prompt.add_argument(
-        "--config",
-        default=None,
-        help="the training YAML: its data.format_prompt, min_pixels, max_pixels, prompt_key, answer_key, image_key",
-    )
-    prompt.add_argument(
-        "--format-prompt",
-        default=None,
-        help=f"Jinja template applied to each problem, or 'none' (default: {DEFAULT_FORMAT_PROMPT.relative_to(DEFAULT_FORMAT_PROMPT.parents[2])})",
-    )
-    prompt.add_argument("--min-pixels", type=int, default=None, help="default: EasyR1's 262144")
-    prompt.add_argument("--max-pixels", type=int, default=None, help="default: EasyR1's 4194304")
-    prompt.add_argument("--prompt-key", default=None, help="problem column (default: problem)")
-    prompt.add_argument("--answer-key", default=None, help="answer column (default: answer)")
-    prompt.add_argument("--image-key", default=None, help="image column (default: images)")
+    add_prompt_arguments(parser)
     parser.add_argument(
         "--ood",
         nargs="+",
@@ -112,7 +97,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(args: argparse.Namespace) -> EvalConfig:
+def add_prompt_arguments(
+    parser: argparse.ArgumentParser,
+    config_help: str = "the training YAML: its data.format_prompt, min_pixels, max_pixels, prompt_key, answer_key, "
+    "image_key",
+) -> None:
+    """The prompt options (``--config``, ``--format-prompt``, pixels, column keys); read them with
+    :func:`prompt_settings`."""
+    prompt = parser.add_argument_group("prompt (as in training; a flag beats --config)")
+    prompt.add_argument("--config", default=None, help=config_help)
+    prompt.add_argument(
+        "--format-prompt",
+        default=None,
+        help="Jinja template applied to each problem, or 'none' (default: "
+        f"{DEFAULT_FORMAT_PROMPT.relative_to(DEFAULT_FORMAT_PROMPT.parents[2])})",
+    )
+    prompt.add_argument("--min-pixels", type=int, default=None, help="default: EasyR1's 262144")
+    prompt.add_argument("--max-pixels", type=int, default=None, help="default: EasyR1's 4194304")
+    prompt.add_argument("--prompt-key", default=None, help="problem column (default: problem)")
+    prompt.add_argument("--answer-key", default=None, help="answer column (default: answer)")
+    prompt.add_argument("--image-key", default=None, help="image column (default: images)")
+
+
+def prompt_settings(args: argparse.Namespace) -> dict:
+    """The prompt fields from ``--config`` and the prompt flags (a flag beats the config; ``none``: no format
+    prompt)."""
     prompt = read_training_config(args.config) if args.config else {}
     for key in ("format_prompt", "min_pixels", "max_pixels", "prompt_key", "answer_key", "image_key"):
         value = getattr(args, key)
@@ -120,6 +129,11 @@ def config_from_args(args: argparse.Namespace) -> EvalConfig:
             prompt[key] = value
     if str(prompt.get("format_prompt", "")).lower() == "none":
         prompt["format_prompt"] = None
+    return prompt
+
+
+def config_from_args(args: argparse.Namespace) -> EvalConfig:
+    prompt = prompt_settings(args)
     k_all = [k for name, k in args.k if name is None]
     return EvalConfig(
         models=args.model,

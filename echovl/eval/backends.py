@@ -34,6 +34,7 @@ __all__ = [
     "VLLMBackend",
     "build_vllm_requests",
     "context_length",
+    "image_token_ids",
     "load_backend",
     "mix_seed",
     "vllm_available",
@@ -111,7 +112,8 @@ def _token_budget(prompt: Prompt, sampling: Sampling, context: int | None) -> in
     return budget
 
 
-def _image_token_ids(tokenizer, processor) -> list[int]:
+def image_token_ids(tokenizer, processor) -> list[int]:
+    """The processor's image and video placeholder ids, which the backends never sample (none without a processor)."""
     if processor is None:
         return []
     ids = []
@@ -213,7 +215,7 @@ class VLLMBackend:
             **engine_kwargs,
         )
         self.context = self._context_length(model_path)
-        image_ids = _image_token_ids(tokenizer, processor)
+        image_ids = image_token_ids(tokenizer, processor)
         self.logit_bias = {i: -100.0 for i in image_ids} or None  # EasyR1's rollout: never sample an image token
 
     def close(self) -> None:
@@ -318,7 +320,7 @@ class TransformersBackend:
         self.eos = eos
         pad = tokenizer.pad_token_id
         self.pad = pad if pad is not None else (eos[0] if eos else 0)
-        self.suppress = _image_token_ids(tokenizer, processor)
+        self.suppress = image_token_ids(tokenizer, processor)
 
     def _generation_config(self, sampling: Sampling, max_new_tokens: int):
         from transformers import GenerationConfig

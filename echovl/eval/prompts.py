@@ -14,11 +14,16 @@ For a problem ``q`` with images ``I`` from a benchmark file:
    ``processor(images, [prompt], add_special_tokens=False)`` (image placeholders expanded) or
    ``tokenizer([prompt], add_special_tokens=False)``.
 
+A *continuation* (:meth:`PromptBuilder.continuation`) is a prompt followed by the start of the assistant's response,
+given as token ids: the model goes on from there (the analyses let a model answer from edited reasoning this way).
+Its ids are the prompt's ids followed by exactly those ids, for every backend.
+
 EasyR1 is not needed; ``tests/test_eval_prompts.py`` checks the ids against ``RLHFDataset`` when it is installed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 from collections.abc import Sequence
@@ -77,6 +82,10 @@ class Prompt:
     """True when the prompt goes through the processor (its benchmark file has an image column)."""
     length: int | None = None
     """Tokens the model reads (image placeholders expanded); None: ``len(token_ids)``."""
+    prefix_ids: tuple[int, ...] = ()
+    """For a continuation: the ids the assistant's response starts with (already the last ids of ``token_ids``)."""
+    prefix_text: str = ""
+    """For a continuation: the text of ``prefix_ids`` (already the end of ``text``)."""
 
     @property
     def input_length(self) -> int:
@@ -84,9 +93,15 @@ class Prompt:
         return len(self.token_ids) if self.length is None else self.length
 
     @property
+    def chat_text(self) -> str:
+        """The chat-templated prompt without a continuation's response prefix."""
+        return self.text[: len(self.text) - len(self.prefix_text)] if self.prefix_text else self.text
+
+    @property
     def think_opened(self) -> bool:
-        """True when the prompt itself opens a ``<think>`` block (the response must close it before the answer)."""
-        return self.text.rstrip().endswith("<think>")
+        """True when the prompt itself opens a ``<think>`` block (the response must close it before the answer);
+        a continuation's prefix does not count (it is part of the response)."""
+        return self.chat_text.rstrip().endswith("<think>")
 
 
 def load_processing(model_path: str | Path):
@@ -163,11 +178,27 @@ class PromptBuilder:
             length = len(self.processor(list(resized), [text], add_special_tokens=False)["input_ids"][0])
         return Prompt(text, ids, resized if resized else None, multimodal, length)
 
+    def continuation(self, prompt: Prompt, prefix_ids: Sequence[int]) -> Prompt:
+        """``prompt`` followed by ``prefix_ids``, the start of the assistant's response: a backend generates what
+        comes after it. The grader then reads ``prefix_text + generated`` as the response (``think_opened`` is the
+        prompt's own)."""
+        if prompt.prefix_ids:
+            raise EvalError("the prompt is a continuation already; continue the original prompt instead")
+        ids = tuple(int(i) for i in prefix_ids)
+        text = self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        length = None if prompt.length is None else prompt.length + len(ids)
+        return dataclasses.replace(
+            prompt,
+            text=prompt.text + text,
+            token_ids=prompt.token_ids + ids,
+            length=length,
+            prefix_ids=ids,
+            prefix_text=text,
+        )
+
     def model_inputs(self, prompts: Sequence[Prompt]) -> dict:
         """Left-padded tensors for Hugging Face ``generate`` (``input_ids``, ``attention_mask``, and
         ``pixel_values`` / ``image_grid_thw`` for images), as ``RLHFDataset`` tokenizes one prompt."""
-        import torch
-
         if any(p.multimodal for p in prompts):
             images = [image for p in prompts for image in p.images or ()]
             tokenizer = self.processor.tokenizer
@@ -175,22 +206,40 @@ class PromptBuilder:
             try:
                 inputs = self.processor(
                     images or None,
-                    [p.text for p in prompts],
+                    [p.chat_text for p in prompts],
                     add_special_tokens=False,
                     padding=True,
                     return_tensors="pt",
                 )
             finally:
                 tokenizer.padding_side = side
-            return dict(inputs)
+            inputs = dict(inputs)
+            if any(p.prefix_ids for p in prompts):  # continuations: the prefix ids exactly, after the expanded prompt
+                rows = [
+                    ids[mask.bool()].tolist() + list(p.prefix_ids)
+                    for ids, mask, p in zip(inputs["input_ids"], inputs["attention_mask"], prompts)
+                ]
+                inputs["input_ids"], inputs["attention_mask"] = _left_padded(rows, self._pad_id())
+            return inputs
+        ids, mask = _left_padded([p.token_ids for p in prompts], self._pad_id())
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def _pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         if pad is None:
             pad = self.tokenizer.eos_token_id
-        width = max(len(p.token_ids) for p in prompts)
-        ids = torch.full((len(prompts), width), pad if pad is not None else 0, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for row, p in enumerate(prompts):
-            if p.token_ids:
-                ids[row, width - len(p.token_ids) :] = torch.tensor(p.token_ids)
-                mask[row, width - len(p.token_ids) :] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+        return pad if pad is not None else 0
+
+
+def _left_padded(rows: Sequence[Sequence[int]], pad: int):
+    """``(input_ids, attention_mask)``, [len(rows), longest] long tensors, each row right-aligned."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for row, values in enumerate(rows):
+        if len(values):
+            ids[row, width - len(values) :] = torch.tensor(list(values), dtype=torch.long)
+            mask[row, width - len(values) :] = 1
+    return ids, mask

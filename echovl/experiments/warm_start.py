@@ -1,0 +1,118 @@
+"""The CPU mini-experiment's warm start as a model folder, and its held-out problems as a parquet file, for the
+analyses (``python -m echovl.analysis.entropy_gap`` / ``step_deletion``) on a model that solves part of a task.
+
+``python -m echovl.experiments.warm_start --out runs/tiny_warm_start`` writes
+
+- ``model/``: the tiny Qwen2.5-VL of :mod:`echovl.experiments.tiny_cpu` after the same supervised warm-up from the
+  same seed, threads and deterministic algorithms (:func:`~echovl.experiments.tiny_cpu.warm_up`, the model
+  ``tiny_cpu`` saves as ``work/model_warmup``), with its processor, so that it loads like any model folder;
+- ``problems.parquet``: the experiment's held-out problems (``problem`` = ``<image>`` + the question, ``answer``,
+  ``solution`` = the reference solution the warm-up trains on, ``images``).
+
+The experiment's prompt is the bare question after the picture, and a picture is 28 x 28 pixels (one image token),
+so the analyses run with ``--format-prompt none --min-pixels 784 --max-pixels 3136`` (docs/analysis.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "problems_table", "write_warm_start"]
+
+
+def problems_table(problems):
+    """The problems as a parquet-ready table: problem, answer, solution, images."""
+    import pyarrow as pa
+
+    from .digits import QUESTION, digit_image, solution
+
+    rows = []
+    for p in problems:
+        buffer = io.BytesIO()
+        digit_image(p).save(buffer, format="PNG")
+        rows.append(
+            {
+                "problem": f"<image>{QUESTION}",
+                "answer": p.answer,
+                "solution": solution(p),
+                "images": [{"bytes": buffer.getvalue(), "path": None}],
+            }
+        )
+    return pa.Table.from_pylist(rows)
+
+
+def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, progress=None) -> dict:
+    """Write ``out/model`` and ``out/problems.parquet`` (module docstring); returns the warm-up's summary."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from .digits import make_problems
+    from .tiny_cpu import ExperimentSettings, _Reproducible, build_model, warm_up
+
+    if progress is None:
+        from tqdm.auto import tqdm as progress
+    settings = settings or ExperimentSettings()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
+    try:
+        base = build_model(work / "model", settings)
+        processor = AutoProcessor.from_pretrained(base, padding_side="left")
+        train = make_problems(settings.train_problems, seed=settings.seed)  # as run_experiment draws them
+        probe = make_problems(settings.probe_problems, seed=settings.seed + 1)
+        held_out = make_problems(max(problems, settings.eval_problems), seed=settings.seed + 2)[:problems]
+        with _Reproducible(settings.threads):  # as run_experiment: fixed threads, deterministic algorithms
+            torch.manual_seed(settings.seed)
+            model = AutoModelForImageTextToText.from_pretrained(base)
+            summary = warm_up(model, processor, train, probe, settings, progress)
+        model.save_pretrained(base, safe_serialization=True)  # over the random weights; tokenizer files stay
+        pq.write_table(problems_table(held_out), work / "problems.parquet")
+        for name in ("model", "problems.parquet"):
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            os.replace(work / name, target)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m echovl.experiments.warm_start",
+        description="Write the CPU mini-experiment's warm-started tiny Qwen2.5-VL (OUT/model) and its held-out digit "
+        "problems with reference solutions (OUT/problems.parquet), for the analyses.",
+    )
+    parser.add_argument("--out", default="runs/tiny_warm_start", help="output folder (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="the experiment's seed (default: %(default)s)")
+    parser.add_argument("--problems", type=int, default=100, help="held-out problems (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the experiment's, 2)")
+    args = parser.parse_args(argv)
+    if args.problems < 1:
+        parser.error("--problems must be >= 1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .tiny_cpu import ExperimentSettings
+
+    settings = ExperimentSettings(seed=args.seed)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        settings.threads = args.threads
+    summary = write_warm_start(args.out, settings, problems=args.problems)
+    print(
+        f"warm-up: {summary['steps']} supervised steps, probe accuracy {summary['probe_accuracy']:.2f}\n"
+        f"model:    {Path(args.out) / 'model'}\nproblems: {Path(args.out) / 'problems.parquet'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""python -m echovl.experiments.warm_start: a loadable model folder and a problem file whose prompts, built by the
+analyses with the documented flags, are exactly the CPU experiment's (a two-step warm-up at toy sizes)."""
+
+import dataclasses
+
+import torch
+
+from echovl.analysis.common import load_problems, load_scoring_model
+from echovl.eval.prompts import PromptBuilder, load_processing
+from echovl.experiments.digits import make_problems, solution
+from echovl.experiments.tiny_cpu import ExperimentSettings, _encode_prompts, _prompt_text
+from echovl.experiments.warm_start import write_warm_start
+from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+
+
+def test_warm_start_folder_and_problems_match_the_experiment(tmp_path):
+    settings = dataclasses.replace(
+        ExperimentSettings.quick(), warmup_max_steps=2, warmup_check=2, train_problems=4, warmup_batch=2
+    )
+    summary = write_warm_start(tmp_path, settings, problems=3, progress=lambda **kw: _Quiet())
+    assert summary["steps"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "problems.parquet"]  # no temporary folder left
+    model = load_scoring_model(str(tmp_path / "model"), "cpu")
+    tokenizer, processor = load_processing(tmp_path / "model")
+    problems = load_problems(tmp_path / "problems.parquet", solution_key="solution")
+    expected = make_problems(max(3, settings.eval_problems), seed=settings.seed + 2)[:3]
+    assert [(p.answer, p.solution) for p in problems] == [(q.answer, solution(q)) for q in expected]
+    # docs/analysis.md's flags: no format prompt, pictures kept at 28 x 28 (one image token)
+    builder = PromptBuilder(tokenizer, processor, format_prompt=None, min_pixels=784, max_pixels=3136)
+    prompt = builder.build(problems[0].problem, problems[0].images)
+    assert prompt.text == _prompt_text(processor)
+    ours = builder.model_inputs([prompt])
+    theirs = _encode_prompts(processor, expected[:1])
+    assert ours["input_ids"].tolist() == theirs["input_ids"].tolist()
+    torch.testing.assert_close(ours["pixel_values"], theirs["pixel_values"])
+    assert model.config.vision_config is not None
+
+
+class _Quiet:
+    def update(self, *args):
+        pass
+
+    def set_postfix(self, **kwargs):
+        pass
+
+    def close(self):
+        pass
