@@ -204,3 +204,35 @@ def test_seeds_report_the_paired_difference_over_seeds(tmp_path, monkeypatch):
     assert saved["differences"]["echo"]["greedy"]["mean"] == pytest.approx(0.05) and saved["runtime_s"] == 30.0
     report = tiny_cpu._seeds_report(comparison, tmp_path)
     assert "echo - baseline: greedy +0.050 [-0.074, +0.174]" in report
+
+
+def test_seeds_resume_reuses_only_finished_seeds_with_the_same_settings(tmp_path, monkeypatch):
+    """An interrupted --seeds run: seed 0 finished with these settings (reused), seed 1 finished with other
+    settings and seed 2 never finished (both run again)."""
+    from dataclasses import asdict, replace
+
+    from echovl.experiments import tiny_cpu
+
+    settings = tiny_cpu.ExperimentSettings.quick()
+    ran = []
+
+    def fake_run(out, seed_settings, progress=None):
+        ran.append(seed_settings.seed)
+        evals = {run: {"greedy": 0.5, "sampled": 0.5} for run in ("start", "baseline", "echo")}
+        return {"eval": evals, "runtime_s": 1.0}
+
+    def finished(seed, **changes):
+        folder = tmp_path / f"seed_{seed}"
+        folder.mkdir()
+        seed_settings = replace(settings, seed=seed, **changes)
+        evals = {run: {"greedy": 0.25, "sampled": 0.25} for run in ("start", "baseline", "echo")}
+        summary = {"settings": {**asdict(seed_settings), "runs": list(seed_settings.runs)}, "eval": evals, "runtime_s": 7.0}
+        (folder / "summary.json").write_text(json.dumps(summary))
+
+    finished(0)
+    finished(1, steps=settings.steps + 1)
+    (tmp_path / "seed_2").mkdir()
+    monkeypatch.setattr(tiny_cpu, "run_experiment", fake_run)
+    comparison = tiny_cpu.run_seeds(tmp_path, settings, [0, 1, 2])
+    assert ran == [1, 2]
+    assert comparison["runtime_s"] == 9.0  # 7 (reused seed 0) + 1 + 1
