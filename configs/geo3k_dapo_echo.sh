@@ -1,7 +1,7 @@
 #!/bin/bash
 # DAPO + EchoRL: Qwen2.5-VL-7B-Instruct on Geometry3K. DAPO = online filtering of all-correct / all-wrong groups
 # (on accuracy, as in the DAPO paper), clip-higher, no KL. EchoRL keeps the clips of the all-correct groups the
-# filter drops (echo.keep_filtered_clips; README: "DAPO and EchoRL").
+# filter drops (echo.keep_filtered_clips; docs/easyr1.md, "DAPO and EchoRL").
 #   bash configs/geo3k_dapo_echo.sh [key=value ...]
 # Environment: MODEL_PATH, TRAIN_FILES, VAL_FILES, N_GPUS_PER_NODE, NNODES, EXPERIMENT_NAME, PYTHON.
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # EchoRL CPU mini-experiment: GRPO with and without echo on a tiny Qwen2.5-VL, from the same warm start and seed.
 # Writes metrics.csv, plot.png, summary.json and traces/ under OUT (default runs/tiny_cpu_echo); extra arguments go
-# to the Python entry point (--seed, --steps, --coef, --quick, --threads; see --help).
+# to the Python entry point (--seed, --steps, --coef, --quick, --threads, --seeds, --variant; see --help
+# and docs/cpu_experiment.md).
 #   bash configs/tiny_cpu_echo.sh
 #   OUT=/tmp/echo bash configs/tiny_cpu_echo.sh --seed 1
 set -euo pipefail
