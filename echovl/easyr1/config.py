@@ -226,6 +226,6 @@ def check_paths(config: EchoPPOConfig) -> None:
         path = value.split("@", 1)[0] if value else value
         if path and (path.endswith(_DATA_SUFFIXES) or path.startswith((".", os.sep))) and _missing(path):
             raise ConfigError(
-                f"data.{key}: no such file or folder: {path}{where}. Prepare the data first (README, "
-                "'Training with EasyR1'), or point the path at your copy."
+                f"data.{key}: no such file or folder: {path}{where}. Prepare the data first (docs/easyr1.md, "
+                "'Prepare the data'), or point the path at your copy."
             )

@@ -105,7 +105,7 @@ class ExperimentSettings:
     ``{"soft": {"selection": "soft", "soft_temperature": 0.5}}``)."""
     threads: int = 2
     """torch CPU threads. Fixed rather than torch's default (one per core), because the thread count can change how
-    kernels split their sums, hence the last bits of a result, and from there every sampled token (README: on the
+    kernels split their sums, hence the last bits of a result, and from there every sampled token (docs/cpu_experiment.md: on the
     development machine 1 and 2 threads gave the same run, while 8 threads changed the warm start within 50 steps)."""
 
     @property
