@@ -187,7 +187,8 @@ def test_seeds_report_the_paired_difference_over_seeds(tmp_path, monkeypatch):
         evals = {"start": {"greedy": 0.1, "sampled": 0.1}}
         for run, value in zip(("baseline", "echo", "soft"), greedy[settings.seed]):
             evals[run] = {"greedy": value, "sampled": value / 2}
-        return {"eval": evals, "runtime_s": 10.0}
+        warmup = {"probe_accuracy": 0.11 if settings.seed == 2 else settings.warmup_target}  # seed 2 fell short
+        return {"eval": evals, "runtime_s": 10.0, "warmup": warmup}
 
     monkeypatch.setattr(tiny_cpu, "run_experiment", fake_run)
     settings = tiny_cpu.ExperimentSettings.quick()
@@ -204,6 +205,9 @@ def test_seeds_report_the_paired_difference_over_seeds(tmp_path, monkeypatch):
     assert saved["differences"]["echo"]["greedy"]["mean"] == pytest.approx(0.05) and saved["runtime_s"] == 30.0
     report = tiny_cpu._seeds_report(comparison, tmp_path)
     assert "echo - baseline: greedy +0.050 [-0.074, +0.174]" in report
+    assert comparison["warmup_short_of_target"] == [{"seed": 2, "probe_accuracy": 0.11}]
+    assert "seed 2: the warm-up ended short of its target (probe accuracy 0.11)" in report
+    assert "excludes 0" not in report  # no interval here excludes 0, so no legend for a mark that is absent
 
 
 def test_seeds_resume_reuses_only_finished_seeds_with_the_same_settings(tmp_path, monkeypatch):

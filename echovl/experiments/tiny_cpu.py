@@ -567,6 +567,13 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
     torch.manual_seed(settings.seed)
     model = AutoModelForImageTextToText.from_pretrained(base)
     warmup = warm_up(model, processor, train, probe, settings, progress)
+    if warmup["probe_accuracy"] < settings.warmup_target:
+        print(
+            f"warning: the warm-up stopped at its cap ({settings.warmup_max_steps} steps) with probe accuracy "
+            f"{warmup['probe_accuracy']:.2f} < target {settings.warmup_target}: GRPO starts from a model that "
+            "rarely solves the task, so few groups are all-correct and echo has little to do",
+            file=sys.stderr,
+        )
     start = out / "work" / "model_warmup"
     model.save_pretrained(start, safe_serialization=True)
     warmup["fingerprint"] = fingerprint(start)
@@ -756,6 +763,11 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
                 "high": interval.high,
             }
     comparison["runtime_s"] = round(sum(s["runtime_s"] for s in summaries), 1)
+    comparison["warmup_short_of_target"] = [
+        {"seed": seed, "probe_accuracy": summary["warmup"]["probe_accuracy"]}
+        for seed, summary in zip(seeds, summaries)
+        if "warmup" in summary and summary["warmup"]["probe_accuracy"] < settings.warmup_target
+    ]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=("seed", "run", "greedy", "sampled"), lineterminator="\n")
     writer.writeheader()
@@ -786,17 +798,25 @@ def _seeds_report(comparison: dict, out: Path) -> str:
         f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), {comparison['runtime_s']:.0f} s in all.",
         "Held-out accuracy, difference to the baseline (mean over seeds, 95% t-interval over the seeds):",
     ]
+    starred = False
     for run, metrics in comparison["differences"].items():
         cells = []
         for metric in ("greedy", "sampled"):
             d = metrics[metric]
             low, high = d["low"], d["high"]
             sign = "" if math.isnan(low) or low <= 0 <= high else " *"
+            starred = starred or bool(sign)
             cells.append(f"{metric} {d['mean']:+.3f} [{low:+.3f}, {high:+.3f}]{sign}")
         lines.append(f"  {run} - baseline: {'; '.join(cells)}")
         lines.append(f"    per seed (greedy): {', '.join(f'{v:+.2f}' for v in metrics['greedy']['per_seed'])}")
+    if starred:
+        lines.append("  * the interval excludes 0.")
+    for short in comparison.get("warmup_short_of_target", []):
+        lines.append(
+            f"  ! seed {short['seed']}: the warm-up ended short of its target (probe accuracy "
+            f"{short['probe_accuracy']:.2f}), so its runs start from a model that rarely solves the task."
+        )
     lines += [
-        "  * the interval excludes 0.",
         f"per seed: {out}/seed_<s>/ (metrics.csv, plot.png, summary.json, traces)",
         f"table:    {out / 'seeds.csv'}",
         f"summary:  {out / 'seeds.json'}",
