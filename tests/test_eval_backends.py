@@ -57,6 +57,62 @@ def test_transformers_with_images_and_context_cap(tiny_vl_dir):
         backend.generate(prompts[:1], greedy)
 
 
+def test_padded_causal_mask_equals_transformers_sdpa_mask():
+    """The broadcast mask against transformers' vmap-built one: prefill and decode steps, left padding, a KV offset,
+    no padding (SDPA's is_causal: None from both), and a sliding window (handed to transformers)."""
+    import torch
+    from transformers import masking_utils as mu
+
+    from echovl.eval.backends import padded_causal_mask
+
+    pad = torch.tensor(
+        [[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1]]
+    ).bool()  # as create_causal_mask passes it
+    cases = [
+        dict(cache_position=torch.arange(5), kv_length=5, attention_mask=pad[:, :5]),  # prefill
+        dict(cache_position=torch.tensor([6]), kv_length=7, attention_mask=pad),  # a decode step
+        dict(cache_position=torch.arange(3, 5), kv_length=4, kv_offset=1, attention_mask=pad[:, :5]),
+        dict(cache_position=torch.arange(4), kv_length=4, attention_mask=torch.ones(3, 4, dtype=torch.bool)),
+        dict(
+            cache_position=torch.arange(6),
+            kv_length=6,
+            attention_mask=pad[:, :6],
+            local_size=3,
+            mask_function=mu.sliding_window_causal_mask_function(3),
+        ),
+    ]
+    for case in cases:
+        ours = padded_causal_mask(3, **case)
+        theirs = mu.sdpa_mask(3, **{"mask_function": mu.causal_mask_function, **case})
+        if theirs is None:
+            assert ours is None
+        else:
+            assert ours.dtype == torch.bool and torch.equal(ours, theirs), case
+
+
+def test_transformers_backend_uses_the_fast_mask_with_the_same_outputs(tiny_lm_dir, tiny_vl_dir):
+    """Text and VL models switch to the broadcast mask; batched generation gives what plain SDPA gives."""
+    from echovl.eval.backends import use_fast_sdpa_mask
+
+    for folder, vision in ((tiny_lm_dir, False), (tiny_vl_dir, True)):
+        backend = TransformersBackend(folder, batch_size=4, device="cpu")
+        assert backend.model.config._attn_implementation == "echovl_sdpa"
+        builder = PromptBuilder(backend.tokenizer, backend.processor, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+        if vision:
+            prompts = [builder.build(f"<image>Find x in figure {i}." + " Why?" * i, [tiny_image(i)]) for i in range(3)]
+        else:
+            prompts = [builder.build("What is 2 + 2?" + " Explain." * i) for i in range(3)]
+        greedy = Sampling(temperature=0, max_new_tokens=8)
+        fast = backend.generate(prompts, greedy)
+        backend.model.set_attn_implementation("sdpa")
+        assert backend.generate(prompts, greedy) == fast
+        use_fast_sdpa_mask(backend.model)
+        assert backend.model.config._attn_implementation == "echovl_sdpa"
+    backend.model.set_attn_implementation("eager")  # any other attention is left as it is
+    use_fast_sdpa_mask(backend.model)
+    assert backend.model.config._attn_implementation == "eager"
+
+
 def test_transformers_continues_a_response_prefix(tiny_lm_dir, tiny_vl_dir):
     """Greedy: a continuation from the first k tokens of a greedy response gives the rest of that response."""
     import torch

@@ -230,7 +230,11 @@ def test_seeds_resume_reuses_only_finished_seeds_with_the_same_settings(tmp_path
         folder.mkdir()
         seed_settings = replace(settings, seed=seed, **changes)
         evals = {run: {"greedy": 0.25, "sampled": 0.25} for run in ("start", "baseline", "echo")}
-        summary = {"settings": {**asdict(seed_settings), "runs": list(seed_settings.runs)}, "eval": evals, "runtime_s": 7.0}
+        summary = {
+            "settings": {**asdict(seed_settings), "runs": list(seed_settings.runs)},
+            "eval": evals,
+            "runtime_s": 7.0,
+        }
         (folder / "summary.json").write_text(json.dumps(summary))
 
     finished(0)

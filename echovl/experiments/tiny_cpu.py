@@ -734,7 +734,10 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
         seed_settings = replace(settings, seed=seed)
         done = _finished_summary(out / f"seed_{seed}", seed_settings)
         if done is not None:
-            print(f"seed {seed} ({index} of {len(seeds)}): reusing {out / f'seed_{seed}'} (same settings)", file=sys.stderr)
+            print(
+                f"seed {seed} ({index} of {len(seeds)}): reusing {out / f'seed_{seed}'} (same settings)",
+                file=sys.stderr,
+            )
             summaries.append(done)
             continue
         print(f"seed {seed} ({index} of {len(seeds)})", file=sys.stderr)
