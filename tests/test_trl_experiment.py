@@ -61,7 +61,19 @@ def test_quick_run_writes_metrics(quick_run):
             assert float(row["echo_grad_norm"]) == 0.0 and row["clips"] == "nan"
         else:
             assert float(row["clips"]) >= 0
+    # lambda and the clip weights are logged for every echo run (the overview tab charts them)
+    for row in rows:
+        if row["run"] == "baseline":
+            assert row["coef"] == row["clips_per_group"] == row["clip_weight_max"] == "nan"
+        else:
+            assert float(row["coef"]) == settings.coef
     echo = [r for r in rows if r["run"] == "echo"]
+    assert all(r["clips_per_group"] == "nan" for r in echo)  # one clip per group: no weights to show
+    soft = [r for r in rows if r["run"] == "soft" and float(r["clips"]) > 0]
+    assert soft, "the soft run should mine some clips"
+    for r in soft:  # every eligible step of a group is a clip; the heaviest weighs at most 1 (weights sum to 1)
+        assert float(r["clips_per_group"]) >= 1 and 0 < float(r["clip_weight_max"]) <= 1
+    assert any(float(r["clip_weight_max"]) < 1 for r in soft)
     assert any(float(r["clips"]) > 0 for r in echo), "the quick warm-up should give some verified rollouts"
     for r in echo:
         if float(r["clips"]) > 0:
