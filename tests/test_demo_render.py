@@ -143,6 +143,47 @@ def test_step_shade_and_range():
     assert entropy_range(_record()) == 1.5
 
 
+def _soft_record():
+    """Soft selection: three clips (rollout 0 step 1, rollout 2 step 1, rollout 0 step 2), weights summing to 1."""
+    record = _record()
+    first = dict(record["clip"], weight=0.5)
+    record["clip"] = first
+    record["clips"] = [
+        first,
+        {"rollout": 2, "step": 1, "step_entropy": 0.3, "length": 4, "token_end": 4, "char_end": 11, "weight": 0.3},
+        {"rollout": 0, "step": 2, "step_entropy": 0.4, "length": 8, "token_end": 8, "char_end": 27, "weight": 0.2},
+    ]
+    return record
+
+
+def test_several_clips_show_with_their_weights():
+    record = _soft_record()
+    [card] = elements(render_summary(record), "echo-summary")
+    assert "3 (weights sum to 1.000)" in card["text"]
+    rows = elements(render_summary(record), tag="tr")[1:]  # the table of clips, heaviest first
+    assert [(r["attrs"]["data-rollout"], r["attrs"]["data-step"]) for r in rows] == [
+        ("0", "1"),
+        ("2", "1"),
+        ("0", "2"),
+    ]
+    assert ["0.500" in rows[0]["text"], "0.300" in rows[1]["text"], "0.200" in rows[2]["text"]] == [True] * 3
+    chart = render_chart(record)
+    [chosen] = elements(chart, "echo-chosen-step")
+    assert "EchoClip: rollout 0, step 1 (0.900 nats), weight 0.500" in chosen["text"]
+    others = elements(chart, "echo-other-clip")
+    assert [(o["attrs"]["data-rollout"], o["attrs"]["data-step"]) for o in others] == [("2", "1"), ("0", "2")]
+    assert "weight 0.300" in others[0]["text"] and "weight 0.200" in others[1]["text"]
+    html = render_rollouts(record)
+    cards = elements(html, "echo-rollout")
+    assert [c["attrs"]["data-rollout"] for c in cards] == ["0", "2", "1"]  # rollouts with clips first
+    assert "EchoClip: steps 0–1, 6 tokens, weight 0.500" in cards[0]["text"]
+    assert "also an EchoClip: steps 0–2, 8 tokens, weight 0.200" in cards[0]["text"]
+    assert "also an EchoClip: steps 0–1, 4 tokens, weight 0.300" in cards[1]["text"]
+    assert "EchoClip" not in cards[2]["text"]
+    # one clip (the paper's selection): no table, no weights
+    assert not elements(render_summary(_record()), tag="tr") and ", weight " not in render_chart(_record())
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -152,6 +193,9 @@ def test_step_shade_and_range():
         (lambda r: r["clip"].update(rollout=5), "clip.rollout 5"),
         (lambda r: r["clip"].update(step=9), "clip.step 9"),
         (lambda r: r["rollouts"][2]["steps"][1].update(entropy="high"), "entropy must be a number"),
+        (lambda r: r.update(clips=[{"rollout": 1, "step": 7}]), r"clips\[0\].step 7"),
+        (lambda r: r.update(clips=[{"rollout": 9, "step": 0}]), r"clips\[0\].rollout 9"),
+        (lambda r: r.update(clips={}), "'clips' must be a list"),
     ],
 )
 def test_bad_records_give_an_error_view(edit, message):

@@ -138,6 +138,31 @@ def check_record(record: dict) -> None:
             raise RecordError(f"clip.rollout {clip['rollout']} is not a rollout of the group")
         if not 0 <= clip["step"] < len(record["rollouts"][clip["rollout"]]["steps"]):
             raise RecordError(f"clip.step {clip['step']} is not a step of rollout {clip['rollout']}")
+    _check_clip_list(record)
+
+
+def _check_clip_list(record: dict) -> None:
+    clips = record.get("clips")
+    if clips is None:
+        return
+    if not isinstance(clips, list):
+        raise RecordError("'clips' must be a list")
+    for number, clip in enumerate(clips):
+        if not (isinstance(clip, dict) and isinstance(clip.get("rollout"), int) and isinstance(clip.get("step"), int)):
+            raise RecordError(f"clips[{number}] must be an object with integer 'rollout' and 'step'")
+        if not 0 <= clip["rollout"] < len(record["rollouts"]):
+            raise RecordError(f"clips[{number}].rollout {clip['rollout']} is not a rollout of the group")
+        if not 0 <= clip["step"] < len(record["rollouts"][clip["rollout"]]["steps"]):
+            raise RecordError(f"clips[{number}].step {clip['step']} is not a step of rollout {clip['rollout']}")
+
+
+def all_clips(record: dict) -> list[dict]:
+    """Every EchoClip of the group: ``clips`` (several under ``echo.selection`` top_k / soft, with weights), or
+    the single ``clip`` of older traces."""
+    clips = record.get("clips")
+    if clips:
+        return list(clips)
+    return [record["clip"]] if record.get("clip") is not None else []
 
 
 def _finite(value) -> float | None:
@@ -171,6 +196,25 @@ def _kind(record: dict) -> str:
     return "all-wrong" if verified == 0 else "mixed"
 
 
+def _weight(clip: dict) -> float:
+    """A clip's weight in J_echo (1 for the paper's one clip per group, and in traces without weights)."""
+    weight = _finite(clip.get("weight"))
+    return 1.0 if weight is None else weight
+
+
+def _clip_table(clips: list[dict]) -> str:
+    rows = "".join(
+        f'<tr data-rollout="{c["rollout"]}" data-step="{c["step"]}"><td>#{c["rollout"]}</td><td>#{c["step"]}</td>'
+        f"<td>{_e(c.get('length', '?'))}</td><td>{_fmt(_finite(c.get('step_entropy')))}</td>"
+        f"<td>{_fmt(_weight(c), 3)}</td></tr>"
+        for c in sorted(clips, key=_weight, reverse=True)
+    )
+    return (
+        '<table class="echo-clip-table"><thead><tr><th>rollout</th><th>step</th><th>tokens</th>'
+        f"<th>step entropy</th><th>weight</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
 def render_summary(record: dict, notes: Sequence[str] = ()) -> str:
     """Verdict (degenerate / mixed / all wrong), the chosen rollout and step, clip length and entropy."""
     verified, total = _counts(record)
@@ -199,6 +243,9 @@ def render_summary(record: dict, notes: Sequence[str] = ()) -> str:
         ("group", _e(record.get("group", "—"))),
         ("reference answer", _e(record.get("answer", "—"))),
     ]
+    clips = all_clips(record)
+    if len(clips) > 1:  # top_k / soft selection: every clip with its weight in J_echo
+        stats.insert(5, ("clips", f"{len(clips)} (weights sum to {_fmt(sum(_weight(c) for c in clips), 3)})"))
     stat_html = "".join(
         f'<div class="echo-stat"><span class="echo-stat-label">{_e(label)}</span>'
         f'<span class="echo-stat-value">{value}</span></div>'
@@ -210,7 +257,8 @@ def render_summary(record: dict, notes: Sequence[str] = ()) -> str:
         f'<div class="echo-card echo-summary echo-{kind}" data-kind="{kind}">'
         f'<div class="echo-verdict">{_e(verdict)}</div>'
         f'<div class="echo-stats">{stat_html}</div>'
-        f'<details class="echo-prompt"><summary>prompt as the model saw it</summary><pre>{_e(prompt)}</pre></details>'
+        + (_clip_table(clips) if len(clips) > 1 else "")
+        + f'<details class="echo-prompt"><summary>prompt as the model saw it</summary><pre>{_e(prompt)}</pre></details>'
         + (f'<ul class="echo-notes">{notes_html}</ul>' if notes else "")
         + "</div>"
     )
@@ -304,6 +352,17 @@ def render_chart(record: dict) -> str:
                 )
         series.append("</g>")
         parts.append("".join(series))
+    for other in all_clips(record)[1:]:  # top_k / soft: the other clips, thinner rings, their weight on hover
+        step, rollout = other["step"], other["rollout"]
+        value = _finite(other.get("step_entropy"))
+        if value is None:
+            value = _finite(rollouts[rollout]["steps"][step].get("entropy")) or 0.0
+        parts.append(
+            f'<g class="echo-other-clip" data-rollout="{rollout}" data-step="{step}">'
+            f'<circle cx="{x(step):.1f}" cy="{y(value):.1f}" r="7" fill="none" stroke="{CLIP_COLOR}" '
+            f'stroke-width="1.4" stroke-dasharray="2 2"><title>EchoClip: rollout {rollout}, step {step}, '
+            f"weight {_weight(other):.3f}</title></circle></g>"
+        )
     if clip is not None:
         step = clip["step"]
         value = _finite(clip.get("step_entropy"))
@@ -318,8 +377,9 @@ def render_chart(record: dict) -> str:
             f'stroke-dasharray="3 3" stroke-width="1.2"/>'
             f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="{CLIP_COLOR}" stroke-width="2.6"/>'
             f'<text x="{cx + dx:.1f}" y="{top_margin - 10}" text-anchor="{anchor}" font-size="12" font-weight="600" '
-            f'style="fill: {CLIP_COLOR}">EchoClip: rollout {clip["rollout"]}, step {step} ({value:.3f} nats)</text>'
-            f"</g>"
+            f'style="fill: {CLIP_COLOR}">EchoClip: rollout {clip["rollout"]}, step {step} ({value:.3f} nats)'
+            + (f", weight {_weight(clip):.3f}" if len(all_clips(record)) > 1 else "")
+            + "</text></g>"
         )
     parts.append("</svg>")
     legend = "".join(
@@ -336,7 +396,7 @@ def render_chart(record: dict) -> str:
     )
 
 
-def _rollout_html(index: int, rollout: dict, clip: dict | None, top: float) -> str:
+def _rollout_html(index: int, rollout: dict, clip: dict | None, top: float, others: Sequence[dict] = ()) -> str:
     chosen = clip is not None and clip["rollout"] == index
     text, steps = rollout["text"], rollout["steps"]
     pieces, position = [], 0
@@ -388,10 +448,17 @@ def _rollout_html(index: int, rollout: dict, clip: dict | None, top: float) -> s
     if chosen:
         head += (
             f'<span class="echo-badge echo-clip-badge">EchoClip: steps 0–{clip["step"]}, '
-            f"{_e(clip.get('length', '?'))} tokens</span>"
+            f"{_e(clip.get('length', '?'))} tokens"
+            + (f", weight {_weight(clip):.3f}" if others or clip.get("weight", 1) != 1 else "")
+            + "</span>"
+        )
+    for other in others:  # top_k / soft: the further clips in this rollout (nested prefixes of the text)
+        head += (
+            f'<span class="echo-badge echo-clip-badge echo-other-clip-badge">also an EchoClip: steps 0–{other["step"]}, '
+            f"{_e(other.get('length', '?'))} tokens, weight {_weight(other):.3f}</span>"
         )
     return (
-        f'<div class="echo-rollout{" echo-chosen" if chosen else ""}" data-rollout="{index}" '
+        f'<div class="echo-rollout{" echo-chosen" if chosen or others else ""}" data-rollout="{index}" '
         f'data-verified="{str(verified).lower()}"><div class="echo-rollout-head">{head}</div>'
         f'<pre class="echo-text">{"".join(pieces)}</pre></div>'
     )
@@ -405,7 +472,12 @@ def render_rollouts(record: dict) -> str:
     if clip is not None:  # the chosen rollout first
         order.remove(clip["rollout"])
         order.insert(0, clip["rollout"])
-    cards = "".join(_rollout_html(i, record["rollouts"][i], clip, top) for i in order)
+    others = all_clips(record)[1:]
+    rank = {c["rollout"]: n for n, c in reversed(list(enumerate(all_clips(record))))}
+    order.sort(key=lambda i: rank.get(i, len(rank)))  # rollouts with clips first, the heaviest clip's first
+    cards = "".join(
+        _rollout_html(i, record["rollouts"][i], clip, top, [c for c in others if c["rollout"] == i]) for i in order
+    )
     return (
         '<div class="echo-rollouts"><h4>Rollouts</h4>'
         f'<div class="echo-scale"><span>step entropy</span><span>0</span><span class="echo-scale-bar"></span>'
