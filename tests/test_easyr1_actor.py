@@ -14,6 +14,7 @@ from tests.easyr1_stubs import (  # noqa: E402
     build_rollout_batch,
     init_gloo_group,
     install_vllm_stub,
+    reference_clip_nll,
     reference_log_probs_and_entropy,
     worker_model_patch,
     write_prompt_parquet,
@@ -25,7 +26,8 @@ from verl.workers.actor import dp_actor  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW, EchoActor  # noqa: E402
+from echovl.easyr1.filtering import echo_rows, layout_update_batch  # noqa: E402
 from echovl.loss import echo_nll  # noqa: E402
 
 TEMPERATURE = 0.7
@@ -286,44 +288,124 @@ def _clone(model):
     return clone
 
 
-def _sgd_actor(cls, model, rows, **kwargs):
+UPDATE_PATHS = {"padded": {}, "padding_free": {"padding_free": True, "dynamic_batching": True}}
+"""EasyR1's update paths: padded micro-batches, and packed sequences regrouped by length (``padding_free`` and
+``dynamic_batching``, as the shipped configs/geo3k_grpo_echo.yaml sets them)."""
+
+
+def _sgd_actor(cls, model, rows, *, update_path="padded", **kwargs):
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
-    return cls(actor_config(rows, micro=2, max_grad_norm=1e9), model, optimizer, **kwargs)
+    config = actor_config(rows, micro=2, max_grad_norm=1e9, **UPDATE_PATHS[update_path])
+    return cls(config, model, optimizer, **kwargs)
 
 
 def _params(model):
     return [p.detach().clone() for p in model.parameters()]
 
 
+def _update_recording_packs(actor, data):
+    """``update_policy`` under the worker's model patch (EasyR1's own Qwen-VL forward when padding-free); also
+    returns the (batch, tokens) shape of ``input_ids`` and whether an attention mask came, per model forward."""
+    forwards = []
+
+    def record(module, args, kwargs):
+        forwards.append((tuple(kwargs["input_ids"].shape), kwargs.get("attention_mask") is not None))
+
+    hook = actor.actor_module.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        with worker_model_patch(actor.actor_module, actor.config):
+            metrics = actor.update_policy(data)
+    finally:
+        hook.remove()
+    return metrics, forwards
+
+
+def _assert_packed(forwards, update_path, tokens):
+    """Padding-free: every forward is one pack without attention mask, the packs holding ``tokens`` in all."""
+    if update_path == "padding_free":
+        assert all(shape[0] == 1 and not masked for shape, masked in forwards)
+        assert sum(shape[1] for shape, _ in forwards) == tokens
+    else:
+        assert all(masked for _, masked in forwards)
+
+
+def _assert_step_is(model, before, reference):
+    """The SGD step (lr 1) of every parameter is minus the reference's gradient (0 where it has none)."""
+    for p_new, p_old, p_ref in zip(model.parameters(), before, reference.parameters()):
+        expected_step = -p_ref.grad if p_ref.grad is not None else torch.zeros_like(p_old)
+        torch.testing.assert_close(p_new.detach() - p_old, expected_step, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("update_path", list(UPDATE_PATHS))
 @pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl", "qwen3"])
-def test_update_policy_echo_only_gradient(backbones, backbone):
-    """All advantages 0: the PG term is 0, the echo term alone moves the parameters; echo/loss = mean clip NLL."""
+def test_update_policy_echo_only_gradient(backbones, backbone, update_path, cpu_padding_free, cpu_dynamic_batching):
+    """All advantages 0: the PG term is 0, the echo term alone moves the parameters, by exactly -lr * coef *
+    grad(J_echo), J_echo (= echo/loss) the mean over clips of each clip's mean NLL from a plain Hugging Face forward
+    per clip. Padded and padding-free (EasyR1's patched Qwen2.5-VL / Qwen3-VL forward on packed mrope position
+    ids, dynamic batching); VL clips on image rows (0, 3) and a text-only row (4)."""
     base, batch = backbones(backbone)
     clip_rows = (0, 3, 4)
     data = _update_batch(batch, base, advantages=0.0, clip_rows=clip_rows)
     model = _clone(base)
     before = _params(model)
     coef = 0.5
-    actor = _sgd_actor(EchoActor, model, len(data), echo=EchoConfig(coef=coef))
-    metrics = actor.update_policy(data)
+    actor = _sgd_actor(EchoActor, model, len(data), update_path=update_path, echo=EchoConfig(coef=coef))
+    metrics, forwards = _update_recording_packs(actor, data)
+    _assert_packed(forwards, update_path, int(data.batch["attention_mask"].sum()))
 
-    # hand-computed J_echo: the mean over clips of each clip's mean NLL, from a plain forward
-    ref_log_probs, _ = reference_log_probs_and_entropy(base, data, TEMPERATURE)
-    nll = [-ref_log_probs[r][data.batch[ECHO_MASK][r]].mean() for r in clip_rows]
-    expected = torch.stack(nll).mean()
-    assert metrics["echo/loss"] == [pytest.approx(float(expected), rel=1e-5)]
-    assert metrics["actor/pg_loss"] == [0.0, 0.0, 0.0]
-    delta = [float((a - b).abs().max()) for a, b in zip(_params(model), before)]
-    assert max(delta) > 0
-
-    # the step is exactly -lr * coef * grad(J_echo) (SGD, lr 1, no clipping)
     reference = _clone(base)
-    log_probs = _forward_log_probs(reference, data)
-    total, count = echo_nll(log_probs, data.batch[ECHO_MASK])
-    (coef * total / count).backward()
-    for p_new, p_old, p_ref in zip(model.parameters(), before, reference.parameters()):
-        expected_step = -p_ref.grad if p_ref.grad is not None else torch.zeros_like(p_old)
-        torch.testing.assert_close(p_new.detach() - p_old, expected_step, atol=1e-6, rtol=1e-4)
+    j_echo = reference_clip_nll(reference, data, clip_rows, TEMPERATURE)
+    assert metrics["echo/loss"] == [pytest.approx(float(j_echo.detach()), rel=1e-5)]
+    assert metrics["actor/pg_loss"] and set(metrics["actor/pg_loss"]) == {0.0}
+    assert max(float((a - b).abs().max()) for a, b in zip(_params(model), before)) > 0
+    (coef * j_echo).backward()
+    _assert_step_is(model, before, reference)
+
+
+@pytest.mark.parametrize("update_path", list(UPDATE_PATHS))
+@pytest.mark.parametrize("backbone", ["qwen2_5_vl", "qwen3_vl", "qwen3"])
+def test_update_policy_dapo_echo_rows_cut_at_clip_end(
+    backbones, backbone, update_path, cpu_padding_free, cpu_dynamic_batching
+):
+    """DAPO echo rows as the trainer builds them (``echo_rows``: response_mask 0, attention cut after the clip's
+    last token, inert fillers; ``layout_update_batch``), trained after the PG rows: the step is -coef * grad of the
+    mean clip NLL, the echo rows' clips from a plain forward over the truncated sequence (prompt + response up to
+    the clip end). A mid-response clip on an image row (3) and on a text-only row (4); a prefix clip on PG row 0."""
+    base, batch = backbones(backbone)
+    data = _update_batch(batch, base, advantages=0.0, clip_rows=(0,))
+    data.batch[ECHO_ROW] = torch.zeros(len(data), dtype=torch.bool)
+    source = data[[3, 4]]  # stand-ins for the rollouts of a dropped all-correct group
+    response_mask = source.batch["response_mask"]
+    response_length = response_mask.shape[1]
+    clips = torch.zeros(response_mask.shape, dtype=torch.bool)
+    truncated = source.batch["attention_mask"].clone()  # prompt + response up to the clip end, by hand
+    for row in range(len(source)):
+        length = int(response_mask[row].sum())
+        start, end = 2, 2 + length // 3  # clip tokens [start, end): well inside the response
+        clips[row, start:end] = True
+        truncated[row, truncated.shape[1] - response_length + end :] = 0
+    source.batch[ECHO_MASK] = clips
+    echo = echo_rows(source, torch.tensor([0, 1]), clips, 4, like=data)  # 2 clips + 2 inert fillers
+    assert torch.equal(echo.batch["attention_mask"][:2].bool(), truncated.bool())
+    assert int(truncated.sum()) < int(source.batch["attention_mask"].sum())
+    update = layout_update_batch(data, echo, world_size=1, mini_batches=1)
+
+    model = _clone(base)
+    before = _params(model)
+    coef = 0.5
+    actor = _sgd_actor(EchoActor, model, len(data), update_path=update_path, echo=EchoConfig(coef=coef))
+    metrics, forwards = _update_recording_packs(actor, update)
+    _assert_packed(forwards, update_path, int(update.batch["attention_mask"].sum()))  # echo rows packed truncated
+
+    reference = _clone(base)
+    source.batch["attention_mask"] = truncated
+    j_pg_row = reference_clip_nll(reference, data, [0], TEMPERATURE)
+    j_echo_rows = reference_clip_nll(reference, source, [0, 1], TEMPERATURE)
+    j_echo = (j_pg_row + 2 * j_echo_rows) / 3  # the mean over the mini-batch's 3 clips
+    assert metrics["echo/loss"] == [pytest.approx(float(j_echo.detach()), rel=1e-5)]
+    assert metrics["actor/pg_loss"] and set(metrics["actor/pg_loss"]) == {0.0}
+    (coef * j_echo).backward()
+    _assert_step_is(model, before, reference)
 
 
 def _forward_log_probs(model, data):
