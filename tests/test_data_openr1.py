@@ -15,6 +15,7 @@ from echovl.data.openr1_math import (
     EMPTY_DATA_SOURCE,
     EMPTY_SOLUTION,
     NO_VERIFIED,
+    NOT_A_LETTER,
     TOO_LONG,
     convert_eval,
     convert_openr1,
@@ -25,6 +26,7 @@ from tests.data_helpers import REPO, SHARED_DATA, needs, offline_datasets  # noq
 
 LUFFY_VALID = SHARED_DATA / "luffy" / "valid.parquet"
 needs_valid = needs(LUFFY_VALID, "LUFFY's valid.parquet")
+LUFFY_ARC_C = SHARED_DATA / "luffy" / "valid.arc_c.parquet"
 SYSTEM = "Your task is to follow a systematic, thorough reasoning process before providing the final solution."
 LONG = "the angle of the triangle is equal to the sum of x and y " * 20  # far over MAX_TOKENS tiny-tokenizer tokens
 MAX_TOKENS = 40
@@ -305,6 +307,62 @@ def test_eval_bad_rows_file_names_and_determinism(tmp_path, capsys):
         assert (tmp_path / "a" / f"{name}.parquet").read_bytes() == (tmp_path / "b" / f"{name}.parquet").read_bytes()
     assert main(["--eval-source", str(src), "--out", str(tmp_path / "c"), "--strict"]) == 1
     assert EMPTY_DATA_SOURCE in capsys.readouterr().err and not (tmp_path / "c").exists()
+
+
+def test_eval_numbered_options_become_letters(tmp_path, capsys):
+    """LUFFY's ARC-c numbers some options 1) to 4) with answers 1-4: they become A) to D) and letter answers, in the
+    multiple-choice benchmarks only, and only the trailing option lines."""
+    from echovl.reward import judge
+
+    sled = (
+        "Which describes a sled going downhill?\n\n1) KE decreases.\n2) KE increases.\n3) Both fall.\n4) Both rise.\n"
+    )
+    steps = "Steps:\n1) heat it\n2) stir it\n\nWhich is safe?\n\n1) ice\n2) fire"
+    rows = [
+        verl_row(sled, "2", data_source="arc_c"),
+        verl_row("Which?\n\nA) x\nB) y\nC) z\nD) w\n", "C", data_source="arc_c"),
+        verl_row("Pick.\n\n1) up\n2) down\n3) same", "3", data_source="arc_c"),
+        verl_row(steps, "1", data_source="arc_c"),
+        verl_row("Which?\n\n1) x\n2) y\n3) z\n4) w", "5", data_source="arc_c"),  # no option 5
+        verl_row("Which?\n\n1) x\n3) y", "1", data_source="arc_c"),  # not numbered 1, 2, ...
+        verl_row("How many are true?\n1) 2 > 1\n2) 1 > 2\n3) 3 > 2", "2", data_source="math"),
+        verl_row("Steps:\n1) a\n2) b\n\nA) yes\nB) no", "B", data_source="gpqa"),
+    ]
+    src = write_rows(tmp_path / "valid.parquet", rows)
+    report = convert_eval(str(src), tmp_path / "out")
+    assert "arc_c: 3 of 6 rows had options numbered 1) 2) ..." in capsys.readouterr().err
+    assert report.parts["arc_c"].skipped == {NOT_A_LETTER: 2} and report.parts["arc_c"].written == 4
+    assert [b.where for b in report.bad_rows] == ["valid.parquet row 4", "valid.parquet row 5"]
+    written = read(tmp_path / "out" / "all.parquet")
+    assert [(r["problem"], r["answer"]) for r in written] == [
+        (
+            "Which describes a sled going downhill?\n\nA) KE decreases.\nB) KE increases.\nC) Both fall.\nD) Both rise.",
+            "B",
+        ),
+        ("Which?\n\nA) x\nB) y\nC) z\nD) w", "C"),
+        ("Pick.\n\nA) up\nB) down\nC) same", "C"),
+        ("Steps:\n1) heat it\n2) stir it\n\nWhich is safe?\n\nA) ice\nB) fire", "A"),
+        ("How many are true?\n1) 2 > 1\n2) 1 > 2\n3) 3 > 2", "2"),  # math: left as it is
+        ("Steps:\n1) a\n2) b\n\nA) yes\nB) no", "B"),
+    ]
+    # the relabelled row is graded as multiple choice, boxed or stated
+    for response in ("\\boxed{B) KE increases.}", "The answer is (B).", "ANSWER: B"):
+        assert judge(response, written[0]["answer"]) == ("B", True)
+    with pytest.raises(DataError, match=NOT_A_LETTER):
+        convert_eval(str(src), tmp_path / "strict", strict=True)
+
+
+@needs(LUFFY_ARC_C, "LUFFY's valid.arc_c.parquet")
+def test_real_luffy_arc_c_numbered_options(tmp_path):
+    source = read(LUFFY_ARC_C)
+    report = convert_eval(str(LUFFY_ARC_C), tmp_path / "eval")
+    rows = read(tmp_path / "eval" / "arc_c.parquet")
+    assert len(rows) == 1172 and not report.bad_rows
+    assert {r["answer"] for r in rows} == {"A", "B", "C", "D"}
+    changed = [(s, r) for s, r in zip(source, rows) if r["problem"] != s["prompt"][-1]["content"].strip()]
+    assert len(changed) == 22 and any("arc_c: 22 of 1172 rows" in n for n in report.notices)
+    for s, r in changed:
+        assert r["answer"] == "ABCD"[int(s["reward_model"]["ground_truth"]) - 1] and "\n1) " not in r["problem"]
 
 
 @pytest.mark.parametrize("sources", [["all"], ["a/b", "a_b"]])

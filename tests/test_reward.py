@@ -84,6 +84,19 @@ HARD_CASES = [
     ("\\boxed{A}. On reflection the answer is (C).", "C", False, "A", False),  # a box beats a statement
     ("The answer is Avogadro's number.", "A", False, None, False),  # a word is not a letter
     ("\\boxed{10^{-4} eV}", "A", False, None, False),  # the option's text is not its letter
+    ("<think>option C</think> the answer is: **C**", "C", False, "C", True),  # markup between
+    ("Reasoning.\nANSWER: $C$", "C", False, "C", True),  # GPQA's prompt asks for 'ANSWER: $LETTER'
+    ("The answer is $\\textbf{(B)}$.", "B", False, "B", True),
+    ("The correct option is C.", "C", False, "C", True),
+    ("the correct choice is (B)", "C", False, "B", False),
+    ("Answer: C\nThe days get shorter.", "C", False, "C", True),  # the letter ends its line
+    ("Answer: I think it is B", "B", False, None, False),  # "I" starts a word: no letter stated
+    ("The answer is C because days get shorter.", "C", False, None, False),  # a letter must end there
+    ("Answer: A and B", "A", False, None, False),
+    ("The answer is (C). No: the correct option is D.", "D", False, "D", True),  # the last statement counts
+    ("\\boxed{B}. The correct option is C.", "C", False, "B", False),  # a box beats a statement
+    ("The answer is (2).", "B", False, None, False),  # a number is not a letter (ARC-c's 1)-4) become A-D)
+    ("\\boxed{B) Kinetic energy increases and potential energy decreases.}", "B", False, "B", True),
     # a boxed answer inside <think> only
     ("<think>so \\boxed{5}</think> The answer is five.", "5", False, None, False),
     ("<think>so \\boxed{5}", "5", False, None, False),  # the think block never closes
@@ -91,6 +104,9 @@ HARD_CASES = [
     ("so 5</think> \\boxed{5}", "5", True, "5", True),
     ("<think>\\boxed{4}</think>\\boxed{5}", "5", False, "5", True),
     ("<think>\\boxed{C}</think> so the answer is (B)", "C", False, "B", False),
+    ("<think>the answer is (C)</think> I am not sure.", "C", False, None, False),  # a stated letter too
+    ("the answer is (C)", "C", True, None, False),  # the prompt opened the block; it never closes
+    ("the answer is (B)</think> ANSWER: $C$", "C", True, "C", True),
     # several boxes: the last one counts
     ("\\boxed{3}, wait, no: \\boxed{4}", "4", False, "4", True),
     ("\\boxed{4}. Hmm, so \\boxed{3}", "4", False, "3", False),

@@ -17,6 +17,10 @@ Minerva, OlympiadBench) become ``OUT/<data_source>.parquet`` per source plus ``O
 83 x 4: per-source means are then avg@8 / avg@4); they are kept unless ``dedup=True``. LUFFY's ``data/`` folder
 stands for its whole evaluation set (:data:`LUFFY_EVAL_FILES`: ``valid.all.parquet`` with AIME24, AIME25 and AMC
 repeated 32 times, MATH-500, Minerva, OlympiadBench; ARC-c, GPQA-diamond and MMLU-Pro, whose answers are letters).
+In those (:data:`CHOICE_BENCHMARKS`) every answer is made an option letter: a question whose options are numbered
+(22 of LUFFY's 1172 ARC-c rows end in ``1) ...`` to ``4) ...`` with answers ``1``-``4``) gets them relabelled ``A)``
+to ``D)`` and its answer the same letter, so that the grader reads it as multiple choice like the others (the count
+is a notice of the run); any other answer that is not a letter there is a bad row.
 
 ``problem`` is the question alone: the text of the last user message of ``prompt``. LUFFY's instruction lives in
 the system message and is dropped (EasyR1 adds its own through ``data.format_prompt``); an instruction that older
@@ -52,6 +56,7 @@ from .common import (
 )
 
 __all__ = [
+    "CHOICE_BENCHMARKS",
     "DEFAULT_EVAL_OUT",
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_OUT",
@@ -81,6 +86,9 @@ LUFFY_EVAL_FILES = ("valid.all.parquet", "valid.arc_c.parquet", "valid.gpqa.parq
 """LUFFY's evaluation set (its ``data/`` folder): AIME24, AIME25, AMC (each repeated 32 times), MATH-500, Minerva,
 OlympiadBench; ARC-c, GPQA-diamond, MMLU-Pro (letter answers)."""
 
+CHOICE_BENCHMARKS = ("arc_c", "gpqa", "mmlu_pro")
+"""The multiple-choice benchmarks (``data_source``) of LUFFY's evaluation set: their answers must be option letters."""
+
 RAW_COLUMNS = ["problem", "answer", "generations", "correctness_math_verify", "is_reasoning_complete"]
 VERL_COLUMNS = ["prompt", "reward_model", "target", "data_source"]  # target: training only; data_source: eval only
 
@@ -90,6 +98,7 @@ TOO_LONG = "every verified generation over --max-tokens"
 DUPLICATE = "duplicate (--dedup)"
 EMPTY_SOLUTION = "empty solution"
 EMPTY_DATA_SOURCE = "empty data_source"
+NOT_A_LETTER = "multiple-choice answer is not an option letter"
 _ROW_GROUP = 1024
 
 
@@ -341,6 +350,33 @@ def convert_openr1(
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_LETTER_ANSWER = re.compile(r"^\(?[A-Z]\)?$")
+_NUMBERED_OPTION = re.compile(r"^([0-9]{1,2})\)[ \t]")
+
+
+def _lettered_options(problem: str, answer: str) -> tuple[str, str] | None:
+    """``problem`` and ``answer`` with numbered options made letters, or None when they are not numbered options.
+
+    The question must end in option lines numbered ``1)`` to ``N)`` in order (2 <= N <= 26), as LUFFY's ARC-c writes
+    some (``...\\n\\n1) sunlight\\n2) oxygen\\n3) carbon dioxide\\n4) dead organisms``, answer ``4``), and the answer
+    must be one of those numbers; the lines become ``A) sunlight`` ... (the layout of the lettered questions) and
+    the answer its letter (``D``).
+    """
+    if not re.fullmatch(r"[0-9]{1,2}", answer):
+        return None
+    lines = problem.split("\n")
+    start = len(lines)
+    while start and _NUMBERED_OPTION.match(lines[start - 1]):
+        start -= 1
+    labels = [_NUMBERED_OPTION.match(line).group(1) for line in lines[start:]]
+    numbers = [int(label) for label in labels]
+    if not 2 <= len(numbers) <= 26 or numbers != list(range(1, len(numbers) + 1)):
+        return None
+    if not 1 <= int(answer) <= len(numbers):
+        return None
+    for i, (label, number) in enumerate(zip(labels, numbers)):
+        lines[start + i] = chr(ord("A") + number - 1) + lines[start + i][len(label) :]
+    return "\n".join(lines), chr(ord("A") + int(answer) - 1)
 
 
 def luffy_eval_files(folder: Path, report: Report | None = None) -> list[Path] | None:
@@ -409,6 +445,7 @@ def convert_eval(
     seen: set[tuple[str, str, str]] = set()
     file_names: dict[str, str] = {}  # file stem -> data_source
     origin: dict[str, str] = {}  # data_source -> the source it came from
+    relabelled: dict[str, int] = {}  # data_source -> rows whose numbered options became letters
     with AtomicOutputs(report) as outputs:
         sinks = {}
         all_sink = outputs.parquet(out_dir / "all.parquet", EVAL_SCHEMA, row_group_size=_ROW_GROUP)
@@ -425,6 +462,13 @@ def convert_eval(
                     if not data_source:
                         part.skip(where, EMPTY_DATA_SOURCE)
                         continue
+                    if data_source in CHOICE_BENCHMARKS and not _LETTER_ANSWER.match(out["answer"]):
+                        lettered = _lettered_options(out["problem"], out["answer"])
+                        if lettered is None:
+                            part.skip(where, NOT_A_LETTER, f"answer {out['answer']!r}")
+                            continue
+                        out["problem"], out["answer"] = lettered
+                        relabelled[data_source] = relabelled.get(data_source, 0) + 1
                     if origin.setdefault(data_source, src.name) != src.name:
                         raise DataError(
                             f"data_source {data_source!r} is in both {origin[data_source]} and {src.name}: "
@@ -451,6 +495,11 @@ def convert_eval(
                     part.written += 1
                 bar.update(len(rows))
         bar.close()
+        for data_source, count in relabelled.items():
+            report.notice(
+                f"{data_source}: {count} of {report.part(data_source).read} rows had options numbered 1) 2) ...: "
+                "relabelled A) B) ..., and their answers with them (2 -> B)"
+            )
         if report.written == 0:
             report.notice(f"{report.name}: no benchmark rows written")
     return report

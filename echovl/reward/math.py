@@ -17,7 +17,11 @@ One verdict for a response, wherever it is graded (EasyR1's reward, TRL's reward
   math-verify said no and the answer or reference has one of them (``tests/test_reward.py`` pins each).
 - **Multiple choice** (the reference is one capital letter, as in ARC-c, GPQA and MMLU-Pro): the letter of the
   last ``\\boxed{}`` (``C``, ``(C)``, ``\\text{C}``, ``C) text``), or, with no box, the last letter stated as an
-  answer (``the answer is (C)``, ``Answer: C``, ``ANSWER: C``). It is correct when it is the reference letter.
+  answer: after ``answer`` / ``the correct option`` / ``the correct choice`` (``is``, ``:``, ``**``, ``$`` and
+  brackets allowed in between: ``the answer is (C)``, ``Answer: C``, ``ANSWER: $C$``, ``the answer is: **C**``,
+  ``The correct option is C.``), and only where the letter ends there (markup, a closing bracket, punctuation or
+  the end of the line), so that a word is never read as a letter (``Answer: I think it is B`` and ``The answer is
+  C because ...`` state none). It is correct when it is the reference letter.
 
 The training reward per sample (EasyR1's batch reward function :func:`compute_score`) is
 ``{"overall", "format", "accuracy"}``: ``format`` = 1 for ``<think>...</think>`` followed by a boxed answer,
@@ -59,7 +63,7 @@ __all__ = [
 REWARD_NAME = "echovl_math"
 REWARD_TYPE = "batch"
 
-GRADER_VERSION = 2
+GRADER_VERSION = 3
 """Bumped whenever a verdict can change; the evaluation re-grades stored samples graded by another version."""
 
 MAX_ANSWER_CHARS = 1000
@@ -73,8 +77,12 @@ _LETTER_REFERENCE = re.compile(r"^\(?([A-Z])\)?$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _BOXED_LETTER = re.compile(r"^(?:(?i:option|choice|answer)\s*:?\s*)?[(\[]?([A-Z])(?![A-Za-z0-9])")
 _STATED_LETTER = re.compile(
-    r"(?i:answer)(?:\s+(?i:is))?\s*[:*]*\s*(?:(?i:option|choice)\s*)?[(\[]?([A-Z])(?![A-Za-z0-9])"
+    r"\b(?i:answer|(?:correct|right|best|final)\s+(?:option|choice))(?:\s+(?i:is)\b)?[\s:*$]*"
+    r"(?:(?i:option|choice)\s*)?[(\[]?[*$]*([A-Z])(?=[*$)\]}.,;:!?]|[ \t]*(?:\n|$))"
 )
+""" A letter stated as the answer: ``the answer is (C)``, ``Answer: C``, ``ANSWER: $C$``, ``the answer is: **C**``,
+``the correct option is C.``. The letter must end there (markup, a bracket, punctuation, or the end of the line), so
+that a word is not read as a letter (``Answer: I think it is B`` states none)."""
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _LAYOUT = re.compile(r"\s+|\\left|\\right|\\[,;:! ]|\^\{?\\circ\}?|\$")
 _FRAC = re.compile(r"\\[dt]frac")
@@ -127,11 +135,14 @@ def choice_letter(reference: Any) -> str | None:
     return match.group(1) if match else None
 
 
-def _letter_in_box(content: str) -> str | None:
-    text = content
+def _unwrap(text: str) -> str:
     for _ in range(3):  # nested wrappers: \text{\textbf{C}}
         text = _TEXT_WRAPPER.sub(r"\1", text)
-    match = _BOXED_LETTER.match(text.replace("$", "").strip())
+    return text
+
+
+def _letter_in_box(content: str) -> str | None:
+    match = _BOXED_LETTER.match(_unwrap(content).replace("$", "").strip())
     return match.group(1) if match else None
 
 
@@ -145,7 +156,7 @@ def extract_answer(response: str, reference: Any, *, think_opened: bool = False)
         return boxed
     if boxed is not None:
         return _letter_in_box(boxed)
-    stated = _STATED_LETTER.findall(region)
+    stated = _STATED_LETTER.findall(_unwrap(region))
     return stated[-1] if stated else None
 
 
