@@ -13,4 +13,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BENCHMARKS=${BENCHMARKS:-data/geometry3k/test.parquet} OUT=${OUT:-runs/eval_geo3k} \
     CONFIG=${CONFIG:-configs/geo3k_grpo_echo.yaml} SCRIPT=configs/eval_geo3k.sh \
+    DEFAULT_BENCHMARKS=data/geometry3k/test.parquet PREPARE="python data_prep/geometry3k.py" \
     exec bash configs/eval_models.sh "$@"

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Shared by configs/eval_openr1_math.sh and configs/eval_geo3k.sh (which set BENCHMARKS, OUT and CONFIG):
+# Shared by configs/eval_openr1_math.sh and configs/eval_geo3k.sh (which set BENCHMARKS, OUT and CONFIG, and
+# DEFAULT_BENCHMARKS, PREPARE and PREPARE_NOTE: their default benchmark path, the data_prep command that writes it
+# and a note printed with that command when the path is missing):
 #   bash configs/eval_models.sh MODEL [MODEL ...] [-- python -m echovl.eval options]
 # With several models, each is generated in its own process (vLLM frees GPU memory only when its process ends);
 # a last run with all of them reads their samples back from OUT's cache and writes the table (OUT/table.md,
@@ -14,7 +16,18 @@ if [ ${#models[@]} -eq 0 ]; then
     echo "usage: bash ${SCRIPT:-configs/eval_models.sh} MODEL [MODEL ...] [-- python -m echovl.eval options]" >&2
     exit 2
 fi
-common=(--benchmarks "${BENCHMARKS:?}" --out "${OUT:?}" --config "${CONFIG:?}")
+if [ ! -e "${BENCHMARKS:?}" ]; then
+    echo "error: the benchmarks ${BENCHMARKS} do not exist (run from $(pwd))." >&2
+    if [ -n "${PREPARE:-}" ] && [ "${BENCHMARKS}" = "${DEFAULT_BENCHMARKS:-}" ]; then
+        echo "Write them with:" >&2
+        echo "    ${PREPARE}" >&2
+        [ -n "${PREPARE_NOTE:-}" ] && echo "${PREPARE_NOTE}" >&2
+    else
+        echo "Set BENCHMARKS to a benchmark parquet file or folder${PREPARE:+ (the default is written by: ${PREPARE})}." >&2
+    fi
+    exit 1
+fi
+common=(--benchmarks "${BENCHMARKS}" --out "${OUT:?}" --config "${CONFIG:?}")
 PY=${PYTHON:-python3}
 set -x
 if [ ${#models[@]} -gt 1 ]; then

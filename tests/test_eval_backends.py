@@ -2,7 +2,6 @@
 backend's requests and outputs through a fake ``vllm`` module (vLLM itself needs a GPU)."""
 
 import sys
-import types
 
 import pytest
 
@@ -10,7 +9,7 @@ from echovl.eval.backends import Sampling, TransformersBackend, VLLMBackend, bui
 from echovl.eval.benchmarks import EvalError
 from echovl.eval.prompts import Prompt, PromptBuilder
 from echovl.testing import tiny_image
-from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.eval_helpers import FakeLLM, FakeSamplingParams, fake_vllm, one_torch_thread  # noqa: F401 (fixtures)
 
 MIN_PIXELS, MAX_PIXELS = 28 * 28 * 4, 28 * 28 * 16
 
@@ -139,40 +138,6 @@ def test_transformers_continues_a_response_prefix(tiny_lm_dir, tiny_vl_dir):
 # ------------------------------------------------------------------------------------------------------- vLLM
 
 
-class FakeSamplingParams:
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
-
-
-class FakeLLM:
-    """Records what it was built and called with; answers request i's sample j with ``"r{i}s{j}"``."""
-
-    instances = []
-
-    def __init__(self, **kwargs):
-        self.kwargs = kwargs
-        self.calls = []
-        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=64))
-        FakeLLM.instances.append(self)
-
-    def generate(self, inputs, params, use_tqdm=True):
-        self.calls.append((inputs, params))
-        outputs = []
-        for i, p in enumerate(params):
-            completions = [types.SimpleNamespace(text=f"r{i}s{j}") for j in range(p.n)]
-            outputs.append(types.SimpleNamespace(outputs=completions))
-        return outputs
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    module = types.ModuleType("vllm")
-    module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    FakeLLM.instances.clear()
-    return module
-
-
 def test_vllm_requests():
     image = tiny_image(0)
     prompts = [Prompt("t", (1, 2, 3)), Prompt("u", (4, 5) * 20, (image,), multimodal=True, length=50)]
@@ -211,7 +176,8 @@ def test_vllm_requests():
     assert inputs[0]["prompt_token_ids"] == [4, 5] * 20 + [7, 8] and params[0].max_tokens == 12
 
 
-def test_vllm_backend_through_a_fake_vllm(fake_vllm, tiny_vl_dir):
+@pytest.mark.usefixtures("fake_vllm")
+def test_vllm_backend_through_a_fake_vllm(tiny_vl_dir):
     backend = load_backend(
         "vllm",
         tiny_vl_dir,
@@ -234,6 +200,15 @@ def test_vllm_backend_through_a_fake_vllm(fake_vllm, tiny_vl_dir):
     assert inputs[0]["prompt_token_ids"] == list(prompts[0].token_ids)
     assert inputs[1]["multi_modal_data"]["image"][0].size == prompts[1].images[0].size
     assert backend.generate(prompts[:1], Sampling(n=3, temperature=0)) == [["r0s0"] * 3]  # greedy: one, repeated
+    # a sample count per prompt, in one call (the evaluation sends benchmarks with different k together)
+    assert backend.generate(prompts, Sampling(max_new_tokens=8), seeds=[5, 6], n=[3, 1]) == [
+        ["r0s0", "r0s1", "r0s2"],
+        ["r1s0"],
+    ]
+    assert [p.n for p in llm.calls[-1][1]] == [3, 1] and len(llm.calls) == 3
+    assert backend.generate(prompts, Sampling(temperature=0, max_new_tokens=8), n=[2, 1]) == [["r0s0"] * 2, ["r1s0"]]
+    with pytest.raises(EvalError, match="2 sample counts for 1 prompts"):
+        backend.generate(prompts[:1], Sampling(max_new_tokens=8), n=[1, 2])
     backend.close()
     assert backend.llm is None
 

@@ -14,12 +14,14 @@ import pytest
 from transformers import AutoTokenizer
 
 from echovl.data.geometry3k import SCHEMA as GEO3K_SCHEMA
+from echovl.eval import run as run_module
 from echovl.eval.__main__ import main
 from echovl.eval.backends import load_backend
+from echovl.eval.benchmarks import Benchmark, EvalError, Problem
 from echovl.eval.prompts import PromptBuilder
-from echovl.eval.run import EvalConfig, evaluate
+from echovl.eval.run import EvalConfig, evaluate, paper_set_warnings
 from echovl.testing import tiny_image
-from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
+from tests.eval_helpers import FakeLLM, fake_vllm, one_torch_thread  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 FORMAT_PROMPT = REPO / "configs" / "format_prompt" / "math_think.jinja"
@@ -365,6 +367,239 @@ def test_samples_graded_by_an_older_grader_are_graded_again(tmp_path, tiny_lm_di
     assert made == [] and results["models"][0]["accuracy"]["arith"] == 1.0
 
 
+def outputs_outside_the_cache(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file() and ".cache" not in p.parts}
+
+
+def test_a_failed_run_writes_none_of_its_outputs_and_a_rerun_reuses_the_cache(tmp_path, tiny_lm_dir):
+    """Model B's generation fails after model A finished: no samples.jsonl (not even A's) nor results.*; a previous
+    run's outputs stay as they were; the rerun generates only B and writes everything."""
+    bench = write(tmp_path / "b" / "sums.parquet", [{"problem": f"Compute {n}.", "answer": str(n)} for n in range(2)])
+    base, echo = model_copies(tiny_lm_dir, tmp_path)
+    loaded = []
+
+    def factory(fail):
+        def make(name, model_path, **options):
+            loaded.append(Path(model_path).name)
+            backend = load_backend(name, model_path, **options)
+            if Path(model_path).name == fail:
+                backend.generate = lambda *a, **k: (_ for _ in ()).throw(Interrupted())
+            return backend
+
+        return make
+
+    def config(**overrides):
+        fields = dict(max_new_tokens=3, batch_size=4, bootstrap=100, k=1, format_prompt=None, temperature=1.0)
+        fields.update(overrides)
+        return EvalConfig(models=[str(base), str(echo)], benchmarks=[str(bench)], out=tmp_path / "out", **fields)
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupted):
+        evaluate(config(), backend_factory=factory(fail="echo"))
+    assert loaded == ["base", "echo"]
+    assert outputs_outside_the_cache(out) == {}  # nothing but the cache
+    assert [p.name.split(".")[0] for p in (out / ".cache" / "base").glob("*.jsonl")] == ["sums"]
+    loaded.clear()
+    results = evaluate(config(), backend_factory=factory(fail=None))
+    assert loaded == ["echo"]  # base's samples all came from the cache: its model was not even loaded
+    check_outputs(out, results, ["base", "echo"], {"sums": 2})
+    before = outputs_outside_the_cache(out)
+    assert set(before) == {"base/samples.jsonl", "echo/samples.jsonl", "results.json", "results.csv", "table.md"}
+    # a later run (more samples) that fails in B: the previous run's outputs are untouched, none of the new ones
+    with pytest.raises(Interrupted):
+        evaluate(config(k=2), backend_factory=factory(fail="echo"))
+    assert outputs_outside_the_cache(out) == before
+    assert not list(out.rglob(".*.tmp"))
+
+
+def test_atomic_write_all_leaves_every_file_as_it_was_when_one_fails(tmp_path):
+    from echovl.eval.store import atomic_write_all
+
+    (tmp_path / "a.txt").write_text("old")
+    with pytest.raises(TypeError):
+        atomic_write_all({tmp_path / "a.txt": "new", tmp_path / "b.txt": 5})  # the second cannot be written
+    assert (tmp_path / "a.txt").read_text() == "old" and not (tmp_path / "b.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary file left
+    atomic_write_all({tmp_path / "a.txt": "new", tmp_path / "sub" / "b.txt": b"bytes"})
+    assert (tmp_path / "a.txt").read_text() == "new" and (tmp_path / "sub" / "b.txt").read_bytes() == b"bytes"
+
+
+def three_benchmarks(root: Path) -> Path:
+    """Three files, one benchmark each (so that each can be evaluated alone with the same cache key)."""
+    folder = root / "three"
+    write(
+        folder / "arith.parquet",
+        [{"problem": f"Compute {n}.", "answer": str(n), "data_source": "arith"} for n in range(4)],
+    )
+    write(
+        folder / "choice.parquet",
+        [{"problem": f"Letter {n}?", "answer": "ABCD"[n], "data_source": "choice"} for n in range(4)],
+    )
+    write(
+        folder / "third.parquet",
+        [{"problem": f"Compute {n} + 0.", "answer": str(n), "data_source": "third"} for n in range(3)],
+    )
+    return folder
+
+
+def seeded_answer(i, j, request, params):
+    """What vLLM's answer depends on: the request (its tokens and seed) and the sample, not its place in the call."""
+    return f"<think>\n{len(request['prompt_token_ids'])}\n</think>\n\\boxed{{{(params.seed + j) % 4}}}"
+
+
+def cache_records(out: Path) -> dict[str, list[dict]]:
+    return {
+        p.name: sorted(
+            (json.loads(line) for line in p.read_text().splitlines()), key=lambda r: (r["problem_index"], r["sample"])
+        )
+        for p in sorted(out.glob(".cache/*/*.jsonl"))
+    }
+
+
+@pytest.mark.usefixtures("fake_vllm")
+def test_vllm_generates_every_benchmark_in_one_call(tmp_path, tiny_lm_dir, monkeypatch):
+    """vLLM: one generate call for all benchmarks, each problem with its own k; the cache holds what per-benchmark
+    runs give, and so it does when the calls are cut smaller."""
+    monkeypatch.setattr(FakeLLM, "max_model_len", 4096)
+    monkeypatch.setattr(FakeLLM, "answer", staticmethod(seeded_answer))
+    folder = three_benchmarks(tmp_path)
+    ks = {"arith": 3, "choice": 1, "third": 2}
+
+    def config(out, benchmarks, names=tuple(ks)):
+        return EvalConfig(
+            models=[f"m={tiny_lm_dir}"],
+            benchmarks=benchmarks,
+            out=tmp_path / out,
+            backend="vllm",
+            k_per_benchmark={name: ks[name] for name in names},
+            bootstrap=100,
+            show_progress=False,
+        )
+
+    evaluate(config("together", [str(folder)]))
+    [llm] = FakeLLM.instances
+    [(inputs, params)] = llm.calls  # one call for everything
+    assert [p.n for p in params] == [3] * 4 + [1] * 4 + [2] * 3
+    together = cache_records(tmp_path / "together")
+    assert sorted(name.split(".")[0] for name in together) == ["arith", "choice", "third"]
+    assert sum(map(len, together.values())) == 4 * 3 + 4 + 3 * 2
+    FakeLLM.instances.clear()
+    for name in ks:
+        evaluate(config("alone", [str(folder / f"{name}.parquet")], [name]))
+    assert [len(instance.calls) for instance in FakeLLM.instances] == [1, 1, 1]
+    assert cache_records(tmp_path / "alone") == together
+    # calls of at most 5 sequences, filled in order (a problem's samples stay together): the same samples
+    monkeypatch.setattr(run_module, "_VLLM_CALL_SEQUENCES", 5)
+    FakeLLM.instances.clear()
+    evaluate(config("small", [str(folder)]))
+    sizes = [sum(p.n for p in params) for _, params in FakeLLM.instances[0].calls]
+    assert sizes == [3, 3, 3, 5, 4, 4] and cache_records(tmp_path / "small") == together
+
+
+def test_a_prompt_too_long_is_an_error_naming_its_row_before_any_generation(tmp_path, tiny_lm_dir, qwen_tokenizer):
+    models = model_copies(tiny_lm_dir, tmp_path, names=("base",))
+    rows = [{"problem": f"Compute {n}." + (" and more" * 80 if n == 2 else ""), "answer": str(n)} for n in range(4)]
+    bench = write(tmp_path / "bench" / "long.parquet", rows)
+    builder = PromptBuilder(qwen_tokenizer, format_prompt=FORMAT_PROMPT.read_text())
+    short, long = (builder.build(rows[n]["problem"]).input_length for n in (0, 2))
+    made = []
+
+    def factory(name, model_path, **options):
+        backend = Scripted(qwen_tokenizer, SKILLS["base"])
+        backend.context = short + 10
+        made.append(backend)
+        return backend
+
+    assert long > short + 10
+    with pytest.raises(EvalError) as error:
+        evaluate(
+            scripted_config(tmp_path, models, benchmarks=[str(bench)], k_per_benchmark={}, ood=None),
+            backend_factory=factory,
+        )
+    message = str(error.value)
+    assert f"{bench} row 2 (benchmark long, problem id 2)" in message
+    assert f"a prompt of {long} tokens leaves no room in the model's {short + 10}-token context" in message
+    assert made[0].calls == 0 and not (tmp_path / "out").exists()  # checked before anything was generated
+
+
+def info_benchmarks(*names: str) -> list[Benchmark]:
+    from echovl.eval.benchmarks import benchmark_info
+
+    out = []
+    for name in names:
+        info = benchmark_info(name)
+        out.append(
+            Benchmark(
+                name,
+                info.title,
+                info.group,
+                info.k,
+                Path(f"{name}.parquet"),
+                [Problem(0, "0", "p", "1", None)],
+                1,
+                False,
+            )
+        )
+    return out
+
+
+def test_a_warning_when_the_paper_text_set_is_incomplete(tmp_path, tiny_lm_dir, qwen_tokenizer, capsys):
+    nine = ["aime", "aime25", "amc", "math", "minerva", "olympiad_bench", "arc_c", "gpqa", "mmlu_pro"]
+    assert paper_set_warnings(info_benchmarks(*nine)) == []
+    assert paper_set_warnings(info_benchmarks("geometry3k")) == [] and paper_set_warnings(info_benchmarks("x")) == []
+    [warning] = paper_set_warnings(info_benchmarks(*nine[:-1]))
+    assert warning.startswith(
+        "the paper's text benchmarks MMLU-Pro (data_source mmlu_pro) are missing, so the OOD avg is not"
+    )
+    assert (
+        "python data_prep/openr1_math.py --eval-source path/to/LUFFY/data --out data/openr1_math/benchmarks" in warning
+    )
+    [warning] = paper_set_warnings(info_benchmarks("aime24", "math"))  # an alias counts as its benchmark
+    assert "AIME25 (data_source aime25), AMC" in warning and "AIME24" not in warning.split("missing")[0]
+    assert "the ID avg and OOD avg are not the paper's" in warning
+    # end to end: on stderr before generation, and in results.json
+    rows = [{"problem": f"Compute {n}.", "answer": str(n), "data_source": "math"} for n in range(2)]
+    rows += [{"problem": f"Letter {n}?", "answer": "ABCD"[n], "data_source": "arc_c"} for n in range(2)]
+    bench = write(tmp_path / "paper" / "part.parquet", rows)
+    models = model_copies(tiny_lm_dir, tmp_path, names=("base",))
+    results = evaluate(
+        scripted_config(tmp_path, models, benchmarks=[str(bench)], k_per_benchmark={}, ood=None),
+        backend_factory=scripted_factory(qwen_tokenizer, SKILLS),
+    )
+    [warning] = results["warnings"]
+    assert "AIME24 (data_source aime)" in warning and "MATH-500" not in warning and "ARC-c" not in warning
+    assert f"warning: {warning}" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["warnings"] == [warning]
+
+
+def test_a_hub_model_is_keyed_by_its_commit(tmp_path, qwen_tokenizer, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.chdir(tmp_path)
+    commit = {"now": "abc123"}
+
+    def download(repo, filename, **kwargs):
+        if commit["now"] is None:
+            raise OSError("offline and not cached")
+        return str(tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / commit["now"] / filename)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    made = []
+    factory = scripted_factory(qwen_tokenizer, {"m": SKILLS["echo"]}, made=made)
+    config = scripted_config(tmp_path, ["owner/m"], limit=1)
+    evaluate(config, backend_factory=factory)
+    [meta] = (tmp_path / "out" / ".cache" / "owner_m").glob("arith.*.json")
+    assert json.loads(meta.read_text())["model"] == "hub:owner/m@abc123"
+    evaluate(config, backend_factory=factory)
+    assert len(made) == 1  # the same commit: everything from the cache
+    commit["now"] = "def456"  # the hub repository was updated: a new cache
+    evaluate(config, backend_factory=factory)
+    assert len(made) == 2 and len(made[1].generated) == 4
+    commit["now"] = None
+    with pytest.raises(EvalError, match="owner/m: not found on the hub nor in the local hub cache"):
+        evaluate(config, backend_factory=factory)
+
+
 # ---------------------------------------------------------------------------------------------------- bad input
 
 
@@ -442,28 +677,41 @@ def test_prompt_settings_of_the_repository_configs(monkeypatch):
         )
 
 
-@pytest.mark.parametrize(
-    "script,benchmarks,config",
-    [
-        ("eval_openr1_math.sh", "data/openr1_math/benchmarks", "configs/openr1_math_grpo_echo.yaml"),
-        ("eval_geo3k.sh", "data/geometry3k/test.parquet", "configs/geo3k_grpo_echo.yaml"),
-    ],
-)
-def test_launch_scripts(tmp_path, script, benchmarks, config):
-    """The scripts' defaults and argument handling, with PYTHON replaced by a recorder: one generation process per
-    model, then one run with every model for the table; options after -- go to every run."""
-    import os
-    import subprocess
+LAUNCH_SCRIPTS = [
+    ("eval_openr1_math.sh", "data/openr1_math/benchmarks", "configs/openr1_math_grpo_echo.yaml"),
+    ("eval_geo3k.sh", "data/geometry3k/test.parquet", "configs/geo3k_grpo_echo.yaml"),
+]
 
-    log = tmp_path / "calls.txt"
-    recorder = tmp_path / "python"
-    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {log}\n')
+
+def script_copy(root: Path, recorder_log: Path) -> tuple[Path, dict]:
+    """The launch scripts copied into ``root/configs`` (they run from their folder's parent) and an environment
+    whose PYTHON records its arguments."""
+    import os
+
+    (root / "configs").mkdir(parents=True)
+    for name in ("eval_openr1_math.sh", "eval_geo3k.sh", "eval_models.sh"):
+        shutil.copy(REPO / "configs" / name, root / "configs" / name)
+    recorder = root / "python"
+    recorder.write_text(f'#!/usr/bin/env bash\necho "$*" >> {recorder_log}\n')
     recorder.chmod(0o755)
     env = dict(os.environ, PYTHON=str(recorder))
     for var in ("BENCHMARKS", "OUT", "CONFIG"):
         env.pop(var, None)
+    return root / "configs", env
+
+
+@pytest.mark.parametrize("script,benchmarks,config", LAUNCH_SCRIPTS)
+def test_launch_scripts(tmp_path, script, benchmarks, config):
+    """The scripts' defaults and argument handling, with PYTHON replaced by a recorder: one generation process per
+    model, then one run with every model for the table; options after -- go to every run."""
+    import subprocess
+
+    log = tmp_path / "calls.txt"
+    configs, env = script_copy(tmp_path / "repo", log)
+    (tmp_path / "repo" / benchmarks).parent.mkdir(parents=True)
+    (tmp_path / "repo" / benchmarks).touch()
     done = subprocess.run(
-        ["bash", str(REPO / "configs" / script), "a=m1", "m2", "--", "--limit", "5"],
+        ["bash", str(configs / script), "a=m1", "m2", "--", "--limit", "5"],
         env=env,
         capture_output=True,
         text=True,
@@ -478,9 +726,38 @@ def test_launch_scripts(tmp_path, script, benchmarks, config):
     ]
     log.unlink()
     env["OUT"] = str(tmp_path / "elsewhere")
-    subprocess.run(["bash", str(REPO / "configs" / script), "only"], env=env, check=True, capture_output=True)
+    subprocess.run(["bash", str(configs / script), "only"], env=env, check=True, capture_output=True)
     assert log.read_text().splitlines() == [
         f"-m echovl.eval --model only --benchmarks {benchmarks} --out {tmp_path / 'elsewhere'} --config {config}"
     ]
-    usage = subprocess.run(["bash", str(REPO / "configs" / script)], env=env, capture_output=True, text=True)
+    usage = subprocess.run(["bash", str(configs / script)], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and f"usage: bash configs/{script} MODEL" in usage.stderr
+
+
+@pytest.mark.parametrize(
+    "script,prepare",
+    [
+        (
+            "eval_openr1_math.sh",
+            "python data_prep/openr1_math.py --eval-source path/to/LUFFY/data --out data/openr1_math/benchmarks",
+        ),
+        ("eval_geo3k.sh", "python data_prep/geometry3k.py"),
+    ],
+)
+def test_launch_scripts_without_benchmarks_print_the_data_prep_command(tmp_path, script, prepare):
+    """Missing default benchmarks: exit 1 with the data_prep command that writes them (the one docs/data.md gives),
+    before any evaluation starts; a missing BENCHMARKS of one's own is named."""
+    import subprocess
+
+    log = tmp_path / "calls.txt"
+    configs, env = script_copy(tmp_path / "repo", log)
+    default = dict((s, b) for s, b, _ in LAUNCH_SCRIPTS)[script]
+    assert prepare in (REPO / "docs" / "data.md").read_text()
+    done = subprocess.run(["bash", str(configs / script), "m"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and not log.exists()
+    assert f"error: the benchmarks {default} do not exist" in done.stderr
+    assert f"Write them with:\n    {prepare}\n" in done.stderr
+    env["BENCHMARKS"] = "mine/nope"
+    done = subprocess.run(["bash", str(configs / script), "m"], env=env, capture_output=True, text=True)
+    assert done.returncode == 1 and "error: the benchmarks mine/nope do not exist" in done.stderr
+    assert f"the default is written by: {prepare}" in done.stderr and not log.exists()

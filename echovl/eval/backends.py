@@ -2,7 +2,8 @@
 
 - :class:`VLLMBackend`: vLLM's ``LLM.generate`` in one call for all the prompts it is given, each prompt a request
   with ``SamplingParams(n, temperature, top_p, max_tokens, seed)`` (token ids as EasyR1's rollout passes them,
-  images as ``multi_modal_data``). vLLM is imported only when this backend is built.
+  images as ``multi_modal_data``); ``generate(..., n=[...])`` gives each prompt its own sample count, so prompts
+  with different ``k`` share one call. vLLM is imported only when this backend is built.
 - :class:`TransformersBackend`: Hugging Face ``generate`` on left-padded batches of ``batch_size`` sequences
   (prompts sorted by length, each repeated ``n`` times), for CPU tests and small models.
 
@@ -37,6 +38,7 @@ __all__ = [
     "image_token_ids",
     "load_backend",
     "mix_seed",
+    "token_budget",
     "vllm_available",
 ]
 
@@ -101,7 +103,9 @@ def context_length(config: Any) -> int | None:
     return None
 
 
-def _token_budget(prompt: Prompt, sampling: Sampling, context: int | None) -> int:
+def token_budget(prompt: Prompt, sampling: Sampling, context: int | None) -> int:
+    """The most new tokens ``prompt`` may get: ``sampling.max_new_tokens``, capped so that prompt + response fit
+    ``context``; :class:`EvalError` when the prompt leaves no room."""
     budget = sampling.max_new_tokens
     if context is not None:
         budget = min(budget, context - prompt.input_length)
@@ -148,25 +152,30 @@ def build_vllm_requests(
     sampling_params: Callable[..., Any],
     context: int | None,
     logit_bias: dict[int, float] | None,
+    n: Sequence[int] | None = None,
 ) -> tuple[list[dict], list[Any]]:
     """vLLM inputs and one ``SamplingParams`` per prompt (``sampling_params`` is vLLM's class, or a fake in tests).
 
     An input is ``{"prompt_token_ids": ids}`` plus ``{"multi_modal_data": {"image": images}}`` for a prompt with
-    images; its parameters carry ``n`` (1 when greedy: the caller repeats the one text), the temperature (0:
-    greedy), ``top_p``, ``max_tokens`` (capped by the context), the prompt's own seed and the image-token bias.
+    images; its parameters carry ``n`` (the prompt's entry of ``n``, default ``sampling.n``; 1 when greedy: the
+    caller repeats the one text), the temperature (0: greedy), ``top_p``, ``max_tokens`` (capped by the context),
+    the prompt's own seed and the image-token bias.
     """
+    counts = [sampling.n] * len(prompts) if n is None else list(n)
+    if len(counts) != len(prompts) or min(counts, default=1) < 1:
+        raise EvalError(f"{len(counts)} sample counts for {len(prompts)} prompts, each must be >= 1")
     inputs, params = [], []
-    for prompt, seed in zip(prompts, seeds, strict=True):
+    for prompt, seed, count in zip(prompts, seeds, counts, strict=True):
         request: dict[str, Any] = {"prompt_token_ids": list(prompt.token_ids)}
         if prompt.images:
             request["multi_modal_data"] = {"image": list(prompt.images)}
         inputs.append(request)
         params.append(
             sampling_params(
-                n=1 if sampling.greedy else sampling.n,  # greedy samples are all the same (vLLM refuses n > 1)
+                n=1 if sampling.greedy else count,  # greedy samples are all the same (vLLM refuses n > 1)
                 temperature=0.0 if sampling.greedy else sampling.temperature,
                 top_p=1.0 if sampling.greedy else sampling.top_p,
-                max_tokens=_token_budget(prompt, sampling, context),
+                max_tokens=token_budget(prompt, sampling, context),
                 seed=mix_seed(sampling.seed, seed),
                 logit_bias=logit_bias,
                 skip_special_tokens=True,
@@ -179,6 +188,8 @@ class VLLMBackend:
     """vLLM generation (GPU). ``engine_kwargs`` go to ``vllm.LLM`` (e.g. ``gpu_memory_utilization``)."""
 
     name = "vllm"
+    per_prompt_n = True
+    """``generate`` takes ``n=``: a sample count per prompt."""
 
     def __init__(
         self,
@@ -246,11 +257,19 @@ class VLLMBackend:
         return context_length(AutoConfig.from_pretrained(str(model_path)))
 
     def generate(
-        self, prompts: Sequence[Prompt], sampling: Sampling, *, seeds: Sequence[int] | None = None
+        self,
+        prompts: Sequence[Prompt],
+        sampling: Sampling,
+        *,
+        seeds: Sequence[int] | None = None,
+        n: Sequence[int] | None = None,
     ) -> list[list[str]]:
+        """``n[i]`` texts for prompt ``i`` (default ``sampling.n`` for every prompt), all in one ``LLM.generate``
+        call."""
         if not prompts:
             return []
         seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+        counts = [sampling.n] * len(prompts) if n is None else list(n)
         inputs, params = build_vllm_requests(
             prompts,
             sampling,
@@ -258,10 +277,11 @@ class VLLMBackend:
             sampling_params=self._vllm.SamplingParams,
             context=self.context,
             logit_bias=self.logit_bias,
+            n=counts,
         )
         outputs = self.llm.generate(inputs, params, use_tqdm=self.show_progress)
         texts = [[completion.text for completion in output.outputs] for output in outputs]
-        return [group * sampling.n if sampling.greedy else group for group in texts]
+        return [group * count if sampling.greedy else group for group, count in zip(texts, counts, strict=True)]
 
 
 # ----------------------------------------------------------------------------------------------- transformers
@@ -355,7 +375,7 @@ class TransformersBackend:
         seeds = list(range(len(prompts))) if seeds is None else list(seeds)
         if len(seeds) != len(prompts):
             raise EvalError(f"{len(seeds)} seeds for {len(prompts)} prompts")
-        budgets = [_token_budget(p, sampling, self.context) for p in prompts]
+        budgets = [token_budget(p, sampling, self.context) for p in prompts]
         # sequences (prompt, sample), longest prompts first: less padding, same batches for the same prompts
         order = sorted(
             ((i, j) for i in range(len(prompts)) for j in range(sampling.n)),

@@ -1,12 +1,21 @@
 """The evaluation run: benchmarks x models -> samples, grades, the table (``python -m echovl.eval``).
 
-1. Every input is checked before any generation: benchmark files (columns, rows, images) and model folders.
-2. Per model and benchmark, the samples already in the cache (:mod:`echovl.eval.store`) are read back; the missing
-   ones are generated in calls of whole problems (a fixed partition of the benchmark, so an interrupted run
-   resumed gives the samples an uninterrupted one would), graded with :func:`echovl.reward.judge` and appended to
-   the cache after each call.
-3. ``OUT/<model>/samples.jsonl`` per model, then ``OUT/results.json``, ``OUT/results.csv`` and ``OUT/table.md``
-   (each written atomically), and the table on stdout.
+1. Every input is checked before any generation: benchmark files (columns, rows, images) and model folders (a hub
+   name is pinned to the commit it resolves to). A benchmark set with some but not all of the paper's nine text
+   benchmarks is a warning (its averages are not the paper's).
+2. Per model, the samples already in the cache (:mod:`echovl.eval.store`) are read back. The prompts of the missing
+   ones are built and checked against the model's context before the first generation call (a prompt too long is
+   an error naming its file, row and problem id). They are generated in calls of whole problems, graded with
+   :func:`echovl.reward.judge` and appended to the cache after each call:
+
+   - vLLM: the requests of all benchmarks together, each problem with its own ``k`` (``SamplingParams(n=k)``), in
+     calls of up to :data:`_VLLM_CALL_SEQUENCES` sequences; each request has its own seed, so the samples do not
+     depend on how the calls are cut.
+   - transformers: per benchmark, calls over a fixed partition of its problems (``batch_size // k`` problems), so a
+     resumed run makes the calls an uninterrupted one makes and gives the same samples.
+3. All the outputs at once (:func:`echovl.eval.store.atomic_write_all`): ``OUT/<model>/samples.jsonl`` for every
+   model, ``OUT/results.csv``, ``OUT/table.md`` and ``OUT/results.json``; then the table on stdout. A run that fails
+   or is killed before this step leaves the outputs of the previous run as they were (and its samples in the cache).
 """
 
 from __future__ import annotations
@@ -15,24 +24,39 @@ import json
 import re
 import sys
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from ..reward.math import GRADER_VERSION, judge
-from .backends import Backend, Sampling, load_backend, mix_seed
-from .benchmarks import Benchmark, EvalError, load_benchmarks
+from .backends import Backend, Sampling, load_backend, mix_seed, token_budget
+from .benchmarks import KNOWN_BENCHMARKS, Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
-from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PromptBuilder
+from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
 from .report import csv_text, markdown_table, summarize
-from .store import SampleStore, atomic_write, cache_key
+from .store import SampleStore, atomic_write_all, cache_key
 
-__all__ = ["DEFAULT_FORMAT_PROMPT", "EvalConfig", "evaluate", "read_training_config"]
+__all__ = [
+    "DEFAULT_FORMAT_PROMPT",
+    "PAPER_TEXT_BENCHMARKS",
+    "EvalConfig",
+    "evaluate",
+    "paper_set_warnings",
+    "read_training_config",
+]
 
 DEFAULT_FORMAT_PROMPT = Path(__file__).resolve().parents[2] / "configs" / "format_prompt" / "math_think.jinja"
 """The format prompt of the repository's training configs (``data.format_prompt``)."""
 
-_VLLM_CALL_PROMPTS = 2048  # prompts per vLLM call (each with its k samples): every benchmark but MMLU-Pro in one call
+_VLLM_CALL_SEQUENCES = 16384
+"""Most sequences (problems x samples) per vLLM call, all benchmarks together. vLLM schedules a call's requests
+itself, so a large call keeps the GPU busy until its end; the cap exists for resuming and memory only: samples reach
+the cache when their call returns (a kill loses the call in flight), and one call's prompts (images included) and
+responses (up to 8192 tokens each) are held in memory. 16384 takes the text table without MMLU-Pro (7393 samples)
+in one call and with it in one or two."""
+
+PAPER_TEXT_BENCHMARKS = [info for info in KNOWN_BENCHMARKS.values() if info.name != "geometry3k"]
+"""The paper's text table: LUFFY's six in-distribution and three out-of-distribution benchmarks."""
 
 
 @dataclass
@@ -142,6 +166,70 @@ def _progress(total: int, desc: str, enable: bool | None):
     return tqdm(total=total, desc=desc, unit="samples", disable=None if enable is None else not enable, leave=False)
 
 
+@dataclass(eq=False)
+class _Part:
+    """One benchmark of one model's run."""
+
+    bench: Benchmark
+    k: int
+    problems: list[Problem]
+    store: SampleStore
+    have: dict[tuple[int, int], dict]
+    """Cached samples by ``(problem_index, sample)``."""
+    missing: dict[int, list[int]]
+    """The samples still to generate, per problem index."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One problem's missing samples: one prompt, ``len(wanted)`` samples."""
+
+    part: _Part
+    problem: Problem
+    prompt: Prompt
+    wanted: tuple[int, ...]
+
+
+def paper_set_warnings(benchmarks: list[Benchmark]) -> list[str]:
+    """A warning when the benchmarks hold some but not all of the paper's nine text benchmarks: the ID / OOD
+    averages are then over other sets than the paper's."""
+    present = {b.title for b in benchmarks}
+    missing = [info for info in PAPER_TEXT_BENCHMARKS if info.title not in present]
+    if not missing or len(missing) == len(PAPER_TEXT_BENCHMARKS):
+        return []
+    groups = [g for g in ("ID", "OOD") if any(info.group == g for info in missing)]
+    names = ", ".join(f"{info.title} (data_source {info.name})" for info in missing)
+    hint = ""
+    if any(info.name == "mmlu_pro" for info in missing):
+        hint = (
+            "; MMLU-Pro comes from LUFFY's valid.mmlu_pro.parquet: python data_prep/openr1_math.py --eval-source "
+            "path/to/LUFFY/data --out data/openr1_math/benchmarks"
+        )
+    return [
+        f"the paper's text benchmarks {names} are missing, so the {' and '.join(f'{g} avg' for g in groups)} "
+        f"{'are' if len(groups) > 1 else 'is'} not the paper's (averaged over the benchmarks present){hint}"
+    ]
+
+
+def _pin_hub_revision(model: ModelRef) -> ModelRef:
+    """A hub model keyed by the commit its name resolves to now (online, or in the local hub cache offline), so that
+    an update of the hub repository starts a new cache; a folder is keyed by its files already."""
+    if not model.fingerprint.startswith("hub:"):
+        return model
+    try:
+        from huggingface_hub import hf_hub_download
+
+        config = Path(hf_hub_download(model.path, "config.json"))
+    except Exception as exc:
+        raise EvalError(
+            f"model {model.path}: not found on the hub nor in the local hub cache ({type(exc).__name__}: {exc}); "
+            "pass a model folder instead"
+        ) from exc
+    if config.parent.parent.name != "snapshots":  # not the hub cache's layout: no commit to read
+        return model
+    return replace(model, fingerprint=f"hub:{model.path}@{config.parent.name}")
+
+
 class _Evaluation:
     def __init__(self, config: EvalConfig, backend_factory: Callable[..., Backend] | None):
         self.config = config
@@ -159,11 +247,15 @@ class _Evaluation:
             unknown = sorted(set(config.k_per_benchmark) - {b.name for b in self.benchmarks})
             if unknown:
                 raise EvalError(f"--k names {', '.join(unknown)}, not among the benchmarks")
+        self.warnings = paper_set_warnings(self.benchmarks)
+        for warning in self.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         self.models = [resolve_model(spec) for spec in config.models]
         names = [m.name for m in self.models]
         slugs = [_slug(n) for n in names]
         if len(set(slugs)) != len(slugs):
             raise EvalError(f"two models would share a name ({', '.join(names)}): name them with --model NAME=PATH")
+        self.models = [_pin_hub_revision(m) for m in self.models]
         self.prompt_settings = dict(
             format_prompt=self.format_prompt,
             min_pixels=config.min_pixels,
@@ -223,53 +315,109 @@ class _Evaluation:
         )
         return backend, builder
 
-    def generate(self, backend, builder, model, bench, chunk, missing: dict[int, list[int]]) -> list[dict]:
-        """Generate and grade the missing samples of the problems in ``chunk``: graded records."""
-        prompts = [builder.build(p.problem, p.images, multimodal=bench.multimodal) for p in chunk]
-        records = []
-        # problems missing the same samples go together (all of them, unless k grew since the last run)
-        for wanted in sorted({tuple(missing[p.index]) for p in chunk}):
-            group = [(p, prompt) for p, prompt in zip(chunk, prompts) if tuple(missing[p.index]) == wanted]
-            seeds = [mix_seed(int(bench.content_hash[:12], 16), p.index, wanted[0]) for p, _ in group]
-            texts = backend.generate([prompt for _, prompt in group], self.config.sampling(len(wanted)), seeds=seeds)
-            for (p, prompt), responses in zip(group, texts):
-                for j, response in zip(wanted, responses):
-                    verdict = judge(response, p.answer, think_opened=prompt.think_opened)
-                    records.append(self.record(model, bench, p, j, prompt.text, response, verdict))
-        return records
-
-    def run_model(self, model: ModelRef, backend_name: str) -> list[dict]:
-        """Every sample of ``model`` (read from the cache, or generated, graded and cached), in benchmark order."""
+    def parts(self, model: ModelRef, backend_name: str) -> list[_Part]:
+        """Per benchmark: its problems, ``k``, cache, the samples cached and those missing."""
         c = self.config
-        backend = builder = None
-        samples: list[dict] = []
+        parts = []
         for bench in self.benchmarks:
             k = c.samples_per_problem(bench)
             problems = bench.limited(c.limit)
             store = self.store(model, bench, backend_name)
             have = store.load()
             missing = {p.index: [j for j in range(k) if (p.index, j) not in have] for p in problems}
-            bar = _progress(sum(map(len, missing.values())), f"{model.name} {bench.name}", c.show_progress)
-            # calls over a fixed partition of the benchmark: a resumed run makes the calls an uninterrupted one makes
-            call = max(1, c.batch_size // k) if backend_name == "transformers" else _VLLM_CALL_PROMPTS
-            for start in range(0, len(problems), call):
-                chunk = [p for p in problems[start : start + call] if missing[p.index]]
-                if not chunk:
+            parts.append(_Part(bench, k, problems, store, have, missing))
+        return parts
+
+    def requests(self, backend: Backend, builder: PromptBuilder, parts: list[_Part]) -> list[_Request]:
+        """The prompts of every problem with missing samples, built and checked against the model's context before
+        anything is generated."""
+        context = getattr(backend, "context", None)
+        sampling = self.config.sampling()
+        requests = []
+        for part in parts:
+            for p in part.problems:
+                if not part.missing[p.index]:
                     continue
-                if backend is None:
-                    backend, builder = self.load(model, backend_name)
+                prompt = builder.build(p.problem, p.images, multimodal=part.bench.multimodal)
+                try:
+                    token_budget(prompt, sampling, context)
+                except EvalError as exc:
+                    raise EvalError(
+                        f"{part.bench.file} row {p.row} (benchmark {part.bench.name}, problem id {p.id}): {exc}; "
+                        "shorten the format prompt (--format-prompt) or leave the problem out"
+                    ) from None
+                requests.append(_Request(part, p, prompt, tuple(part.missing[p.index])))
+        return requests
+
+    def calls(self, requests: list[_Request], backend_name: str) -> list[list[_Request]]:
+        """The generation calls, in order (see the module docstring)."""
+        if backend_name == "vllm":
+            calls: list[list[_Request]] = [[]]
+            size = 0
+            for r in requests:
+                if calls[-1] and size + len(r.wanted) > _VLLM_CALL_SEQUENCES:
+                    calls.append([])
+                    size = 0
+                calls[-1].append(r)
+                size += len(r.wanted)
+            return [call for call in calls if call]
+        calls = []
+        for part in dict.fromkeys(r.part for r in requests):  # benchmark order
+            size = max(1, self.config.batch_size // part.k)
+            chunks: dict[int, list[_Request]] = {}
+            for r in requests:
+                if r.part is part:
+                    chunks.setdefault(r.problem.index // size, []).append(r)
+            calls += chunks.values()
+        return calls
+
+    def generate(self, backend: Backend, model: ModelRef, call: list[_Request]) -> list[dict]:
+        """Generate and grade the missing samples of the requests of one call: graded records."""
+        if getattr(backend, "per_prompt_n", False):
+            groups = [call]  # one backend call, each prompt with its own number of samples
+        else:  # problems missing the same samples go together (all of them, unless k grew since the last run)
+            groups = [[r for r in call if r.wanted == wanted] for wanted in sorted({r.wanted for r in call})]
+        records = []
+        for group in groups:
+            seeds = [mix_seed(int(r.part.bench.content_hash[:12], 16), r.problem.index, r.wanted[0]) for r in group]
+            prompts = [r.prompt for r in group]
+            if getattr(backend, "per_prompt_n", False):
+                n = [len(r.wanted) for r in group]
+                texts = backend.generate(prompts, self.config.sampling(), seeds=seeds, n=n)
+            else:
+                texts = backend.generate(prompts, self.config.sampling(len(group[0].wanted)), seeds=seeds)
+            for r, responses in zip(group, texts, strict=True):
+                for j, response in zip(r.wanted, responses, strict=True):
+                    verdict = judge(response, r.problem.answer, think_opened=r.prompt.think_opened)
+                    records.append(self.record(model, r.part.bench, r.problem, j, r.prompt.text, response, verdict))
+        return records
+
+    def run_model(self, model: ModelRef, backend_name: str) -> list[dict]:
+        """Every sample of ``model`` (read from the cache, or generated, graded and cached), in benchmark order."""
+        parts = self.parts(model, backend_name)
+        todo = sum(len(missing) for part in parts for missing in part.missing.values())
+        if todo:
+            backend, builder = self.load(model, backend_name)
+            try:
+                requests = self.requests(backend, builder, parts)
+                by_name = {part.bench.name: part for part in parts}
+                bar = _progress(todo, model.name, self.config.show_progress)
                 if hasattr(backend, "on_batch"):
                     backend.on_batch = bar.update
-                records = self.generate(backend, builder, model, bench, chunk, missing)
-                store.append(records)
-                if not hasattr(backend, "on_batch"):
-                    bar.update(len(records))
-                have.update(((r["problem_index"], r["sample"]), r) for r in records)
-            bar.close()
-            samples += [self.regraded(have[(p.index, j)]) for p in problems for j in range(k)]
-        if backend is not None and hasattr(backend, "close"):
-            backend.close()  # free the model (GPU memory) before the next one
-        return samples
+                for call in self.calls(requests, backend_name):
+                    records = self.generate(backend, model, call)
+                    for name in dict.fromkeys(r["benchmark"] for r in records):
+                        part = by_name[name]
+                        mine = [r for r in records if r["benchmark"] == name]
+                        part.store.append(mine)
+                        part.have.update(((r["problem_index"], r["sample"]), r) for r in mine)
+                    if not hasattr(backend, "on_batch"):
+                        bar.update(len(records))
+                bar.close()
+            finally:
+                if hasattr(backend, "close"):
+                    backend.close()  # free the model (GPU memory) before the next one
+        return [self.regraded(part.have[(p.index, j)]) for part in parts for p in part.problems for j in range(part.k)]
 
     @staticmethod
     def record(model: ModelRef, bench: Benchmark, p, j: int, prompt: str, response: str, verdict) -> dict:
@@ -305,11 +453,7 @@ def evaluate(config: EvalConfig, *, backend_factory: Callable[..., Backend] | No
     """
     run = _Evaluation(config, backend_factory)
     backend_name = run.backend_name()
-    samples: dict[str, list[dict]] = {}
-    for model in run.models:
-        samples[model.name] = run.run_model(model, backend_name)
-        text = "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples[model.name])
-        atomic_write(config.out / _slug(model.name) / "samples.jsonl", text)
+    samples = {model.name: run.run_model(model, backend_name) for model in run.models}
     ks = {b.name: config.samples_per_problem(b) for b in run.benchmarks}
     problems = {b.name: len(b.limited(config.limit)) for b in run.benchmarks}
     settings = dict(
@@ -330,9 +474,16 @@ def evaluate(config: EvalConfig, *, backend_factory: Callable[..., Backend] | No
         seed=config.seed,
         settings=settings,
     )
+    results["warnings"] = run.warnings
     table = markdown_table(results)
-    atomic_write(config.out / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write(config.out / "results.csv", csv_text(results))
-    atomic_write(config.out / "table.md", table)
+    # every output at once, after all generation: a failed or killed run leaves none of its own (results.json last)
+    files: dict[Path, str] = {
+        config.out / _slug(name) / "samples.jsonl": "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in rows)
+        for name, rows in samples.items()
+    }
+    files[config.out / "results.csv"] = csv_text(results)
+    files[config.out / "table.md"] = table
+    files[config.out / "results.json"] = json.dumps(results, indent=2) + "\n"
+    atomic_write_all(files)
     print(table, end="", file=sys.stdout)
     return results
