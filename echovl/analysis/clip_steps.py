@@ -6,9 +6,9 @@ per folder:
 
 - how many clips were chosen, and how often the chosen step has fewer than 2, 3, 5 text tokens;
 - for each ``echo.min_step_tokens`` = k, how many groups would get another clip (or none) than with k = 1: both
-  re-mined from the trace's own per-step entropies and text-token counts (verified rollouts only; ties to the
-  lowest rollout, then the earliest step, as :func:`echovl.clip.mine_echo_clips`). Both sides use the trace's
-  entropies, rounded to 6 decimals, so a tie the rounding made cannot count as a change.
+  re-mined from the trace's own per-step entropies and text-token counts (verified rollouts only, never a LUFFY
+  expert row; ties to the lowest rollout, then the earliest step, as :func:`echovl.clip.mine_echo_clips`). Both
+  sides use the trace's entropies, rounded to 6 decimals, so a tie the rounding made cannot count as a change.
 
 ``--csv FILE`` writes the same table.
 """
@@ -35,7 +35,7 @@ def remine_step(record: dict, min_step_tokens: int) -> tuple[int, int] | None:
     """``(rollout, step)`` of the clip a trace record's group gets with ``min_step_tokens``, or None."""
     best = None
     for r, rollout in enumerate(record["rollouts"]):
-        if not rollout.get("verified"):
+        if not rollout.get("verified") or rollout.get("expert"):  # a LUFFY expert row never gives the clip
             continue
         for s, step in enumerate(rollout["steps"]):
             if step["entropy"] is None or step["text_tokens"] < min_step_tokens:
