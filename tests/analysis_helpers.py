@@ -1,7 +1,11 @@
-"""Shared by the analysis tests: small problem files and a backend whose responses are known."""
+"""Shared by the analysis tests: small problem files, backends whose responses are known (a scripted one, a fake
+vLLM), and a tiny model fitted to answer known problems."""
 
 import csv
 import re
+import shutil
+import sys
+import types
 from pathlib import Path
 
 import pyarrow as pa
@@ -67,3 +71,105 @@ def read_csv(path: Path) -> list[dict]:
 
 def number(cell: str) -> float:
     return float("nan") if cell == "" else float(cell)
+
+
+class FakeSamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class FakeLLM:
+    """vLLM's LLM for the scripted task: reads each request's token ids back to text and answers like Scripted (sample
+    1 of each problem wrong; a continuation right while its prefix holds the "third" step). Set ``tokenizer``."""
+
+    instances = []
+    tokenizer = None
+
+    def __init__(self, **kwargs):
+        self.kwargs, self.calls = kwargs, []
+        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=512))
+        FakeLLM.instances.append(self)
+
+    def generate(self, inputs, params, use_tqdm=True):
+        self.calls.append((inputs, params))
+        outputs = []
+        for request, p in zip(inputs, params):
+            text = FakeLLM.tokenizer.decode(request["prompt_token_ids"])
+            n = int(text.split("Compute ")[1].split(".")[0])
+            prefix = text.partition("<|im_start|>assistant\n")[2]
+            if prefix:
+                texts = [f"\\boxed{{{n if 'third' in prefix else n + 7}}}"] * p.n
+            else:
+                texts = [response(n, j != 1) for j in range(p.n)]
+            outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t) for t in texts]))
+        return outputs
+
+
+def install_fake_vllm(monkeypatch, model_dir) -> type:
+    """Put a fake ``vllm`` module (:class:`FakeLLM`) in ``sys.modules``; returns FakeLLM (``instances`` cleared)."""
+    from transformers import AutoTokenizer
+
+    module = types.ModuleType("vllm")
+    module.LLM, module.SamplingParams = FakeLLM, FakeSamplingParams
+    monkeypatch.setitem(sys.modules, "vllm", module)
+    FakeLLM.instances.clear()
+    FakeLLM.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return FakeLLM
+
+
+def fitted_response(n: int) -> str:
+    """What :func:`fit_tiny_lm` teaches the model to answer to "Compute n." (right, boxed, with a think block)."""
+    return f"<think>\nso it is {n}.\n</think>\n\\boxed{{{n}}}"
+
+
+def fit_tiny_lm(source: Path, target: Path, problems: int = 2, sharpen: float = 3.0) -> float:
+    """Copy the tiny model folder ``source`` to ``target`` with weights fitted (full-batch Adam, float32, CPU) so that
+    the chat prompt of "Compute n." (no format prompt) is answered with :func:`fitted_response` and ``<|im_end|>``
+    for n < ``problems``; then the output layer is scaled by ``sharpen`` (the same as dividing the temperature by it),
+    so that sampling at the paper's 0.6 gives exactly these responses.
+
+    Returns the smallest probability, at temperature 0.6, of a token of the fitted responses (checked by the caller).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from echovl.eval.prompts import PromptBuilder, load_processing
+
+    shutil.copytree(source, target)
+    tokenizer, processor = load_processing(target)
+    builder = PromptBuilder(tokenizer, processor, format_prompt=None)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pairs = [
+        (list(builder.build(f"Compute {n}.", multimodal=False).token_ids),
+         tokenizer.encode(fitted_response(n), add_special_tokens=False) + [end])
+        for n in range(problems)
+    ]  # fmt: skip
+    length = max(len(p) + len(r) for p, r in pairs)
+    ids = torch.full((len(pairs), length), tokenizer.pad_token_id)
+    labels = torch.full((len(pairs), length), -100)
+    attention = torch.zeros(len(pairs), length, dtype=torch.long)
+    for i, (prompt, answer) in enumerate(pairs):
+        ids[i, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        attention[i, : len(prompt) + len(answer)] = 1
+        labels[i, len(prompt) : len(prompt) + len(answer)] = torch.tensor(answer)
+    model = AutoModelForCausalLM.from_pretrained(target, dtype=torch.float32).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    targets, counted = labels[:, 1:], labels[:, 1:] != -100
+
+    def smallest_probability(logits) -> float:
+        log_p = torch.log_softmax(logits[:, :-1].float() / 0.6, dim=-1)
+        return float(log_p.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)[counted].min().exp())
+
+    for _ in range(400):
+        out = model(input_ids=ids, attention_mask=attention, labels=labels)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        if smallest_probability(out.logits.detach()) > 0.99:
+            break
+    model.eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+        smallest = smallest_probability(model(input_ids=ids, attention_mask=attention).logits)
+    model.save_pretrained(target, safe_serialization=True)
+    return smallest

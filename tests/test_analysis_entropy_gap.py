@@ -1,6 +1,7 @@
 """python -m echovl.analysis.entropy_gap end to end on the tiny text model: rollouts from a scripted backend (known
 verdicts), entropy from the real model; every output there and consistent (the summary recomputed from steps.csv);
-rollouts read back; bad input is a clear error that writes nothing."""
+rollouts read back; bad input is a clear error that writes nothing; the vLLM path through a fake vLLM; a complete run
+through the real transformers backend on a tiny model fitted to answer right."""
 
 import json
 
@@ -10,7 +11,16 @@ from PIL import Image
 
 from echovl.analysis.common import AnalysisError
 from echovl.analysis.entropy_gap import EntropyGapConfig, main, run
-from tests.analysis_helpers import Scripted, factory, number, read_csv, write_problems
+from tests.analysis_helpers import (
+    Scripted,
+    factory,
+    fit_tiny_lm,
+    fitted_response,
+    install_fake_vllm,
+    number,
+    read_csv,
+    write_problems,
+)
 from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 
@@ -149,3 +159,115 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, tiny_lm_dir, qw
     assert not (tmp_path / "cli").exists()
     assert main(["--model", str(tiny_lm_dir), "--data", str(tmp_path / "nope.parquet"), "--out", "x"]) == 1
     assert "data file" in capsys.readouterr().err
+
+
+def test_vllm_path_through_a_fake_vllm(tmp_path, tiny_lm_dir, qwen_tokenizer, monkeypatch):
+    """Rollouts from (a fake) vLLM, entropy from a transformers model loaded beside it: the same numbers as the
+    scripted backend gives for the same responses."""
+    FakeLLM = install_fake_vllm(monkeypatch, tiny_lm_dir)
+    data = write_problems(tmp_path / "train.parquet", count=2)
+    summary = run(config(tmp_path, tiny_lm_dir, data, backend="vllm"))
+    [llm] = FakeLLM.instances  # one engine; only the rollouts are generated
+    assert llm.kwargs["gpu_memory_utilization"] == 0.6 and llm.kwargs["model"] == str(tiny_lm_dir)
+    assert llm.kwargs["seed"] == 0
+    [(inputs, params)] = llm.calls
+    assert [p.n for p in params] == [3, 3] and [p.temperature for p in params] == [0.6, 0.6]
+    assert [p.max_tokens for p in params] == [512 - len(r["prompt_token_ids"]) for r in inputs]  # up to the context
+    assert [FakeLLM.tokenizer.decode(r["prompt_token_ids"]).count("Compute 0.") for r in inputs] == [1, 0]
+    out = tmp_path / "out"
+    assert {p.name for p in out.iterdir()} == {
+        "summary.md",
+        "summary.json",
+        "steps.csv",
+        "problems.csv",
+        "rollouts.jsonl",
+        "entropy_hist.png",
+    }
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert [(r["problem_index"], r["sample"], r["correct"]) for r in rollouts] == [
+        (n, j, j != 1) for n in range(2) for j in range(3)
+    ]
+    assert summary["counts"] == {
+        "problems": 2,
+        "paired_problems": 2,
+        "rollouts": 6,
+        "verified": 4,
+        "expert_truncated": 0,
+    }
+    # the scripted backend writes the same responses (sample 1 wrong): the entropy side must agree exactly
+    scripted = run(
+        config(tmp_path, tiny_lm_dir, data, out="scripted"), backend_factory=factory(Scripted(qwen_tokenizer))
+    )
+    assert summary["sources"] == scripted["sources"] and summary["gaps"] == scripted["gaps"]
+    assert (out / "steps.csv").read_bytes() == (tmp_path / "scripted" / "steps.csv").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fitted_lm_dir(tiny_lm_dir, tmp_path_factory):
+    """The tiny model fitted to answer "Compute 0." and "Compute 1." right (tests/analysis_helpers.py)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        path = tmp_path_factory.mktemp("fitted") / "model"
+        smallest = fit_tiny_lm(tiny_lm_dir, path, problems=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert smallest > 1 - 1e-5  # every token of the fitted responses, at temperature 0.6
+    return path
+
+
+def test_end_to_end_through_transformers_on_cpu(tmp_path, fitted_lm_dir, capsys):
+    """The command line, generation included, through the real transformers backend on CPU: the fitted model answers
+    both problems right every time, so every output is there; its own answers are near-certain (entropy ~0), the expert
+    traces it never saw are not, so the gap is positive; the expert's token entropy is the one a plain forward gives."""
+    import pyarrow.parquet as pq
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    data = write_problems(tmp_path / "train.parquet", count=2)
+    out = tmp_path / "cli"
+    args = ["--model", str(fitted_lm_dir), "--data", str(data), "--out", str(out), "--samples", "2"]
+    args += ["--max-new-tokens", "32", "--backend", "transformers", "--device", "cpu", "--format-prompt", "none"]
+    args += ["--bootstrap", "200", "--no-progress"]
+    assert main(args) == 0, capsys.readouterr().err
+    assert (out / "summary.md").read_text() in capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {
+        "summary.md",
+        "summary.json",
+        "steps.csv",
+        "problems.csv",
+        "rollouts.jsonl",
+        "entropy_hist.png",
+    }
+    rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
+    assert [(r["problem_index"], r["sample"], r["response"], r["correct"]) for r in rollouts] == [
+        (n, j, fitted_response(n), True) for n in range(2) for j in range(2)
+    ]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {
+        "problems": 2,
+        "paired_problems": 2,
+        "rollouts": 4,
+        "verified": 4,
+        "expert_truncated": 0,
+    }
+    assert summary["settings"]["backend"] == "transformers" and summary["settings"]["temperature"] == 0.6
+    assert summary["sources"]["rollouts"]["token_entropy"] < 1e-4
+    problems = read_csv(out / "problems.csv")
+    assert all(number(p["token_gap"]) > 1e-3 for p in problems)
+    assert summary["gaps"]["token_entropy"]["excludes_zero"] and summary["gaps"]["token_entropy"]["difference"] > 0
+
+    # the expert trace's mean token entropy by a plain forward: softmax(logits / 0.6) after the prompt's ids
+    tokenizer = AutoTokenizer.from_pretrained(fitted_lm_dir)
+    model = AutoModelForCausalLM.from_pretrained(fitted_lm_dir, dtype=torch.float32).eval()
+    solutions = pq.read_table(data).column("solution").to_pylist()
+    for p, r, text in zip(problems, rollouts[::2], solutions):
+        prompt = tokenizer.encode(r["prompt"], add_special_tokens=False)
+        solution = tokenizer.encode(text, add_special_tokens=False)
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + solution])).logits[0, len(prompt) - 1 : -1] / 0.6
+        entropy = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        assert int(p["expert_text_tokens"]) == len(solution)
+        assert number(p["expert_token_entropy"]) == pytest.approx(float(entropy.mean()), rel=1e-4, abs=1e-7)
