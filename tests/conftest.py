@@ -1,4 +1,5 @@
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -8,9 +9,12 @@ import pytest
 # An EasyR1 test is one in a tests/test_easyr1_*.py module or marked ``easyr1``. Without EasyR1 they skip. With
 # EasyR1 installed none may skip for want of it: a skip whose reason is an import (EasyR1 itself, or one of its own
 # dependencies, which pytest.importorskip reports as a skip) fails the session. Opt-in tests that skip on purpose
-# (e.g. the Ray cluster test without ECHOVL_RAY_TESTS=1) are only counted. The summary says how many ran.
+# (e.g. the Ray cluster test without ECHOVL_RAY_TESTS=1) are only counted, unless ECHOVL_REQUIRE_EASYR1=1 (set by
+# .ci/run where it installs EasyR1): then ANY skipped EasyR1 test, for an import or opt-in, fails the session. The
+# summary says how many ran, and the failure names the skipped tests.
 
 EASYR1_INSTALLED = importlib.util.find_spec("verl") is not None
+REQUIRE_ENV = "ECHOVL_REQUIRE_EASYR1"
 _IMPORT_SKIP_WORDS = ("EasyR1", "verl", "could not import", "No module named")
 """A skip reason with one of these is a failed import (our reasons name EasyR1; pytest's own say 'could not import')."""
 _easyr1 = {"ran": 0, "missing": [], "on_purpose": []}
@@ -53,12 +57,22 @@ def pytest_runtest_logreport(report):
         _easyr1["ran"] += 1
 
 
+def _required() -> bool:
+    return os.environ.get(REQUIRE_ENV) == "1"
+
+
+def _forbidden_skips() -> tuple[str, list[str]]:
+    """Why skipped EasyR1 tests fail this session, and which ("", [] when none do)."""
+    missing, on_purpose = _easyr1["missing"], _easyr1["on_purpose"]
+    if _required() and (missing or on_purpose):
+        return f"{REQUIRE_ENV}=1, so no EasyR1 test may be skipped", missing + on_purpose
+    if EASYR1_INSTALLED and missing:
+        return "EasyR1 is installed, so its tests must run", missing
+    return "", []
+
+
 def pytest_sessionfinish(session, exitstatus):
-    if (
-        EASYR1_INSTALLED
-        and _easyr1["missing"]
-        and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED)
-    ):
+    if _forbidden_skips()[1] and exitstatus in (pytest.ExitCode.OK, pytest.ExitCode.NO_TESTS_COLLECTED):
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
@@ -69,10 +83,9 @@ def pytest_terminal_summary(terminalreporter):
         f"EasyR1 integration tests: {ran} ran, {len(missing)} skipped for want of an import, "
         f"{len(on_purpose)} opt-in skipped (EasyR1 {state})."
     )
-    if EASYR1_INSTALLED and missing:
-        terminalreporter.write_line(
-            "FAILED: EasyR1 is installed, so its tests must run; skipped: " + ", ".join(missing), red=True, bold=True
-        )
+    why, skipped = _forbidden_skips()
+    if skipped:
+        terminalreporter.write_line(f"FAILED: {why}; skipped: " + ", ".join(skipped), red=True, bold=True)
 
 
 @pytest.fixture(scope="session")

@@ -73,6 +73,7 @@ def write_rows(tmp_path: Path):
     return text, geo, rows
 
 
+@pytest.mark.easyr1
 def test_same_ids_as_easyr1_rlhf_dataset(tmp_path, tiny_vl_dir, tiny_lm_dir):
     pytest.importorskip("verl.utils.dataset", reason="EasyR1 (package verl) is not installed")
     from transformers import AutoProcessor, AutoTokenizer
