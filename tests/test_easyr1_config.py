@@ -102,6 +102,47 @@ def test_missing_files_are_named_before_easyr1_drops_them(tmp_path):
         load_config([*ok, "worker.reward.reward_function=./nope.py:compute_score"], check_files=True)
 
 
+def test_a_worker_guidance_value_that_differs_from_the_guidance_section_is_an_error(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config([GEO3K, "worker.actor.guidance.method=uft"])
+    assert str(error.value).startswith(
+        "worker.actor.guidance.method='uft' in the command line conflicts with guidance.method='none'"
+    )
+    assert "set guidance.method (and leave worker.actor.guidance.method unset)" in str(error.value)
+    path = tmp_path / "run.yaml"
+    path.write_text("worker:\n  actor:\n    guidance:\n      hint_steps: 50\n")
+    with pytest.raises(
+        ConfigError, match=rf"worker\.actor\.guidance\.hint_steps=50 in {path} conflicts with guidance\.hint_steps=300"
+    ):
+        load_config([f"config={path}"])
+    # the same value, explicitly: fine
+    config = load_config([f"config={path}", "guidance.hint_steps=50"])
+    assert config.worker.actor.guidance.hint_steps == config.guidance.hint_steps == 50
+    config = load_config(["config=configs/openr1_math_uft_echo.yaml", "worker.actor.guidance.method=uft"])
+    assert config.worker.actor.guidance.method == "uft"
+
+
+def test_worker_copies_are_compared_resolved(tmp_path):
+    # an interpolation of the section's own value is that value, not a conflict
+    config = load_config([GEO3K, "worker.actor.echo.coef=${echo.coef}", "echo.coef=0.5"])
+    assert config.worker.actor.echo.coef == config.echo.coef == 0.5
+    config = load_config([GEO3K, "worker.actor.guidance.hint_steps=${guidance.hint_steps}"])
+    assert config.worker.actor.guidance.hint_steps == 300
+    # an interpolation of another value is compared by what it resolves to
+    with pytest.raises(ConfigError) as error:
+        load_config([GEO3K, "worker.actor.echo.coef=${algorithm.kl_coef}", "algorithm.kl_coef=0.02"])
+    assert str(error.value).startswith(
+        "worker.actor.echo.coef=${algorithm.kl_coef} (= 0.02) in the command line conflicts with echo.coef=0.001"
+    )
+    assert load_config([GEO3K, "worker.actor.echo.coef=${algorithm.kl_coef}", "algorithm.kl_coef=0.001"])
+    with pytest.raises(ConfigError, match=r"cannot resolve 'worker\.actor\.echo\.coef'.*trainer\.nope"):
+        load_config([GEO3K, "worker.actor.echo.coef=${trainer.nope}"])
+    # of two sources, the last one counts (as in the merge)
+    path = tmp_path / "run.yaml"
+    path.write_text("worker:\n  actor:\n    echo:\n      coef: 0.01\n")
+    assert load_config([f"config={path}", "worker.actor.echo.coef=${echo.coef}"]).worker.actor.echo.coef == 0.001
+
+
 def _subprocess_env(tmp_path):
     stub = write_vllm_stub(tmp_path / "stub")
     return {**os.environ, "PYTHONPATH": os.pathsep.join([str(stub), str(ROOT)])}

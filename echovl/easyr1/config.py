@@ -6,8 +6,9 @@ closest valid name and where it came from) instead of a silently ignored setting
 
 The ``echo:`` and ``guidance:`` sections are copied into ``worker.actor.echo`` and ``worker.actor.guidance``
 (automatic fields, like EasyR1 copies the KL settings into the actor) because the workers only receive
-``config.worker``. Setting ``worker.actor.echo.<key>`` to anything but ``echo.<key>``'s value is an error naming
-both keys (the copy would overwrite it).
+``config.worker``. Setting ``worker.actor.echo.<key>`` (or ``worker.actor.guidance.<key>``) to anything but
+``echo.<key>``'s (``guidance.<key>``'s) value is an error naming both keys (the copy would overwrite it); values are
+compared resolved, so an interpolation such as ``${echo.coef}`` is fine.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 from verl.trainer.config import PPOConfig
 from verl.workers.actor.config import ActorConfig
@@ -155,7 +156,7 @@ def load_config(args: Sequence[str] = (), *, check_files: bool = False) -> EchoP
     sources.append((cli, "cli"))
     for source, name in sources:
         merged = _merge(schema, merged, source, name)
-    _check_worker_echo_copy(merged, sources)
+    _check_worker_copies(merged, sources)
     try:
         config: EchoPPOConfig = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:  # e.g. an EchoConfig validation error, wrapped by OmegaConf
@@ -172,22 +173,59 @@ def load_config(args: Sequence[str] = (), *, check_files: bool = False) -> EchoP
     return config
 
 
-def _check_worker_echo_copy(merged, sources) -> None:
-    """``worker.actor.echo`` is a copy of the top-level ``echo:`` section, made in ``post_init``: a value set there
-    that differs from ``echo:``'s would be overwritten without a word, so it is an error naming both keys."""
-    final = OmegaConf.to_container(merged.echo)
-    for source, name in sources:
-        given = OmegaConf.select(source, "worker.actor.echo")
-        if given is None:
-            continue
-        if not isinstance(given, DictConfig):
-            raise ConfigError(f"worker.actor.echo in {_source_name(name)} must be a mapping like the echo: section")
-        for key, value in OmegaConf.to_container(given).items():
-            if key in final and value != final[key]:
+COPIED_SECTIONS = ("echo", "guidance")
+"""Top-level sections that ``EchoPPOConfig.post_init`` copies into ``worker.actor``."""
+
+_ABSENT = object()
+
+
+def _raw(source, dotted: str):
+    """The value at ``dotted`` in ``source`` as written (interpolations unresolved), or ``_ABSENT``."""
+    node = OmegaConf.to_container(source, resolve=False)
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _ABSENT
+        node = node[part]
+    return node
+
+
+def _resolved(merged, key: str):
+    try:
+        return OmegaConf.to_container(OmegaConf.select(merged, key, throw_on_missing=True), resolve=True)
+    except OmegaConfBaseException as error:
+        full_key = getattr(error, "full_key", None) or key
+        message = str(error).splitlines()[0]
+        raise ConfigError(f"cannot resolve '{full_key}': {message}") from None
+
+
+def _check_worker_copies(merged, sources) -> None:
+    """``worker.actor.echo`` and ``worker.actor.guidance`` are copies of the top-level ``echo:`` and ``guidance:``
+    sections, made in ``post_init``: a value set there that differs from the section's would be overwritten without
+    a word, so it is an error naming both keys. Values are compared resolved (``${echo.coef}`` is the same value);
+    of several sources setting a key, the last one counts (as in the merge)."""
+    for section in COPIED_SECTIONS:
+        copy = f"worker.actor.{section}"
+        given: dict[str, tuple[str, Any]] = {}  # key -> (source name, value as written), the last source's
+        for source, name in sources:
+            raw = _raw(source, copy)
+            if raw is _ABSENT:
+                continue
+            if not isinstance(raw, dict):
                 raise ConfigError(
-                    f"worker.actor.echo.{key}={value!r} in {_source_name(name)} conflicts with echo.{key}="
-                    f"{final[key]!r}: the workers get a copy of the top-level echo: section, so set echo.{key} "
-                    f"(and leave worker.actor.echo.{key} unset)"
+                    f"{copy} in {_source_name(name)} must be a mapping like the {section}: section, got {raw!r}"
+                )
+            given.update({key: (name, value) for key, value in raw.items()})
+        if not given:
+            continue
+        final, copied = _resolved(merged, section), _resolved(merged, copy)
+        for key, (name, written) in given.items():
+            if key in final and copied.get(key) != final[key]:
+                value = copied.get(key)
+                shown = f"{written} (= {value!r})" if isinstance(written, str) and "${" in written else repr(value)
+                raise ConfigError(
+                    f"{copy}.{key}={shown} in {_source_name(name)} conflicts with {section}.{key}={final[key]!r}: "
+                    f"the workers get a copy of the top-level {section}: section, so set {section}.{key} "
+                    f"(and leave {copy}.{key} unset)"
                 )
 
 
