@@ -1,6 +1,6 @@
-"""Launching on several nodes: the Ray runtime environment that ships echovl, the start-up check of every node, and
-the ``worker.actor.echo`` / ``echo:`` conflict. A real Ray cluster is started only with ECHOVL_RAY_TESTS=1 (about
-25 s on a 2-core machine); the rest runs without Ray."""
+"""Launching on several nodes: the Ray runtime environment that ships echovl, the start-up check of every node (its
+imports, files and echovl code hash), and the ``worker.actor.echo`` / ``echo:`` conflict. A real Ray cluster is
+started only with ECHOVL_RAY_TESTS=1 (about 25 s on a 2-core machine); the rest runs without Ray."""
 
 import os
 from pathlib import Path
@@ -82,6 +82,31 @@ def test_node_report_names_missing_paths_and_import_errors(tmp_path, monkeypatch
     assert "cannot import echovl_no_such_module: ModuleNotFoundError" in cluster.node_report([])["error"]
 
 
+def test_package_hash_covers_the_python_files_and_their_paths(tmp_path):
+    a, b = tmp_path / "a" / "echovl", tmp_path / "b" / "echovl"
+    for folder in (a, b):
+        (folder / "easyr1").mkdir(parents=True)
+        (folder / "__init__.py").write_text("x = 1\n")
+        (folder / "easyr1" / "worker.py").write_text("y = 2\n")
+    digest = cluster.package_hash(a)
+    assert len(digest) == 12 and int(digest, 16) >= 0 and cluster.package_hash(b) == digest
+    (b / "README.md").write_text("not code")  # only .py files count
+    (b / "__pycache__").mkdir()
+    (b / "__pycache__" / "stale.py").write_text("z = 3\n")
+    assert cluster.package_hash(b) == digest
+    (b / "easyr1" / "worker.py").write_text("y = 3\n")  # one byte of code
+    assert cluster.package_hash(b) != digest
+    (b / "easyr1" / "worker.py").rename(b / "worker.py")  # same bytes, another path
+    (b / "worker.py").write_text("y = 2\n")
+    assert cluster.package_hash(b) != digest
+
+
+def test_node_report_names_the_echovl_it_imports():
+    report = cluster.node_report([])
+    assert Path(report["echovl"]) == Path(echovl.__file__).resolve().parent == cluster.PACKAGE_DIR
+    assert report["echovl_hash"] == cluster.package_hash(cluster.PACKAGE_DIR)
+
+
 def _node(address, alive=True):
     return {"NodeManagerAddress": address, "NodeID": f"id-{address}", "Alive": alive}
 
@@ -124,6 +149,37 @@ def test_check_nodes_fails_with_what_each_node_lacks(monkeypatch, tmp_path):
     assert asked == []
 
 
+def test_check_nodes_fails_where_a_node_imports_other_echovl_code(monkeypatch, tmp_path):
+    config = load_config([GEO3K])
+    here = cluster.package_hash(cluster.PACKAGE_DIR)
+    reports = {
+        "id-10.0.0.1": {"host": "head", "missing": [], "error": None, "echovl": "/ship/echovl", "echovl_hash": here},
+        "id-10.0.0.2": {
+            "host": "gpu2",
+            "missing": [],
+            "error": None,
+            "echovl": "/repo/echovl",
+            "echovl_hash": "0" * 12,
+        },
+    }
+    monkeypatch.setattr(cluster, "_report_on_node", lambda node_id, paths: reports[node_id])
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.chdir(tmp_path)
+    nodes = [_node("10.0.0.1"), _node("10.0.0.2")]
+    with pytest.raises(cluster.NodeCheckError) as error:
+        cluster.check_nodes(config, nodes)
+    message = str(error.value)
+    assert "10.0.0.1" not in message
+    assert (
+        f"node 10.0.0.2 (gpu2): imports echovl from /repo/echovl (code hash 000000000000), not the launching code "
+        f"{cluster.PACKAGE_DIR} (code hash {here})" in message
+    )
+    assert f"Ray puts the launch folder ({tmp_path}) on its workers' import path" in message
+    assert "Make that checkout the same as the launching one (or remove it)" in message
+    reports["id-10.0.0.2"]["echovl_hash"] = here
+    cluster.check_nodes(config, nodes)  # the same code, wherever it lies: no error
+
+
 @pytest.mark.skipif(os.environ.get("ECHOVL_RAY_TESTS") != "1", reason="starts a Ray cluster: ECHOVL_RAY_TESTS=1")
 def test_a_ray_worker_imports_the_shipped_package_and_reports_its_node(tmp_path, monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)  # as on another node: this checkout is not on the path
@@ -144,5 +200,25 @@ def test_a_ray_worker_imports_the_shipped_package_and_reports_its_node(tmp_path,
         (node,) = [n for n in ray.nodes() if n["Alive"]]
         report = ray.get(cluster._report_on_node(node["NodeID"], [str(tmp_path / "gone")]))
         assert report["missing"] == [str(tmp_path / "gone")]
+        assert "py_modules_files" in report["echovl"]  # the shipped copy has the launching code's hash
+        assert report["echovl_hash"] == cluster.package_hash(cluster.PACKAGE_DIR), _code_differences(
+            Path(report["echovl"]), cluster.PACKAGE_DIR
+        )
     finally:
         ray.shutdown()
+
+
+def _code_differences(shipped: Path, here: Path) -> str:
+    """Which .py files differ between the shipped copy and this checkout (to say why their hashes differ)."""
+
+    def code(folder):
+        return {
+            p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in folder.rglob("*.py")
+            if "__pycache__" not in p.parts
+        }
+
+    a, b = code(shipped), code(here)
+    return "the shipped copy differs from this checkout in: " + ", ".join(
+        sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    )
