@@ -342,7 +342,17 @@ def build_tiny_qwen3_vl(
     ``hidden_size / num_heads / 2``; by default split 24 : 20 : 20 as in the real model), and deepstack: the outputs
     of the vision blocks in ``deepstack_layers`` are added to the image tokens' hidden states after the first
     ``len(deepstack_layers)`` text layers. Chat template: :data:`QWEN3_VL_CHAT_TEMPLATE`.
+
+    Needs transformers >= 4.57 (the first with Qwen3-VL); an older one raises ``ImportError`` saying so.
     """
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).release[:2] < (4, 57):
+        raise ImportError(
+            f"build_tiny_qwen3_vl needs transformers >= 4.57 (the first release with Qwen3-VL); transformers "
+            f"{transformers.__version__} is installed. Upgrade it: pip install 'transformers>=4.57,<5'"
+        )
 
     def split(half: int) -> list[int]:
         spatial = round(half * 20 / 64)
