@@ -3,6 +3,8 @@ the update's own forward and the hint NLL, each against a plain autograd referen
 pieces (hinted prompts on Qwen2.5-VL batches, the reward on hint + response)."""
 
 import copy
+import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -30,11 +32,13 @@ install_vllm_stub()
 
 from verl.protocol import DataProto  # noqa: E402
 from verl.trainer.core_algos import average_loss  # noqa: E402
+from verl.trainer.ray_trainer import RayPPOTrainer  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
 from echovl.easyr1.actor import EchoActor  # noqa: E402
 from echovl.easyr1.config import ConfigError, load_config  # noqa: E402
+from echovl.easyr1.guidance import UftGuide  # noqa: E402
 from echovl.easyr1.luffy import EXPERT_ROW, luffy_pg_loss  # noqa: E402
 from echovl.easyr1.uft import HINT_LENGTH, HintMaker, forward_with_hints, hinted_reward  # noqa: E402
 from echovl.guidance import GuidanceConfig  # noqa: E402
@@ -370,6 +374,83 @@ def test_hints_are_cut_to_fit_and_missing_solutions_are_errors(tiny_lm_dir, tmp_
         maker(batch)
 
 
+class _StatefulLoader:
+    """A training loader that, like torchdata's StatefulDataLoader, resumes at the batch its state names."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.start = 0
+
+    def __iter__(self):
+        for position in range(self.start, len(self.batches)):
+            self.start = position + 1
+            yield self.batches[position]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def state_dict(self):
+        return {"start": self.start}
+
+    def load_state_dict(self, state):
+        self.start = state["start"]
+
+
+def test_uft_hints_after_a_resume_are_those_of_the_uninterrupted_run(tiny_lm_dir, tmp_path):
+    """The hints come from the trainer's global_step: after EasyR1's _load_checkpoint restores step k - 1 (and
+    the loader's position), step k hints exactly as step k of a run that never stopped, not as a first step."""
+    batch, tokenizer, _ = _dataset_batch(tiny_lm_dir, tmp_path, images=False)
+    batches = [batch] * 4
+    k, total = 3, 6  # p(t) = 1/2 + 1/2 cos(pi t / 6): 0.93 at step 1, 0.5 at step 3
+
+    def trainer(*extra):
+        config = load_config(
+            [
+                "worker.rollout.n=4",
+                "guidance.method=uft",
+                "guidance.hint_low=0.0",
+                "guidance.hint_high=1.0",
+                f"guidance.hint_steps={total}",
+                "data.seed=5",
+                "data.max_prompt_length=160",
+                *extra,
+            ]
+        )
+        stub = SimpleNamespace(config=config, tokenizer=tokenizer, train_dataloader=_StatefulLoader(batches))
+        stub.global_step, stub.use_critic = 0, False
+        stub.actor_rollout_ref_wg = SimpleNamespace(load_checkpoint=lambda path: None)
+        stub.guide = UftGuide(stub)
+        return stub
+
+    uninterrupted = trainer()
+    drawn = iter(uninterrupted.guide.loader)
+    for step in range(1, k + 1):  # EasyR1's fit: global_step += 1, then _make_batch_data draws the batch
+        uninterrupted.global_step = step
+        uninterrupted.guide.start_step()
+        expected = next(drawn)
+
+    checkpoint = tmp_path / f"global_step_{k - 1}"
+    checkpoint.mkdir()
+    torch.save({"start": k - 1}, checkpoint / "dataloader.pt")
+    resumed = trainer(f"trainer.load_checkpoint_path={checkpoint}")
+    RayPPOTrainer._load_checkpoint(resumed)
+    assert resumed.global_step == k - 1
+    resumed.global_step += 1
+    resumed.guide.start_step()
+    hinted = next(iter(resumed.guide.loader))
+
+    for key in ("input_ids", "attention_mask", "position_ids", HINT_LENGTH):
+        assert torch.equal(hinted[key], expected[key]), key
+    assert [list(r) for r in hinted["raw_prompt_ids"]] == [list(r) for r in expected["raw_prompt_ids"]]
+    assert resumed.guide.hints.metrics() == uninterrupted.guide.hints.metrics()
+    probability = 0.5 + 0.5 * math.cos(math.pi * k / total)
+    assert resumed.guide.hints.metrics()["uft/hint_probability"] == pytest.approx(probability)
+    # the step matters here: a hint maker counting its own batches (step 1 after the resume) would differ
+    assert hinted[HINT_LENGTH].any()
+    first = HintMaker(tokenizer, resumed.config.guidance, seed=5, max_prompt_length=160, step=lambda: 1)(dict(batch))
+    assert not torch.equal(first[HINT_LENGTH], hinted[HINT_LENGTH])
+
+
 # ------------------------------------------------------------------------------------------- config
 
 
@@ -415,6 +496,11 @@ def test_luffy_and_uft_configs_have_the_paper_settings(monkeypatch):
         (["guidance.method=luffy", "algorithm.online_filtering=true"], "does not support algorithm.online_filtering"),
         (["guidance.method=uft", "algorithm.online_filtering=true"], "does not support algorithm.online_filtering"),
         (["guidance.method=luffy", "algorithm.adv_estimator=gae"], "needs algorithm.adv_estimator=grpo"),
+        (["guidance.method=luffy", "algorithm.adv_estimator=remax"], "luffy needs algorithm.adv_estimator=grpo"),
+        (
+            ["guidance.method=uft", "algorithm.adv_estimator=remax"],
+            "guidance.method=uft does not support algorithm.adv_estimator=remax",
+        ),
         (["guidance.method=luffy", "worker.rollout.n=1"], "needs worker.rollout.n >= 2"),
         (
             ["guidance.method=luffy", "guidance.clip_on_policy=false", "worker.actor.loss_type=gspo"],
@@ -425,6 +511,14 @@ def test_luffy_and_uft_configs_have_the_paper_settings(monkeypatch):
 def test_guidance_settings_are_checked(args, message):
     with pytest.raises(ConfigError, match=message.replace("?", r"\?").replace(".", r"\.")):
         load_config(["worker.rollout.n=4", *args] if "worker.rollout.n=1" not in args else args)
+
+
+@pytest.mark.parametrize("estimator", ["grpo", "rloo", "reinforce_plus_plus", "grpo_passk", "gae"])
+def test_uft_takes_every_advantage_estimator_but_remax(estimator):
+    """UFT's reward (hint + response) is the only one these estimators read; REMAX's greedy baseline is scored
+    without the hint, so it alone is refused (above)."""
+    config = load_config(["worker.rollout.n=4", "guidance.method=uft", f"algorithm.adv_estimator={estimator}"])
+    assert config.algorithm.adv_estimator == estimator
 
 
 def test_a_missing_solution_column_is_an_error_before_ray(tmp_path):

@@ -33,10 +33,22 @@ def _index(tokenizer, ids) -> int:
     return int(re.search(r"Problem (\d+):", tokenizer.decode(list(ids))).group(1))
 
 
-def test_luffy_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch):
+@pytest.mark.parametrize(
+    "settings",
+    [
+        pytest.param((), id="release"),  # LUFFY's advantage r - mean(r); the expert row never gives the clip
+        pytest.param(("guidance.adv_std=true", "guidance.expert_in_clip_pool=true"), id="adv_std-expert_pool"),
+    ],
+)
+def test_luffy_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch, settings):
+    """With guidance.adv_std the advantage is divided by the group's std (EasyR1's GRPO); with
+    guidance.expert_in_clip_pool a verified expert row may give its group's clip."""
+    adv_std, expert_pool = bool(settings), bool(settings)
     trainer, wg, _, tokenizer = _build(
-        tmp_path, tiny_lm_dir, "guidance.method=luffy", data={"solutions": True, "long_every": 4}
+        tmp_path, tiny_lm_dir, "guidance.method=luffy", *settings, data={"solutions": True, "long_every": 4}
     )
+    assert (trainer.config.guidance.adv_std, trainer.config.guidance.expert_in_clip_pool) == (adv_std, expert_pool)
+    expert_clips = 0
     logs = _fit(trainer, wg, monkeypatch)
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")  # what the rollout stops on
     # per step: n - 1 rollouts per prompt, then one rollout (seed + n - 1) for the prompt whose trace is too long
@@ -73,20 +85,29 @@ def test_luffy_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypat
             assert sorted(
                 tokenizer.decode(batch.batch["responses"][r][: int(lengths[r]) - 1]) for r in rows if r != row
             ) == sorted(scripted_response(index, k, N) for k in range(N - 1))
-        # LUFFY's advantage: r - mean(r) over the whole group, the expert row included
+        # LUFFY's advantage: r - mean(r) over the whole group, the expert row included (adv_std: / (std + 1e-6),
+        # the unbiased std, as EasyR1's GRPO)
         scores = batch.batch["token_level_rewards"].sum(-1)
+        spread = 0
         for uid in set(uids):
             rows = torch.from_numpy(np.flatnonzero(uids == uid))
-            expected = (scores[rows] - scores[rows].mean()).unsqueeze(1) * batch.batch["response_mask"][rows]
+            centred = scores[rows] - scores[rows].mean()
+            if adv_std:
+                centred = centred / (scores[rows].std() + 1e-6)
+            std = float(scores[rows].std())
+            spread += std > 0 and abs(std - 1) > 1e-3  # a group where dividing by the std shows
+            expected = centred.unsqueeze(1) * batch.batch["response_mask"][rows]
             torch.testing.assert_close(batch.batch["advantages"][rows], expected)
-        # EchoRL: the clip pool is the verified on-policy rollouts
-        assert not batch.batch[ECHO_MASK][expert].any()
+        assert spread > 0
+        # EchoRL: the clip pool is the verified on-policy rollouts (expert_in_clip_pool: the expert row too)
+        expert_clips += int(batch.batch[ECHO_MASK][expert].any(-1).sum())
         mask = batch.batch["response_mask"]
         from echovl import delimiter_table, special_table, step_index, text_mask
 
         steps = step_index(batch.batch["responses"], mask, delimiter_table(tokenizer))
         text = text_mask(batch.batch["responses"], mask, special_table(tokenizer))
-        clips = mine_echo_clips(batch.batch["old_entropy"], steps, text, (accuracy >= 1) & ~expert, group_ids(uids))
+        pool = torch.ones_like(expert) if expert_pool else ~expert
+        clips = mine_echo_clips(batch.batch["old_entropy"], steps, text, (accuracy >= 1) & pool, group_ids(uids))
         assert torch.equal(batch.batch[ECHO_MASK], clips.mask) and len(clips) > 0
         # degenerate = the rollouts and the expert row all correct
         groups = {u: accuracy[uids == u] for u in set(uids)}
@@ -100,13 +121,16 @@ def test_luffy_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypat
         assert luffy["expert_token_prob"] == pytest.approx(float(old.double().mean()), rel=1e-6)
         assert 0 < luffy["shaped_prob"] < 1 and 0 < luffy["shaping_weight"] <= 0.25
         assert entry["echo"]["clips"] == len(clips) and entry["echo"]["loss"] > 0
+    assert (expert_clips > 0) == expert_pool
     records = list(read_trace_file(list_trace_files(tmp_path / "ckpt" / "echo_traces")[0][1]))
+    traced_expert_clips = 0
     for record in records:
         marked = [r.get("expert", False) for r in record["rollouts"]]
         assert sum(marked) <= 1
         if record["clip"] is not None:
-            assert not marked[record["clip"]["rollout"]]
+            traced_expert_clips += marked[record["clip"]["rollout"]]
     assert any(any(r.get("expert") for r in record["rollouts"]) for record in records)
+    assert (traced_expert_clips > 0) == expert_pool
 
 
 def test_uft_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch):

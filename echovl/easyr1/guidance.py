@@ -52,6 +52,12 @@ def check_guidance(config) -> None:
             f"guidance.method={method} does not support algorithm.online_filtering (DAPO): its filter scores the "
             "rollouts without the expert row/hint. Set algorithm.online_filtering=false."
         )
+    if guidance.uft and config.algorithm.adv_estimator == "remax":
+        raise ValueError(
+            "guidance.method=uft does not support algorithm.adv_estimator=remax: REMAX's baseline is a greedy "
+            "response scored without its hint, while UFT's reward scores hint + response. Use another "
+            "algorithm.adv_estimator (grpo, rloo, reinforce_plus_plus, grpo_passk or gae)."
+        )
     if guidance.luffy:
         if config.algorithm.adv_estimator != "grpo":
             raise ValueError(
