@@ -186,7 +186,8 @@ class EchoActor(DataParallelPPOActor):
     # ------------------------------------------------------------------ PPO update with the echo term
 
     def update_policy(self, data: DataProto) -> dict[str, Any]:
-        """EasyR1's ``update_policy``; the lines marked ``# echo`` and ``# guidance`` are the only additions."""
+        """EasyR1's ``update_policy``; the lines marked ``# echo`` and ``# guidance`` are the only additions.
+        (EasyR1's loop: Copyright 2024 Bytedance Ltd. and/or its affiliates, Apache-2.0; see NOTICE.)"""
         guided = GuidedUpdate(self.guidance, data)  # guidance: LUFFY / UFT
         echo_batch = self.echo.active and ECHO_MASK in data.batch.keys()  # echo
         if not echo_batch and not guided.active:
