@@ -340,3 +340,64 @@ def test_selection_variants_and_start_step_inside_easyr1_fit(tmp_path, tiny_lm_d
     assert mined and all(c["weight"] > 0 for r in mined for c in r["clips"])
     if echo.selection == "soft":
         assert all(sum(c["weight"] for c in r["clips"]) == pytest.approx(1.0, abs=1e-5) for r in mined)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ("echo.coef_schedule=adaptive", "algorithm.online_filtering=true", "data.mini_rollout_batch_size=4"),
+        ("echo.coef_schedule=linear", "echo.coef_warmup_steps=2", "echo.start_step=2", "trainer.max_steps=3"),
+    ],
+    ids=["dapo-adaptive", "grpo-linear-start2-warmup2"],
+)
+def test_coef_schedules_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch, overrides):
+    """echo.coef_schedule, lambda_t per docs/echo_settings.md (coef 0.5): ``adaptive`` is ``coef x d_t``, d_t the
+    fraction of the step's groups whose rollouts are all verified, with DAPO of every group generated in the step
+    (not only the mixed ones it keeps); ``linear`` is ``coef x min(1, (t - max(start_step, 1) + 1) / W)`` from
+    start_step on, 0 before. Each step logs it as ``echo/coef`` and the actor receives it."""
+    from echovl.easyr1.actor import ECHO_COEF
+
+    trainer, wg, _, _ = _build(tmp_path, tiny_lm_dir, *overrides)
+    # every (uid, accuracy) the reward function scores, collected per training step (at its update)
+    handle, scored, per_step = trainer.reward_fn._handle, [], []
+
+    def scoring(data):
+        result = FakeRewardHandle.remote(handle, data)
+        scored.extend(zip(data.non_tensor_batch["uid"], result[1]["accuracy"]))
+        return result
+
+    handle.remote = scoring
+    update = wg.update_actor
+
+    def update_actor(data):
+        per_step.append(list(scored))
+        scored.clear()
+        return update(data)
+
+    wg.update_actor = update_actor
+    logs = _fit(trainer, wg, monkeypatch)
+    steps = trainer.config.trainer.max_steps
+    assert [entry["step"] for entry in logs] == list(range(1, steps + 1)) and len(per_step) == steps
+    schedule, start, warmup = trainer.echo.coef_schedule, trainer.echo.start_step, trainer.echo.coef_warmup_steps
+    for t, (entry, batch, rows) in enumerate(zip(logs, wg.updates, per_step), start=1):
+        groups: dict[str, list[float]] = {}
+        for uid, accuracy in rows:
+            groups.setdefault(uid, []).append(float(accuracy))
+        assert all(len(scores) >= N for scores in groups.values())
+        fraction = sum(all(a >= 1.0 for a in scores) for scores in groups.values()) / len(groups)
+        if schedule == "adaptive":
+            expected = 0.5 * fraction
+            assert entry["echo"]["degenerate_groups"] == pytest.approx(fraction)
+            if trainer.config.algorithm.online_filtering:  # DAPO generated more groups than it kept...
+                assert len(groups) > PROMPTS and fraction > 0  # ...and the kept ones are all mixed
+        else:
+            expected = 0.0 if t < start else 0.5 * min(1.0, (t - max(start, 1) + 1) / warmup)
+        assert entry["echo"]["coef"] == pytest.approx(expected, rel=1e-12, abs=0), t
+        if expected > 0:
+            assert batch.meta_info[ECHO_COEF] == pytest.approx(expected, rel=1e-12, abs=0)
+            assert bool(batch.batch[ECHO_MASK].any())
+        else:
+            assert ECHO_MASK not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
+    if schedule == "linear":  # 0 before start_step, then half way, then coef: every step a different lambda
+        coefs = [entry["echo"]["coef"] for entry in logs]
+        assert len(set(coefs)) == len(coefs), coefs

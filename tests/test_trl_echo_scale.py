@@ -25,6 +25,8 @@ def accuracy(completions, **kwargs):
 
 
 def _echo_only_trainer(loss_types, **kwargs):
+    """Records, per optimizer step, the weights it starts from, the gradient the optimizer receives and, per
+    micro-batch, the test's own index of it (counted here, from 0) and its rows with clip tokens."""
     from transformers import TrainerCallback
 
     from echovl.trl import EchoGRPOTrainer
@@ -33,6 +35,7 @@ def _echo_only_trainer(loss_types, **kwargs):
         def __init__(self, *args, **kw):
             super().__init__(*args, **kw)
             self.steps: list[dict] = []
+            self.micro_batches = 0
             trainer = self
 
             class Grads(TrainerCallback):
@@ -42,21 +45,51 @@ def _echo_only_trainer(loss_types, **kwargs):
             self.add_callback(Grads())
 
         def _compute_loss(self, model, inputs):
-            if self._step % self.current_gradient_accumulation_steps == 0:  # the step's first micro-batch
+            index, self.micro_batches = self.micro_batches, self.micro_batches + 1
+            if index % self.args.gradient_accumulation_steps == 0:  # the step's first micro-batch
                 weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 self.loss_type = loss_types[len(self.steps)]
-                self.steps.append({"weights": weights, "parts": {}, "loss_type": self.loss_type})
+                self.steps.append({"weights": weights, "micro": [], "loss_type": self.loss_type})
             loss, echo = self._echo_losses(model, inputs)
-            clips, share = self._echo_step_clips()
-            part = self.steps[-1]["parts"].setdefault(self._echo_generated_at, {"share": share, "rows": []})
-            rows = inputs["echo_mask"].any(-1).nonzero().flatten().tolist()
-            keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "echo_mask")
-            keys += tuple(k for k in ("echo_weight", "echo_clip_weight") if k in inputs)  # top_k / soft
-            part["rows"] += [{k: inputs[k][r] for k in keys} for r in rows]
-            part["clips"] = clips
+            rows, counted = [], None
+            if "echo_mask" in inputs:  # absent when the batch's lambda is 0
+                keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "echo_mask")
+                keys += tuple(k for k in ("echo_weight", "echo_clip_weight") if k in inputs)  # top_k / soft
+                rows = [{k: inputs[k][r] for k in keys} for r in inputs["echo_mask"].any(-1).nonzero().flatten()]
+                counted = self._echo_step_clips()  # the trainer's (clips, share): compared after the gradients
+            self.steps[-1]["micro"].append({"index": index, "rows": rows, "counted": counted})
             return loss * 0 if echo is None else loss * 0 + echo
 
     return EchoOnly(**kwargs)
+
+
+def _parts(step, accumulation, per_generation, iterations):
+    """The step's parts as docs/echo_scale.md defines them, from the test's own micro-batch indices: micro-batch
+    ``k`` trains generation batch ``k // (steps_per_generation x num_iterations)``; the answer maps each generation
+    batch to its part ``(share, rows)``, share = its micro-batches in the step / ``gradient_accumulation_steps``, rows = the clip rows
+    of those micro-batches (their count is the part's clip count, the denominator of its mean)."""
+    lifetime = per_generation * iterations
+    parts: dict[int, dict] = {}
+    for micro in step["micro"]:
+        part = parts.setdefault(micro["index"] // lifetime, {"micro_batches": 0, "rows": []})
+        part["micro_batches"] += 1
+        part["rows"] += micro["rows"]
+    return {generation: (part["micro_batches"] / accumulation, part["rows"]) for generation, part in parts.items()}
+
+
+def _assert_step_gradient(model_dir, step, objective):
+    """The gradient the optimizer received on ``step`` equals the gradient of ``objective(reference)``, the
+    reference a fresh copy of the model at the step's weights (0 when the objective is ``None``)."""
+    from transformers import AutoModelForCausalLM
+
+    reference = AutoModelForCausalLM.from_pretrained(model_dir)
+    reference.load_state_dict(step["weights"])
+    value = objective(reference)
+    if value is not None:
+        value.backward()
+    for got, param in zip(step["grads"], reference.parameters()):
+        expected = torch.zeros_like(param) if param.grad is None else param.grad
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
 
 
 def _clip_nll(model, rows, temperature):
@@ -89,6 +122,7 @@ LOSS_TYPES = ("grpo", "dapo", "cispo", "bnpo", "dr_grpo", "luspo", "sapo", "vesp
         (("cispo", "bnpo"), 2, 2, 2),  # each generation batch trained twice (TRL computes old log-probs)
         (("dr_grpo", "luspo"), 2, 2, 1),  # TRL's default alignment, with accumulation
         (("sapo", "vespo"), 2, 1, 1),  # a step spans two generation batches
+        (("dapo", "grpo"), 3, 2, 2),  # step 2: 1/3 from the first generation batch (its 2nd pass), 2/3 from the next
     ],
 )
 def test_every_optimizer_step_gets_coef_times_the_mean_clip_nll(
@@ -119,23 +153,30 @@ def test_every_optimizer_step_gets_coef_times_the_mean_clip_nll(
     )
     trainer.train()
     assert [step["loss_type"] for step in trainer.steps] == list(loss_types)
-    for step in trainer.steps:
-        reference = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
-        reference.load_state_dict(step["weights"])
+    for number, step in enumerate(trainer.steps):
+        # steps are windows of gradient_accumulation_steps micro-batches from the first
+        assert [m["index"] for m in step["micro"]] == list(range(number * accumulation, (number + 1) * accumulation))
+        parts = _parts(step, accumulation, per_generation, iterations)
         # the step's echo objective: one mean over its clips per generation batch it draws from, weighted by its
         # share of the step's micro-batches (1 when the step lies inside one generation batch)
-        objective = 0.0
-        for part in step["parts"].values():
-            assert len(part["rows"]) == part["clips"]  # the step's clip count, counted before training on it
-            if part["rows"]:
-                objective = objective + part["share"] * _clip_nll(reference, part["rows"], config.temperature)
-        (COEF * objective).backward()
-        for got, param in zip(step["grads"], reference.parameters()):
-            expected = torch.zeros_like(param) if param.grad is None else param.grad
-            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+        _assert_step_gradient(
+            tiny_lm_dir,
+            step,
+            lambda model, parts=parts: (
+                COEF
+                * sum(share * _clip_nll(model, rows, config.temperature) for share, rows in parts.values() if rows)
+            ),
+        )
+        # the trainer counted each part's clips (and its share) before training on it
+        for micro in step["micro"]:
+            share, rows = parts[micro["index"] // (per_generation * iterations)]
+            assert micro["counted"] == (len(rows), share), (number, micro["index"])
     if per_generation > accumulation:  # the two steps of one generation batch hold different numbers of clips
-        counts = [sum(p["clips"] for p in step["parts"].values()) for step in trainer.steps]
+        counts = [sum(len(m["rows"]) for m in step["micro"]) for step in trainer.steps]
         assert counts[0] != counts[1], counts
+    if (per_generation * iterations) % accumulation:  # some step spans two generation batches
+        spans = [len(_parts(step, accumulation, per_generation, iterations)) for step in trainer.steps]
+        assert max(spans) == 2, spans
 
 
 def test_the_runs_cover_every_loss_type():
@@ -186,13 +227,71 @@ def test_weighted_clips_and_a_lambda_warm_up_scale_every_step(tiny_lm_dir, tmp_p
     trainer.train()
     nested = 0
     for coef, step in zip((COEF / 2, COEF), trainer.steps):
-        reference = AutoModelForCausalLM.from_pretrained(tiny_lm_dir)
-        reference.load_state_dict(step["weights"])
-        (part,) = step["parts"].values()
-        assert part["rows"] and sum(float(r["echo_clip_weight"]) for r in part["rows"]) == part["clips"]
-        nested += sum(float(r["echo_clip_weight"]) > 1 for r in part["rows"])
-        (coef * _clip_nll(reference, part["rows"], config.temperature)).backward()
-        for got, param in zip(step["grads"], reference.parameters()):
-            expected = torch.zeros_like(param) if param.grad is None else param.grad
-            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
+        ((share, rows),) = _parts(step, 2, 2, 1).values()
+        assert share == 1 and rows
+        for micro in step["micro"]:  # the trainer's count is the summed clip weight
+            assert micro["counted"] == (sum(float(r["echo_clip_weight"]) for r in rows), 1)
+        nested += sum(float(r["echo_clip_weight"]) > 1 for r in rows)
+        _assert_step_gradient(
+            tiny_lm_dir, step, lambda model, rows=rows, coef=coef: coef * _clip_nll(model, rows, config.temperature)
+        )
     assert nested > 0  # some rollout holds two clips
+
+
+# each generation batch's accuracy (2 groups of 4 rollouts) and the fraction of its groups that are all correct,
+# written out by hand: docs/echo_settings.md, adaptive lambda_t = coef x d_t
+ADAPTIVE_BATCHES = (
+    ([1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 1.0, 0.0], 0.5),  # an all-correct group and a mixed one
+    ([1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0], 0.0),  # no all-correct group: lambda 0, TRL's loss alone
+    ([1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0], 1.0),  # every group all correct: lambda = coef
+)
+
+
+def test_adaptive_lambda_is_coef_times_the_batch_fraction_of_all_correct_groups(tiny_lm_dir, tmp_path):
+    """echo.coef_schedule adaptive: the generation batch of step t (one per step here) trains with
+    ``coef x d_t``, ``d_t`` the fraction of its groups whose rollouts are all verified; a batch without such a group
+    trains TRL's loss alone. Checked on the optimizer's gradient and on the logged ``echo/coef``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    calls = []
+
+    def accuracy(completions, **kwargs):
+        scores = ADAPTIVE_BATCHES[len(calls)][0]
+        assert len(completions) == len(scores)
+        calls.append(scores)
+        return list(scores)
+
+    torch.manual_seed(0)
+    config = grpo_config(
+        tmp_path,
+        gradient_accumulation_steps=2,
+        steps_per_generation=2,
+        max_grad_norm=0.0,
+        max_completion_length=8,
+        per_device_train_batch_size=4,  # one group per micro-batch, two per generation batch
+        max_steps=len(ADAPTIVE_BATCHES),
+    )
+    trainer = _echo_only_trainer(
+        ("grpo",) * len(ADAPTIVE_BATCHES),
+        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        reward_funcs=[accuracy],
+        args=config,
+        train_dataset=text_dataset(12),
+        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
+        echo_config={"coef": COEF, "coef_schedule": "adaptive"},
+    )
+    trainer.train()
+    assert len(calls) == len(trainer.steps) == len(ADAPTIVE_BATCHES)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == len(ADAPTIVE_BATCHES)
+    for step, log, (_, fraction) in zip(trainer.steps, logs, ADAPTIVE_BATCHES):
+        coef = COEF * fraction
+        assert log["echo/degenerate_groups"] == fraction
+        assert log["echo/coef"] == pytest.approx(coef, rel=1e-12, abs=0)
+        ((share, rows),) = _parts(step, 2, 2, 1).values()
+        assert share == 1 and bool(rows) == (coef > 0)  # lambda 0: nothing mined, no echo_mask
+        _assert_step_gradient(
+            tiny_lm_dir,
+            step,
+            lambda model, rows=rows, coef=coef: coef * _clip_nll(model, rows, config.temperature) if rows else None,
+        )
