@@ -124,9 +124,11 @@ def cpu_rows(steps=range(1, 7)) -> list[dict]:
             row.update(run=run, step=step, accuracy=0.4 + 0.01 * step, all_correct_groups=0.1 * (step % 3))
             if run == "echo":
                 row.update(accuracy=0.45 + 0.01 * step, echo_loss=1.0 / step, clip_length=10.0 + step, clips=2.0)
-                row.update(clip_step_entropy=2.0 - 0.1 * step)
+                row.update(clip_step_entropy=2.0 - 0.1 * step, coef=0.001)
+                row.update(clips_per_group=math.nan, clip_weight_max=math.nan)  # one clip per group: no weights
             else:
                 row.update(echo_loss=math.nan, clip_length=math.nan, clip_step_entropy=math.nan, clips=0.0)
+                row.update(coef=math.nan, clips_per_group=math.nan, clip_weight_max=math.nan)
             rows.append(row)
     return rows
 

@@ -123,7 +123,10 @@ def test_cpu_metrics_as_the_experiment_writes_them(tmp_path):
     assert loss.series[0].values == pytest.approx([1.0 / s for s in range(1, 7)], rel=1e-5)  # 6 digits in the CSV
     assert chart(charts, "clip_length").series[0].values == [11.0, 12.0, 13.0, 14.0, 15.0, 16.0]
     assert [s.values for s in chart(charts, "clips").series] == [[0.0] * 6, [2.0] * 6]
-    assert "coef" not in [c.spec.name for c in charts]  # read when logged, never required
+    assert [s.values for s in chart(charts, "coef").series] == [[0.001] * 6]  # the echo run logs its λ
+    assert chart(charts, "coef").missing == ["baseline"]
+    names = [c.spec.name for c in charts]
+    assert "clips_per_group" not in names and "clip_weight_max" not in names  # read when logged, never required
 
 
 def test_a_log_file_can_be_given_directly(tmp_path):
@@ -303,6 +306,7 @@ def test_rendered_charts_show_every_value(tmp_path):
         "clip_step_entropy",
         "clip_length",
         "echo_loss",
+        "coef",
         "clips",
         "all_wrong_groups",
     ]
@@ -322,7 +326,10 @@ def test_rendered_charts_show_every_value(tmp_path):
     assert "bold: trailing mean" not in html and html.count("<polyline") == len(series)
 
     smoothed = render_charts(folders, smoothing=3)
-    assert "bold: trailing mean over 3 steps" in smoothed and smoothed.count("<polyline") == 2 * len(series)
+    unsmoothed = [e for e in series if e["attrs"]["data-key"] == "coef"]  # λ is drawn as logged, never smoothed
+    assert len(unsmoothed) == 1
+    assert "bold: trailing mean over 3 steps" in smoothed
+    assert smoothed.count("<polyline") == 2 * len(series) - len(unsmoothed)
 
     # points: a higher value is drawn higher (smaller y), steps left to right
     segment = card_html(html, "clip_length")
