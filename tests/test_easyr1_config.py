@@ -71,11 +71,22 @@ def test_defaults_without_a_file():
         ([GEO3K, "echo.success_key=overall"], "must not be 'overall'"),
         ([GEO3K, "coef"], "key=value pairs"),
         (["config=configs/nope.yaml"], "config file not found: configs/nope.yaml"),
+        (
+            [GEO3K, "algorithm.online_filtering=true", "algorithm.adv_estimator=gae"],
+            "with 'gae' set echo.keep_filtered_clips=0",
+        ),
     ],
 )
 def test_bad_config_is_rejected_clearly(args, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?").replace(".", r"\.")):
         load_config(args)
+
+
+def test_dapo_with_a_critic_trains_echo_on_the_kept_groups_only():
+    args = [GEO3K, "algorithm.online_filtering=true", "algorithm.adv_estimator=gae"]
+    config = load_config([*args, "echo.keep_filtered_clips=0"])
+    assert config.echo.enable and config.echo.keep_filtered_clips == 0
+    assert load_config([*args, "echo.enable=false"]).algorithm.adv_estimator == "gae"
 
 
 def test_misspelt_key_in_a_yaml_file_names_the_file(tmp_path):

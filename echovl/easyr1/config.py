@@ -87,6 +87,17 @@ class EchoPPOConfig(PPOConfig):
         self.worker.actor.echo = self.echo
         self.worker.actor.guidance = self.guidance
         check_guidance(self)
+        if (
+            self.algorithm.online_filtering
+            and self.echo.enable
+            and self.echo.keep_filtered_clips != 0
+            and self.algorithm.adv_estimator == "gae"
+        ):  # the dropped groups' echo rows have no values for a critic to learn from
+            raise ValueError(
+                "echo.keep_filtered_clips keeps the clips of the all-correct groups DAPO's filter "
+                "(algorithm.online_filtering) drops, which needs a critic-free algorithm.adv_estimator; with 'gae' "
+                "set echo.keep_filtered_clips=0 (echo then mines only the groups DAPO keeps)"
+            )
 
 
 def _source_name(source: str) -> str:
