@@ -23,6 +23,9 @@ from tests.analysis_helpers import (
 )
 from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
+OUTPUTS = {"summary.md", "summary.json", "steps.csv", "problems.csv", "rollouts.jsonl", "entropy_hist.png"}
+"""What one entropy_gap run writes."""
+
 
 def config(tmp_path, model, data, out="out", **overrides):
     fields = dict(model=str(model), data=str(data), out=tmp_path / out, samples=3, format_prompt=None, bootstrap=200)
@@ -175,14 +178,7 @@ def test_vllm_path_through_a_fake_vllm(tmp_path, tiny_lm_dir, qwen_tokenizer, mo
     assert [p.max_tokens for p in params] == [512 - len(r["prompt_token_ids"]) for r in inputs]  # up to the context
     assert [FakeLLM.tokenizer.decode(r["prompt_token_ids"]).count("Compute 0.") for r in inputs] == [1, 0]
     out = tmp_path / "out"
-    assert {p.name for p in out.iterdir()} == {
-        "summary.md",
-        "summary.json",
-        "steps.csv",
-        "problems.csv",
-        "rollouts.jsonl",
-        "entropy_hist.png",
-    }
+    assert {p.name for p in out.iterdir()} == OUTPUTS
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert [(r["problem_index"], r["sample"], r["correct"]) for r in rollouts] == [
         (n, j, j != 1) for n in range(2) for j in range(3)
@@ -233,14 +229,7 @@ def test_end_to_end_through_transformers_on_cpu(tmp_path, fitted_lm_dir, capsys)
     args += ["--bootstrap", "200", "--no-progress"]
     assert main(args) == 0, capsys.readouterr().err
     assert (out / "summary.md").read_text() in capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {
-        "summary.md",
-        "summary.json",
-        "steps.csv",
-        "problems.csv",
-        "rollouts.jsonl",
-        "entropy_hist.png",
-    }
+    assert {p.name for p in out.iterdir()} == OUTPUTS
     rollouts = [json.loads(line) for line in (out / "rollouts.jsonl").read_text().splitlines()]
     assert [(r["problem_index"], r["sample"], r["response"], r["correct"]) for r in rollouts] == [
         (n, j, fitted_response(n), True) for n in range(2) for j in range(2)
