@@ -26,7 +26,6 @@ from tests.data_helpers import REPO, SHARED_DATA, needs, offline_datasets  # noq
 
 LUFFY_VALID = SHARED_DATA / "luffy" / "valid.parquet"
 needs_valid = needs(LUFFY_VALID, "LUFFY's valid.parquet")
-LUFFY_ARC_C = SHARED_DATA / "luffy" / "valid.arc_c.parquet"
 SYSTEM = "Your task is to follow a systematic, thorough reasoning process before providing the final solution."
 LONG = "the angle of the triangle is equal to the sum of x and y " * 20  # far over MAX_TOKENS tiny-tokenizer tokens
 MAX_TOKENS = 40
@@ -350,19 +349,6 @@ def test_eval_numbered_options_become_letters(tmp_path, capsys):
         assert judge(response, written[0]["answer"]) == ("B", True)
     with pytest.raises(DataError, match=NOT_A_LETTER):
         convert_eval(str(src), tmp_path / "strict", strict=True)
-
-
-@needs(LUFFY_ARC_C, "LUFFY's valid.arc_c.parquet")
-def test_real_luffy_arc_c_numbered_options(tmp_path):
-    source = read(LUFFY_ARC_C)
-    report = convert_eval(str(LUFFY_ARC_C), tmp_path / "eval")
-    rows = read(tmp_path / "eval" / "arc_c.parquet")
-    assert len(rows) == 1172 and not report.bad_rows
-    assert {r["answer"] for r in rows} == {"A", "B", "C", "D"}
-    changed = [(s, r) for s, r in zip(source, rows) if r["problem"] != s["prompt"][-1]["content"].strip()]
-    assert len(changed) == 22 and any("arc_c: 22 of 1172 rows" in n for n in report.notices)
-    for s, r in changed:
-        assert r["answer"] == "ABCD"[int(s["reward_model"]["ground_truth"]) - 1] and "\n1) " not in r["problem"]
 
 
 @pytest.mark.parametrize("sources", [["all"], ["a/b", "a_b"]])
