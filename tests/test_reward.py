@@ -93,6 +93,13 @@ HARD_CASES = [
     ("Answer: I think it is B", "B", False, None, False),  # "I" starts a word: no letter stated
     ("The answer is C because days get shorter.", "C", False, None, False),  # a letter must end there
     ("Answer: A and B", "A", False, None, False),
+    ("The answer is B (oxygen).", "B", False, "B", True),  # a space, then a bracket: the letter ended
+    ("Answer: C - 42", "C", False, "C", True),  # ... or a dash
+    ("the answer is B\u3002", "B", False, "B", True),  # full-width full stop
+    ("answer: b", "B", False, None, False),  # letters are capitals
+    ("\\boxed{I think B}", "B", False, None, False),  # a boxed word is not a letter either
+    ("\\boxed{A and B}", "A", False, None, False),
+    ("\\boxed{(C) 42}", "C", False, "C", True),
     ("The answer is (C). No: the correct option is D.", "D", False, "D", True),  # the last statement counts
     ("\\boxed{B}. The correct option is C.", "C", False, "B", False),  # a box beats a statement
     ("The answer is (2).", "B", False, None, False),  # a number is not a letter (ARC-c's 1)-4) become A-D)

@@ -63,7 +63,7 @@ __all__ = [
 REWARD_NAME = "echovl_math"
 REWARD_TYPE = "batch"
 
-GRADER_VERSION = 3
+GRADER_VERSION = 4
 """Bumped whenever a verdict can change; the evaluation re-grades stored samples graded by another version."""
 
 MAX_ANSWER_CHARS = 1000
@@ -75,13 +75,17 @@ _TAG_SPACE = re.compile(r"\s*(<|>|/)\s*")  # some models write "< think >" or "<
 _BOX = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _LETTER_REFERENCE = re.compile(r"^\(?([A-Z])\)?$")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
-_BOXED_LETTER = re.compile(r"^(?:(?i:option|choice|answer)\s*:?\s*)?[(\[]?([A-Z])(?![A-Za-z0-9])")
+_LETTER_END = r"(?=[*$)\]}.,;:!?\u3002\uff0e]|[ \t]+[(\[\-\u2013\u2014]|[ \t]*(?:\n|$))"
+"""What may follow a choice letter: markup, a bracket, punctuation (full-width too), a space and then an opening
+bracket or a dash (``B (oxygen)``, ``C - 42``), or the end of the line; never a word, so that ``I think`` or
+``A and B`` is not read as a letter. Letters are capitals: ``answer: b`` states none."""
+_BOXED_LETTER = re.compile(r"^(?:(?i:option|choice|answer)\s*:?\s*)?[(\[]?([A-Z])" + _LETTER_END)
 _STATED_LETTER = re.compile(
     r"\b(?i:answer|(?:correct|right|best|final)\s+(?:option|choice))(?:\s+(?i:is)\b)?[\s:*$]*"
-    r"(?:(?i:option|choice)\s*)?[(\[]?[*$]*([A-Z])(?=[*$)\]}.,;:!?]|[ \t]*(?:\n|$))"
+    r"(?:(?i:option|choice)\s*)?[(\[]?[*$]*([A-Z])" + _LETTER_END
 )
 """ A letter stated as the answer: ``the answer is (C)``, ``Answer: C``, ``ANSWER: $C$``, ``the answer is: **C**``,
-``the correct option is C.``. The letter must end there (markup, a bracket, punctuation, or the end of the line), so
+``the correct option is C.``, ``The answer is B (oxygen).``. The letter must end there (:data:`_LETTER_END`), so
 that a word is not read as a letter (``Answer: I think it is B`` states none)."""
 _INTEGER = re.compile(r"^[+-]?\d+$")
 _LAYOUT = re.compile(r"\s+|\\left|\\right|\\[,;:! ]|\^\{?\\circ\}?|\$")
