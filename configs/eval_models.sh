@@ -16,7 +16,7 @@ if [ ${#models[@]} -eq 0 ]; then
     echo "usage: bash ${SCRIPT:-configs/eval_models.sh} MODEL [MODEL ...] [-- python -m echovl.eval options]" >&2
     exit 2
 fi
-if [ ! -e "${BENCHMARKS:?}" ]; then
+if [ ! -e "${BENCHMARKS:?}" ] && [ ! -e "${BENCHMARKS#*=}" ]; then  # a path, or NAME=PATH
     echo "error: the benchmarks ${BENCHMARKS} do not exist (run from $(pwd))." >&2
     if [ -n "${PREPARE:-}" ] && [ "${BENCHMARKS}" = "${DEFAULT_BENCHMARKS:-}" ]; then
         echo "Write them with:" >&2

@@ -570,6 +570,7 @@ def test_a_warning_when_the_paper_text_set_is_incomplete(tmp_path, tiny_lm_dir, 
     assert "AIME24 (data_source aime)" in warning and "MATH-500" not in warning and "ARC-c" not in warning
     assert f"warning: {warning}" in capsys.readouterr().err
     assert json.loads((tmp_path / "out" / "results.json").read_text())["warnings"] == [warning]
+    assert (tmp_path / "out" / "table.md").read_text().endswith(f"\n\nWarning: {warning}\n")  # under the table too
 
 
 def test_a_hub_model_is_keyed_by_its_commit(tmp_path, qwen_tokenizer, monkeypatch):
@@ -583,9 +584,20 @@ def test_a_hub_model_is_keyed_by_its_commit(tmp_path, qwen_tokenizer, monkeypatc
             raise OSError("offline and not cached")
         return str(tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / commit["now"] / filename)
 
+    def snapshot(repo, revision):  # the backend loads the pinned commit's own files
+        return str(tmp_path / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / revision)
+
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot)
     made = []
-    factory = scripted_factory(qwen_tokenizer, {"m": SKILLS["echo"]}, made=made)
+    paths = []
+
+    def factory(name, model_path, **options):
+        paths.append(Path(model_path).name)
+        return scripted_factory(qwen_tokenizer, {"abc123": SKILLS["echo"], "def456": SKILLS["echo"]}, made=made)(
+            name, model_path, **options
+        )
+
     config = scripted_config(tmp_path, ["owner/m"], limit=1)
     evaluate(config, backend_factory=factory)
     [meta] = (tmp_path / "out" / ".cache" / "owner_m").glob("arith.*.json")
@@ -595,6 +607,7 @@ def test_a_hub_model_is_keyed_by_its_commit(tmp_path, qwen_tokenizer, monkeypatc
     commit["now"] = "def456"  # the hub repository was updated: a new cache
     evaluate(config, backend_factory=factory)
     assert len(made) == 2 and len(made[1].generated) == 4
+    assert paths == ["abc123", "def456"]  # each run generated with the commit it is keyed by
     commit["now"] = None
     with pytest.raises(EvalError, match="owner/m: not found on the hub nor in the local hub cache"):
         evaluate(config, backend_factory=factory)
@@ -732,6 +745,10 @@ def test_launch_scripts(tmp_path, script, benchmarks, config):
     ]
     usage = subprocess.run(["bash", str(configs / script)], env=env, capture_output=True, text=True)
     assert usage.returncode == 2 and f"usage: bash configs/{script} MODEL" in usage.stderr
+    log.unlink()  # BENCHMARKS=NAME=PATH, as --benchmarks takes it
+    env["BENCHMARKS"] = f"mine={benchmarks}"
+    subprocess.run(["bash", str(configs / script), "only"], env=env, check=True, capture_output=True)
+    assert log.read_text().splitlines()[0].startswith(f"-m echovl.eval --model only --benchmarks mine={benchmarks} ")
 
 
 @pytest.mark.parametrize(

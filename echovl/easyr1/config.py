@@ -89,7 +89,7 @@ class EchoPPOConfig(PPOConfig):
         check_guidance(self)
         if (
             self.algorithm.online_filtering
-            and self.echo.enable
+            and self.echo.active
             and self.echo.keep_filtered_clips != 0
             and self.algorithm.adv_estimator == "gae"
         ):  # the dropped groups' echo rows have no values for a critic to learn from

@@ -164,6 +164,8 @@ def markdown_table(results: dict) -> str:
                 star = "*" if d["excludes_zero"] else ""
                 cells.append(f"{_signed(d['difference'])}{star} [{_signed(d['low'])}, {_signed(d['high'])}]")
             lines.append(f"| {name} \u2212 {base} | " + " | ".join(cells) + " |")
+    for warning in results.get("warnings", []):  # e.g. a paper benchmark missing: the averages are not the paper's
+        lines += ["", f"Warning: {warning}"]
     return "\n".join(lines) + "\n"
 
 

@@ -9,8 +9,9 @@
    :func:`echovl.reward.judge` and appended to the cache after each call:
 
    - vLLM: the requests of all benchmarks together, each problem with its own ``k`` (``SamplingParams(n=k)``), in
-     calls of up to :data:`_VLLM_CALL_SEQUENCES` sequences; each request has its own seed, so the samples do not
-     depend on how the calls are cut.
+     calls of up to :data:`_VLLM_CALL_SEQUENCES` sequences; each request has its own seed, so its random draws do
+     not depend on how the calls are cut (its numbers may still vary in the last bits with what it is batched
+     with, as vLLM's always may).
    - transformers: per benchmark, calls over a fixed partition of its problems (``batch_size // k`` problems), so a
      resumed run makes the calls an uninterrupted one makes and gives the same samples.
 3. All the outputs at once (:func:`echovl.eval.store.atomic_write_all`): ``OUT/<model>/samples.jsonl`` for every
@@ -51,8 +52,8 @@ DEFAULT_FORMAT_PROMPT = Path(__file__).resolve().parents[2] / "configs" / "forma
 _VLLM_CALL_SEQUENCES = 16384
 """Most sequences (problems x samples) per vLLM call, all benchmarks together. vLLM schedules a call's requests
 itself, so a large call keeps the GPU busy until its end; the cap exists for resuming and memory only: samples reach
-the cache when their call returns (a kill loses the call in flight), and one call's prompts (images included) and
-responses (up to 8192 tokens each) are held in memory. 16384 takes the text table without MMLU-Pro (7393 samples)
+the cache when their call returns (a kill loses the call in flight), and one call's responses (up to 8192 tokens
+each) are held in memory (every missing prompt of the model, images included, is built before the first call). 16384 takes the text table without MMLU-Pro (7393 samples)
 in one call and with it in one or two."""
 
 PAPER_TEXT_BENCHMARKS = [info for info in KNOWN_BENCHMARKS.values() if info.name != "geometry3k"]
@@ -230,6 +231,21 @@ def _pin_hub_revision(model: ModelRef) -> ModelRef:
     return replace(model, fingerprint=f"hub:{model.path}@{config.parent.name}")
 
 
+def _model_files(model: ModelRef) -> str:
+    """What the backend loads: a folder as given; a hub model pinned by :func:`_pin_hub_revision` from the local
+    snapshot of exactly that commit (downloaded if needed), so that the samples are those of the commit they are
+    cached under even if the hub repository changes meanwhile."""
+    hub, _, commit = model.fingerprint.partition("@")
+    if not (hub.startswith("hub:") and commit):
+        return model.path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model.path, revision=commit)
+    except Exception as exc:
+        raise EvalError(f"model {model.path}: cannot get commit {commit} ({type(exc).__name__}: {exc})") from exc
+
+
 class _Evaluation:
     def __init__(self, config: EvalConfig, backend_factory: Callable[..., Backend] | None):
         self.config = config
@@ -298,7 +314,7 @@ class _Evaluation:
         c = self.config
         backend = self.backend_factory(
             backend_name,
-            model.path,
+            _model_files(model),
             batch_size=c.batch_size,
             device=c.device,
             tensor_parallel_size=c.tensor_parallel_size,
@@ -398,6 +414,7 @@ class _Evaluation:
         todo = sum(len(missing) for part in parts for missing in part.missing.values())
         if todo:
             backend, builder = self.load(model, backend_name)
+            bar = None
             try:
                 requests = self.requests(backend, builder, parts)
                 by_name = {part.bench.name: part for part in parts}
@@ -413,8 +430,9 @@ class _Evaluation:
                         part.have.update(((r["problem_index"], r["sample"]), r) for r in mine)
                     if not hasattr(backend, "on_batch"):
                         bar.update(len(records))
-                bar.close()
             finally:
+                if bar is not None:
+                    bar.close()
                 if hasattr(backend, "close"):
                     backend.close()  # free the model (GPU memory) before the next one
         return [self.regraded(part.have[(p.index, j)]) for part in parts for p in part.problems for j in range(part.k)]
