@@ -126,34 +126,23 @@ def check_record(record: dict) -> None:
             entropy = step.get("entropy")
             if entropy is not None and not isinstance(entropy, (int, float)):
                 raise RecordError(f"{where}.steps[{number}].entropy must be a number or null")
-    clip = record.get("clip")
-    if clip is not None:
-        if (
-            not isinstance(clip, dict)
-            or not isinstance(clip.get("rollout"), int)
-            or not isinstance(clip.get("step"), int)
-        ):
-            raise RecordError("'clip' must be null or an object with integer 'rollout' and 'step'")
-        if not 0 <= clip["rollout"] < len(record["rollouts"]):
-            raise RecordError(f"clip.rollout {clip['rollout']} is not a rollout of the group")
-        if not 0 <= clip["step"] < len(record["rollouts"][clip["rollout"]]["steps"]):
-            raise RecordError(f"clip.step {clip['step']} is not a step of rollout {clip['rollout']}")
-    _check_clip_list(record)
-
-
-def _check_clip_list(record: dict) -> None:
+    if record.get("clip") is not None:
+        _check_clip(record, record["clip"], "clip", "'clip' must be null or an object")
     clips = record.get("clips")
-    if clips is None:
-        return
-    if not isinstance(clips, list):
+    if clips is not None and not isinstance(clips, list):
         raise RecordError("'clips' must be a list")
-    for number, clip in enumerate(clips):
-        if not (isinstance(clip, dict) and isinstance(clip.get("rollout"), int) and isinstance(clip.get("step"), int)):
-            raise RecordError(f"clips[{number}] must be an object with integer 'rollout' and 'step'")
-        if not 0 <= clip["rollout"] < len(record["rollouts"]):
-            raise RecordError(f"clips[{number}].rollout {clip['rollout']} is not a rollout of the group")
-        if not 0 <= clip["step"] < len(record["rollouts"][clip["rollout"]]["steps"]):
-            raise RecordError(f"clips[{number}].step {clip['step']} is not a step of rollout {clip['rollout']}")
+    for number, clip in enumerate(clips or ()):
+        _check_clip(record, clip, f"clips[{number}]", f"clips[{number}] must be an object")
+
+
+def _check_clip(record: dict, clip, where: str, not_an_object: str) -> None:
+    """One clip (``clip``, or an entry of ``clips``) points at a step of a rollout of the group."""
+    if not (isinstance(clip, dict) and isinstance(clip.get("rollout"), int) and isinstance(clip.get("step"), int)):
+        raise RecordError(f"{not_an_object} with integer 'rollout' and 'step'")
+    if not 0 <= clip["rollout"] < len(record["rollouts"]):
+        raise RecordError(f"{where}.rollout {clip['rollout']} is not a rollout of the group")
+    if not 0 <= clip["step"] < len(record["rollouts"][clip["rollout"]]["steps"]):
+        raise RecordError(f"{where}.step {clip['step']} is not a step of rollout {clip['rollout']}")
 
 
 def all_clips(record: dict) -> list[dict]:
@@ -352,7 +341,8 @@ def render_chart(record: dict) -> str:
                 )
         series.append("</g>")
         parts.append("".join(series))
-    for other in all_clips(record)[1:]:  # top_k / soft: the other clips, thinner rings, their weight on hover
+    clips = all_clips(record)
+    for other in clips[1:]:  # top_k / soft: the other clips, thinner rings, their weight on hover
         step, rollout = other["step"], other["rollout"]
         value = _finite(other.get("step_entropy"))
         if value is None:
@@ -378,7 +368,7 @@ def render_chart(record: dict) -> str:
             f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="{CLIP_COLOR}" stroke-width="2.6"/>'
             f'<text x="{cx + dx:.1f}" y="{top_margin - 10}" text-anchor="{anchor}" font-size="12" font-weight="600" '
             f'style="fill: {CLIP_COLOR}">EchoClip: rollout {clip["rollout"]}, step {step} ({value:.3f} nats)'
-            + (f", weight {_weight(clip):.3f}" if len(all_clips(record)) > 1 else "")
+            + (f", weight {_weight(clip):.3f}" if len(clips) > 1 else "")
             + "</text></g>"
         )
     parts.append("</svg>")
@@ -468,13 +458,13 @@ def render_rollouts(record: dict) -> str:
     """Each rollout's text with steps shaded by entropy, its verified flag, and the EchoClip outlined."""
     top = entropy_range(record)
     clip = record.get("clip")
-    order = list(range(len(record["rollouts"])))
-    if clip is not None:  # the chosen rollout first
-        order.remove(clip["rollout"])
-        order.insert(0, clip["rollout"])
-    others = all_clips(record)[1:]
-    rank = {c["rollout"]: n for n, c in reversed(list(enumerate(all_clips(record))))}
-    order.sort(key=lambda i: rank.get(i, len(rank)))  # rollouts with clips first, the heaviest clip's first
+    clips = all_clips(record)
+    others = clips[1:]
+    rank: dict[int, int] = {}  # a rollout's first (heaviest) clip
+    for number, c in enumerate(clips):
+        rank.setdefault(c["rollout"], number)
+    # rollouts with clips first (the chosen clip's first), then the others in their order
+    order = sorted(range(len(record["rollouts"])), key=lambda i: rank.get(i, len(clips)))
     cards = "".join(
         _rollout_html(i, record["rollouts"][i], clip, top, [c for c in others if c["rollout"] == i]) for i in order
     )
