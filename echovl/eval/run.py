@@ -53,8 +53,8 @@ _VLLM_CALL_SEQUENCES = 16384
 """Most sequences (problems x samples) per vLLM call, all benchmarks together. vLLM schedules a call's requests
 itself, so a large call keeps the GPU busy until its end; the cap exists for resuming and memory only: samples reach
 the cache when their call returns (a kill loses the call in flight), and one call's responses (up to 8192 tokens
-each) are held in memory (every missing prompt of the model, images included, is built before the first call). 16384 takes the text table without MMLU-Pro (7393 samples)
-in one call and with it in one or two."""
+each) are held in memory (every missing prompt of the model, images included, is built before the first call).
+16384 takes the text table without MMLU-Pro (7393 samples) in one call and with it in one or two."""
 
 PAPER_TEXT_BENCHMARKS = [info for info in KNOWN_BENCHMARKS.values() if info.name != "geometry3k"]
 """The paper's text table: LUFFY's six in-distribution and three out-of-distribution benchmarks."""
@@ -389,7 +389,8 @@ class _Evaluation:
 
     def generate(self, backend: Backend, model: ModelRef, call: list[_Request]) -> list[dict]:
         """Generate and grade the missing samples of the requests of one call: graded records."""
-        if getattr(backend, "per_prompt_n", False):
+        per_prompt_n = getattr(backend, "per_prompt_n", False)
+        if per_prompt_n:
             groups = [call]  # one backend call, each prompt with its own number of samples
         else:  # problems missing the same samples go together (all of them, unless k grew since the last run)
             groups = [[r for r in call if r.wanted == wanted] for wanted in sorted({r.wanted for r in call})]
@@ -397,7 +398,7 @@ class _Evaluation:
         for group in groups:
             seeds = [mix_seed(int(r.part.bench.content_hash[:12], 16), r.problem.index, r.wanted[0]) for r in group]
             prompts = [r.prompt for r in group]
-            if getattr(backend, "per_prompt_n", False):
+            if per_prompt_n:
                 n = [len(r.wanted) for r in group]
                 texts = backend.generate(prompts, self.config.sampling(), seeds=seeds, n=n)
             else:
