@@ -369,13 +369,12 @@ def _lettered_options(problem: str, answer: str) -> tuple[str, str] | None:
     while start and _NUMBERED_OPTION.match(lines[start - 1]):
         start -= 1
     labels = [_NUMBERED_OPTION.match(line).group(1) for line in lines[start:]]
-    numbers = [int(label) for label in labels]
-    if not 2 <= len(numbers) <= 26 or numbers != list(range(1, len(numbers) + 1)):
+    if not 2 <= len(labels) <= 26 or [int(label) for label in labels] != list(range(1, len(labels) + 1)):
         return None
-    if not 1 <= int(answer) <= len(numbers):
+    if not 1 <= int(answer) <= len(labels):
         return None
-    for i, (label, number) in enumerate(zip(labels, numbers)):
-        lines[start + i] = chr(ord("A") + number - 1) + lines[start + i][len(label) :]
+    for i, label in enumerate(labels):  # label i is the number i + 1
+        lines[start + i] = chr(ord("A") + i) + lines[start + i][len(label) :]
     return "\n".join(lines), chr(ord("A") + int(answer) - 1)
 
 
