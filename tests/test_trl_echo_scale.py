@@ -24,10 +24,12 @@ def accuracy(completions, **kwargs):
     return [float(i % 2 == 0 and (i // 4) % 3 != 2) for i in range(len(completions))]
 
 
-def _echo_only_trainer(loss_types, **kwargs):
-    """Records, per optimizer step, the weights it starts from, the gradient the optimizer receives and, per
-    micro-batch, the test's own index of it (counted here, from 0) and its rows with clip tokens."""
-    from transformers import TrainerCallback
+def _echo_only_trainer(tiny_lm_dir, tmp_path, loss_types, echo_config, *, reward=accuracy, **config):
+    """A run of the tiny LM on 12 text prompts, one group (4 rollouts of up to 8 tokens) per micro-batch, gradient
+    clipping off (the optimizer sees the raw gradient), GRPOConfig ``config`` otherwise; step ``t`` trains with
+    ``loss_types[t]``. It records, per optimizer step, the weights it starts from, the gradient the optimizer
+    receives and, per micro-batch, the test's own index of it (counted here, from 0) and its rows with clip tokens."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
 
     from echovl.trl import EchoGRPOTrainer
 
@@ -60,7 +62,16 @@ def _echo_only_trainer(loss_types, **kwargs):
             self.steps[-1]["micro"].append({"index": index, "rows": rows, "counted": counted})
             return loss * 0 if echo is None else loss * 0 + echo
 
-    return EchoOnly(**kwargs)
+    torch.manual_seed(0)
+    args = grpo_config(tmp_path, max_grad_norm=0.0, max_completion_length=8, per_device_train_batch_size=4, **config)
+    return EchoOnly(
+        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
+        reward_funcs=[reward],
+        args=args,
+        train_dataset=text_dataset(12),
+        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
+        echo_config=echo_config,
+    )
 
 
 def _parts(step, accumulation, per_generation, iterations):
@@ -128,30 +139,19 @@ LOSS_TYPES = ("grpo", "dapo", "cispo", "bnpo", "dr_grpo", "luspo", "sapo", "vesp
 def test_every_optimizer_step_gets_coef_times_the_mean_clip_nll(
     tiny_lm_dir, tmp_path, loss_types, accumulation, per_generation, iterations
 ):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    config = grpo_config(
+    trainer = _echo_only_trainer(
+        tiny_lm_dir,
         tmp_path,
+        loss_types,
+        {"coef": COEF},
         loss_type=loss_types[0],
         gradient_accumulation_steps=accumulation,
         steps_per_generation=per_generation,
         num_iterations=iterations,
-        max_grad_norm=0.0,  # no clipping: the optimizer sees the raw gradient
-        max_completion_length=8,
-        per_device_train_batch_size=4,  # one group per micro-batch
         max_steps=2,
     )
-    trainer = _echo_only_trainer(
-        loss_types,
-        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
-        reward_funcs=[accuracy],
-        args=config,
-        train_dataset=text_dataset(12),
-        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
-        echo_config={"coef": COEF},
-    )
     trainer.train()
+    config = trainer.args
     assert [step["loss_type"] for step in trainer.steps] == list(loss_types)
     for number, step in enumerate(trainer.steps):
         # steps are windows of gradient_accumulation_steps micro-batches from the first
@@ -197,34 +197,18 @@ def test_the_runs_cover_every_loss_type():
 def test_weighted_clips_and_a_lambda_warm_up_scale_every_step(tiny_lm_dir, tmp_path):
     """echo.selection top_k (nested clips, weight 1 each) with a linear lambda warm-up over 2 steps: step t gets
     ``coef_t x`` (sum of its clips' weighted NLL / sum of their weights), coef_1 = coef / 2, coef_2 = coef."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    config = grpo_config(
+    echo_config = {"coef": COEF, "selection": "top_k", "top_k": 3, "coef_schedule": "linear", "coef_warmup_steps": 2}
+    trainer = _echo_only_trainer(
+        tiny_lm_dir,
         tmp_path,
+        ("grpo", "grpo"),
+        echo_config,
         gradient_accumulation_steps=2,
         steps_per_generation=2,
-        max_grad_norm=0.0,
-        max_completion_length=8,
-        per_device_train_batch_size=4,
         max_steps=2,
     )
-    trainer = _echo_only_trainer(
-        ("grpo", "grpo"),
-        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
-        reward_funcs=[accuracy],
-        args=config,
-        train_dataset=text_dataset(12),
-        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
-        echo_config={
-            "coef": COEF,
-            "selection": "top_k",
-            "top_k": 3,
-            "coef_schedule": "linear",
-            "coef_warmup_steps": 2,
-        },
-    )
     trainer.train()
+    config = trainer.args
     nested = 0
     for coef, step in zip((COEF / 2, COEF), trainer.steps):
         ((share, rows),) = _parts(step, 2, 2, 1).values()
@@ -251,8 +235,6 @@ def test_adaptive_lambda_is_coef_times_the_batch_fraction_of_all_correct_groups(
     """echo.coef_schedule adaptive: the generation batch of step t (one per step here) trains with
     ``coef x d_t``, ``d_t`` the fraction of its groups whose rollouts are all verified; a batch without such a group
     trains TRL's loss alone. Checked on the optimizer's gradient and on the logged ``echo/coef``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     calls = []
 
     def accuracy(completions, **kwargs):
@@ -261,26 +243,18 @@ def test_adaptive_lambda_is_coef_times_the_batch_fraction_of_all_correct_groups(
         calls.append(scores)
         return list(scores)
 
-    torch.manual_seed(0)
-    config = grpo_config(
+    trainer = _echo_only_trainer(
+        tiny_lm_dir,
         tmp_path,
+        ("grpo",) * len(ADAPTIVE_BATCHES),
+        {"coef": COEF, "coef_schedule": "adaptive"},
+        reward=accuracy,
         gradient_accumulation_steps=2,
-        steps_per_generation=2,
-        max_grad_norm=0.0,
-        max_completion_length=8,
-        per_device_train_batch_size=4,  # one group per micro-batch, two per generation batch
+        steps_per_generation=2,  # one group per micro-batch, two per generation batch
         max_steps=len(ADAPTIVE_BATCHES),
     )
-    trainer = _echo_only_trainer(
-        ("grpo",) * len(ADAPTIVE_BATCHES),
-        model=AutoModelForCausalLM.from_pretrained(tiny_lm_dir),
-        reward_funcs=[accuracy],
-        args=config,
-        train_dataset=text_dataset(12),
-        processing_class=AutoTokenizer.from_pretrained(tiny_lm_dir, padding_side="left"),
-        echo_config={"coef": COEF, "coef_schedule": "adaptive"},
-    )
     trainer.train()
+    config = trainer.args
     assert len(calls) == len(trainer.steps) == len(ADAPTIVE_BATCHES)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     assert len(logs) == len(ADAPTIVE_BATCHES)
