@@ -11,6 +11,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tests.eval_helpers import FakeLLM as EvalFakeLLM
+from tests.eval_helpers import FakeSamplingParams
+
 REASONING = ("first {n} alpha beta.", "second gamma.", "third {n} delta epsilon zeta.", "fourth eta.")
 """The scripted rollouts' reasoning steps; the scripted answer is right only while the "third" step is there."""
 
@@ -73,36 +76,22 @@ def number(cell: str) -> float:
     return float("nan") if cell == "" else float(cell)
 
 
-class FakeSamplingParams:
-    def __init__(self, **kwargs):
-        self.__dict__.update(kwargs)
+class FakeLLM(EvalFakeLLM):
+    """The evaluation tests' fake vLLM, answering the scripted task: it reads each request's token ids back to text
+    and answers like Scripted (sample 1 of each problem wrong; a continuation right while its prefix holds the
+    "third" step). Set ``tokenizer``."""
 
-
-class FakeLLM:
-    """vLLM's LLM for the scripted task: reads each request's token ids back to text and answers like Scripted (sample
-    1 of each problem wrong; a continuation right while its prefix holds the "third" step). Set ``tokenizer``."""
-
-    instances = []
+    max_model_len = 512
     tokenizer = None
 
-    def __init__(self, **kwargs):
-        self.kwargs, self.calls = kwargs, []
-        self.llm_engine = types.SimpleNamespace(model_config=types.SimpleNamespace(max_model_len=512))
-        FakeLLM.instances.append(self)
-
-    def generate(self, inputs, params, use_tqdm=True):
-        self.calls.append((inputs, params))
-        outputs = []
-        for request, p in zip(inputs, params):
-            text = FakeLLM.tokenizer.decode(request["prompt_token_ids"])
-            n = int(text.split("Compute ")[1].split(".")[0])
-            prefix = text.partition("<|im_start|>assistant\n")[2]
-            if prefix:
-                texts = [f"\\boxed{{{n if 'third' in prefix else n + 7}}}"] * p.n
-            else:
-                texts = [response(n, j != 1) for j in range(p.n)]
-            outputs.append(types.SimpleNamespace(outputs=[types.SimpleNamespace(text=t) for t in texts]))
-        return outputs
+    @staticmethod
+    def answer(i, j, request, params):
+        text = FakeLLM.tokenizer.decode(request["prompt_token_ids"])
+        n = int(text.split("Compute ")[1].split(".")[0])
+        prefix = text.partition("<|im_start|>assistant\n")[2]
+        if prefix:
+            return f"\\boxed{{{n if 'third' in prefix else n + 7}}}"
+        return response(n, j != 1)
 
 
 def install_fake_vllm(monkeypatch, model_dir) -> type:
