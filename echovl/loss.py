@@ -1,26 +1,15 @@
-"""Loss terms computed from the log-probs the update already has: EchoRL's clip NLL, and beside it the math of
-the base methods that learn from expert solutions (LUFFY's policy shaping, UFT's hint NLL).
+"""EchoRL's loss: the NLL of the EchoClips, computed from the log-probs the update already has.
 
 Every function takes the log-probs of one forward (``log pi(o_t | q, o_<t)`` at the rollout temperature,
-differentiable) and returns per-token losses or masked sums; the caller aggregates and normalises them the way
-its framework normalises its own loss.
+differentiable) and returns masked sums; the caller normalises them the way its framework normalises its own loss
+(:func:`echo_term`). The base methods' losses are in :mod:`echovl.luffy` and :mod:`echovl.uft`.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 
-__all__ = [
-    "echo_nll",
-    "hint_nll",
-    "policy_shaping",
-    "shaped_pg_loss",
-    "shaping_weight",
-    "unclipped_pg_loss",
-    "weighted_echo_nll",
-]
+__all__ = ["check_same_shape", "echo_nll", "echo_term", "weighted_echo_nll"]
 
 
 def echo_nll(log_probs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -37,7 +26,7 @@ def echo_nll(log_probs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
     Returns:
         ``(total, count)``: a scalar in ``log_probs``' dtype, and a scalar long tensor.
     """
-    _check_same_shape(log_probs, mask, "mask")
+    check_same_shape(log_probs, mask, "mask")
     mask = mask.bool()
     tokens = mask.sum(dim=-1)
     has_clip = tokens > 0
@@ -47,102 +36,53 @@ def echo_nll(log_probs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor,
 
 
 def weighted_echo_nll(log_probs: torch.Tensor, token_weight: torch.Tensor) -> torch.Tensor:
-    """Weighted sum of per-clip mean NLLs, for several (possibly nested) clips per row.
+    """Weighted sum of per-clip mean NLLs, for any clips (one per row, or several, possibly nested).
 
-    ``total = sum_t w_t * (-log_probs_t)`` with ``w_t = sum over the clips c holding token t of
-    weight_c / length_c`` (:attr:`echovl.clip.EchoClips.token_weight`), which equals
-    ``sum_c weight_c * mean NLL(c)``. The caller divides by the summed clip weight of the whole mini-batch
-    (:func:`echovl.clip.row_clip_weight`, all micro-batches and ranks).
+    ``total = sum_t w_t * (-log_probs_t)`` with ``w_t = sum over the clips c holding token t of weight_c / length_c``
+    (:attr:`echovl.clip.EchoClips.token_weight`), which equals ``sum_c weight_c * mean NLL(c)``.
 
     Args:
         log_probs: [B, T] log pi(o_t | q, o_<t) of the response tokens (differentiable).
         token_weight: [B, T] float, 0 outside every clip.
 
     Returns:
-        ``total``, a scalar in ``log_probs``' dtype. Tokens of weight 0 add exactly 0 (even where
-        ``log_probs`` is not finite).
+        ``total``, a scalar in ``log_probs``' dtype. Tokens of weight 0 add exactly 0 (even where ``log_probs`` is
+        not finite).
     """
-    if log_probs.shape != token_weight.shape:
-        raise ValueError(
-            f"log_probs and token_weight must have the same shape, got {tuple(log_probs.shape)} and "
-            f"{tuple(token_weight.shape)}"
-        )
+    check_same_shape(log_probs, token_weight, "token_weight")
     weight = token_weight.to(log_probs.dtype)
     zero = torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)
     return torch.where(weight != 0, -log_probs * weight, zero).sum()
 
 
-def policy_shaping(log_probs: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
-    """LUFFY's shaping function of the token probability: ``f(p) = p / (p + gamma)`` with ``p = exp(log_probs)``.
+def echo_term(
+    log_probs: torch.Tensor, token_weight: torch.Tensor, *, coef: float, clip_weight: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The echo term of some rows: ``coef * sum_t w_t * (-log_probs_t) / clip_weight``.
 
-    Computed as ``sigmoid(log p - log gamma)`` (the same value, finite for any log-prob, ``-inf`` included).
-    """
-    _check_gamma(gamma)
-    return torch.sigmoid(log_probs - math.log(gamma))
-
-
-def shaped_pg_loss(log_probs: torch.Tensor, advantages: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
-    """LUFFY's loss on off-policy (expert) tokens, per token: ``-A * f(p)``, ``f(p) = p / (p + gamma)``.
-
-    No ratio to an old policy and no clipping: the expert trace was not sampled from the policy. The gradient
-    is ``-A * gamma * p / (p + gamma)^2 * grad log p`` (:func:`shaping_weight` times ``-A * grad log p``): tokens
-    the policy finds unlikely (small ``p``) get a larger weight than plain importance sampling (``p``) gives
-    them, and likely ones a smaller weight than SFT (1).
+    ``clip_weight`` is J_echo's denominator as the caller's framework needs it for these rows: the summed clip weight
+    (the number of clips under ``max`` selection) of everything one optimizer step averages over, divided by what
+    the framework's own averaging multiplies back (EasyR1: FSDP averages gradients over ``world_size`` ranks, so
+    ``global clip weight / world_size``). Summed over the step's micro-batches and ranks, the terms then make
+    ``coef x`` (the weighted mean over the step's clips of each clip's mean NLL), whatever the micro-batching.
 
     Args:
-        log_probs: [B, T] log pi_theta of the expert tokens at the rollout temperature (differentiable).
-        advantages: [B, T] advantages (the expert row's group advantage on every token).
-        gamma: the shaping constant (LUFFY: 0.1).
+        log_probs: [B, T] log pi(o_t | q, o_<t) of the response tokens (differentiable), at the rollout temperature.
+        token_weight: [B, T] :attr:`echovl.clip.EchoClips.token_weight` of these rows.
+        coef: λ of this training step (the schedule's value, :meth:`echovl.config.EchoConfig.coef_at`).
+        clip_weight: the denominator (> 0).
 
     Returns:
-        [B, T] per-token losses; the caller masks and averages them like the on-policy loss.
+        ``(term, total)``: the term to add to the loss, and ``total = sum_t w_t * (-log_probs_t)`` detached (for
+        the ``echo/loss`` metric).
     """
-    _check_same_shape(log_probs, advantages, "advantages")
-    return -advantages * policy_shaping(log_probs, gamma)
+    total = weighted_echo_nll(log_probs, token_weight)
+    return total * (coef / clip_weight), total.detach()
 
 
-def shaping_weight(log_probs: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
-    """The factor policy shaping puts on ``grad log p``: ``p * f'(p) = gamma * p / (p + gamma)^2`` (a metric)."""
-    shaped = policy_shaping(log_probs, gamma)
-    return shaped * (1 - shaped)
-
-
-def unclipped_pg_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
-    """Per-token ``-A * ratio`` with ``ratio = exp(log_probs - old_log_probs)``: PPO's objective without its
-    clipping (LUFFY's release trains its on-policy tokens so). The log-ratio is clamped to [-20, 20] before
-    ``exp``, as EasyR1 does, so that an extreme token cannot overflow."""
-    _check_same_shape(log_probs, old_log_probs, "old_log_probs")
-    _check_same_shape(log_probs, advantages, "advantages")
-    return -advantages * torch.exp(torch.clamp(log_probs - old_log_probs, -20.0, 20.0))
-
-
-def hint_nll(log_probs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """UFT's hint term: the summed NLL of the hint tokens, and their number.
-
-    ``total = sum(-log_probs[mask])``, ``count = mask.sum()``. The caller divides ``total`` by the hint-token
-    count of the whole mini-batch (all micro-batches and ranks), so the term is the mean NLL over the hint
-    tokens, and adds ``beta`` times it to the loss.
-
-    Args:
-        log_probs: [B, T] log pi(h_t | q, h_<t) of the hint tokens (the prompt's last tokens), differentiable.
-        mask: [B, T] bool, the hint tokens.
-
-    Returns:
-        ``(total, count)``: a scalar in ``log_probs``' dtype, and a scalar long tensor.
-    """
-    _check_same_shape(log_probs, mask, "mask")
-    mask = mask.bool()
-    total = torch.where(mask, -log_probs, torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)).sum()
-    return total, mask.sum()
-
-
-def _check_same_shape(log_probs: torch.Tensor, other: torch.Tensor, name: str) -> None:
+def check_same_shape(log_probs: torch.Tensor, other: torch.Tensor, name: str) -> None:
+    """``ValueError`` unless ``other`` has ``log_probs``' shape (naming ``other``)."""
     if log_probs.shape != other.shape:
         raise ValueError(
             f"log_probs and {name} must have the same shape, got {tuple(log_probs.shape)} and {tuple(other.shape)}"
         )
-
-
-def _check_gamma(gamma: float) -> None:
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
-        raise ValueError(f"the policy-shaping gamma must be a finite number > 0, got {gamma!r}")

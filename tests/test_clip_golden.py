@@ -19,13 +19,10 @@ from __future__ import annotations
 import hashlib
 import random
 import sys
-from contextlib import nullcontext
-from unittest import mock
 
 import pytest
 import torch
 
-import echovl.steps
 from echovl.clip import mine_echo_clips
 from echovl.loss import echo_nll
 
@@ -257,10 +254,9 @@ def test_small_batch_hand_checks():
     assert int(count) == 3
 
 
-@pytest.mark.parametrize("chunk_elements", [None, 24, 150])  # default blocks; blocks of 2 rows; of 1 row
 @pytest.mark.parametrize("how", ["explicit", "config"])
 @pytest.mark.parametrize("name", ["small", "medium"])
-def test_paper_path_equals_the_values_before_the_variants(name, how, chunk_elements):
+def test_paper_path_equals_the_values_before_the_variants(name, how):
     batch, golden = (_small_batch(), GOLDEN_SMALL) if name == "small" else (_medium_batch(), GOLDEN_MEDIUM)
     assert golden, "golden values missing"
     if how == "explicit":
@@ -268,9 +264,7 @@ def test_paper_path_equals_the_values_before_the_variants(name, how, chunk_eleme
     else:  # EchoConfig's defaults, except min_step_tokens=1 (the paper's setting)
         kwargs = _paper_kwargs()
         assert kwargs["selection"] == "max" and kwargs["scope"] == "all" and kwargs["min_step_tokens"] == 1
-    patch = mock.patch.object(echovl.steps, "_CHUNK_ELEMENTS", chunk_elements) if chunk_elements else nullcontext()
-    with patch:
-        _assert_matches(batch, golden, full=name == "small", **kwargs)
+    _assert_matches(batch, golden, full=name == "small", **kwargs)
 
 
 if __name__ == "__main__":  # print the golden literals for the echovl on the path (see the module docstring)

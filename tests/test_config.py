@@ -1,8 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from echovl.config import EchoConfig
-from echovl.guidance import GuidanceConfig
+from echovl.config import EchoConfig, GuidanceConfig
 
 
 def test_defaults_are_the_paper_settings():

@@ -12,6 +12,7 @@ import torch  # noqa: E402
 from tests.easyr1_stubs import (  # noqa: E402
     actor_config,
     build_rollout_batch,
+    clip_tensors,
     init_gloo_group,
     install_vllm_stub,
     reference_clip_nll,
@@ -26,8 +27,9 @@ from verl.workers.actor import dp_actor  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_COEF, ECHO_ROW, EchoActor  # noqa: E402
 from echovl.easyr1.filtering import echo_rows, layout_update_batch  # noqa: E402
+from echovl.echo import ECHO_WEIGHT  # noqa: E402
 from echovl.loss import echo_nll  # noqa: E402
 
 TEMPERATURE = 0.7
@@ -264,7 +266,7 @@ def test_ulysses_gather_keeps_the_entropy_dim(monkeypatch):
 # ------------------------------------------------------------------------------------------- update_policy
 
 
-def _update_batch(batch, model, *, advantages=0.0, clip_rows=(), seed=0):
+def _update_batch(batch, model, *, advantages=0.0, clip_rows=(), seed=0, coef=None):
     """Old log-probs from the model, constant advantages, and an echo mask on the first half of ``clip_rows``."""
     data = copy.copy(batch)
     data.batch = batch.batch.clone()
@@ -278,7 +280,9 @@ def _update_batch(batch, model, *, advantages=0.0, clip_rows=(), seed=0):
     for row in clip_rows:  # a prefix clip: the first half of the response
         length = int(response_mask[row].sum())
         echo_mask[row, : max(1, length // 2)] = True
-    data.batch[ECHO_MASK] = echo_mask
+    data.batch.update(clip_tensors(echo_mask))
+    if coef is not None:
+        data.meta_info[ECHO_COEF] = coef  # λ of the step, as the trainer sets it
     return data
 
 
@@ -345,11 +349,11 @@ def test_update_policy_echo_only_gradient(backbones, backbone, update_path, cpu_
     ids, dynamic batching); VL clips on image rows (0, 3) and a text-only row (4)."""
     base, batch = backbones(backbone)
     clip_rows = (0, 3, 4)
-    data = _update_batch(batch, base, advantages=0.0, clip_rows=clip_rows)
+    coef = 0.5  # λ of the step comes with the batch (the actor's EchoConfig keeps its default coef)
+    data = _update_batch(batch, base, advantages=0.0, clip_rows=clip_rows, coef=coef)
     model = _clone(base)
     before = _params(model)
-    coef = 0.5
-    actor = _sgd_actor(EchoActor, model, len(data), update_path=update_path, echo=EchoConfig(coef=coef))
+    actor = _sgd_actor(EchoActor, model, len(data), update_path=update_path, echo=EchoConfig())
     metrics, forwards = _update_recording_packs(actor, data)
     _assert_packed(forwards, update_path, int(data.batch["attention_mask"].sum()))
 
@@ -372,7 +376,8 @@ def test_update_policy_dapo_echo_rows_cut_at_clip_end(
     mean clip NLL, the echo rows' clips from a plain forward over the truncated sequence (prompt + response up to
     the clip end). A mid-response clip on an image row (3) and on a text-only row (4); a prefix clip on PG row 0."""
     base, batch = backbones(backbone)
-    data = _update_batch(batch, base, advantages=0.0, clip_rows=(0,))
+    coef = 0.5
+    data = _update_batch(batch, base, advantages=0.0, clip_rows=(0,), coef=coef)
     data.batch[ECHO_ROW] = torch.zeros(len(data), dtype=torch.bool)
     source = data[[3, 4]]  # stand-ins for the rollouts of a dropped all-correct group
     response_mask = source.batch["response_mask"]
@@ -384,16 +389,15 @@ def test_update_policy_dapo_echo_rows_cut_at_clip_end(
         start, end = 2, 2 + length // 3  # clip tokens [start, end): well inside the response
         clips[row, start:end] = True
         truncated[row, truncated.shape[1] - response_length + end :] = 0
-    source.batch[ECHO_MASK] = clips
-    echo = echo_rows(source, torch.tensor([0, 1]), clips, 4, like=data)  # 2 clips + 2 inert fillers
+    source.batch.update(clip_tensors(clips))
+    echo = echo_rows(source, torch.tensor([0, 1]), 4, like=data)  # 2 clips + 2 inert fillers
     assert torch.equal(echo.batch["attention_mask"][:2].bool(), truncated.bool())
     assert int(truncated.sum()) < int(source.batch["attention_mask"].sum())
     update = layout_update_batch(data, echo, world_size=1, mini_batches=1)
 
     model = _clone(base)
     before = _params(model)
-    coef = 0.5
-    actor = _sgd_actor(EchoActor, model, len(data), update_path=update_path, echo=EchoConfig(coef=coef))
+    actor = _sgd_actor(EchoActor, model, len(data), update_path=update_path, echo=EchoConfig())
     metrics, forwards = _update_recording_packs(actor, update)
     _assert_packed(forwards, update_path, int(update.batch["attention_mask"].sum()))  # echo rows packed truncated
 
@@ -418,17 +422,17 @@ def _forward_log_probs(model, data):
 def test_update_policy_adds_echo_to_easyr1_gradient(vl_model, vl_batch):
     """Non-zero advantages, clips spread over micro-batches: the step is EasyR1's plus coef * grad(J_echo)."""
     clip_rows = (1, 2, 5)
-    data = _update_batch(vl_batch, vl_model, advantages=0.7, clip_rows=clip_rows)
     coef = 0.25
+    data = _update_batch(vl_batch, vl_model, advantages=0.7, clip_rows=clip_rows, coef=coef)
 
     vanilla_model = _clone(vl_model)
     before = _params(vanilla_model)
     _sgd_actor(DataParallelPPOActor, vanilla_model, len(data)).update_policy(data)
     echo_model = _clone(vl_model)
-    _sgd_actor(EchoActor, echo_model, len(data), echo=EchoConfig(coef=coef)).update_policy(data)
+    _sgd_actor(EchoActor, echo_model, len(data), echo=EchoConfig()).update_policy(data)
 
     reference = _clone(vl_model)
-    total, count = echo_nll(_forward_log_probs(reference, data), data.batch[ECHO_MASK])
+    total, count = echo_nll(_forward_log_probs(reference, data), data.batch[ECHO_WEIGHT] > 0)
     (coef * total / count).backward()
     for p_echo, p_vanilla, p_ref in zip(echo_model.parameters(), vanilla_model.parameters(), reference.parameters()):
         echo_step = -p_ref.grad if p_ref.grad is not None else torch.zeros_like(p_echo)
@@ -439,16 +443,16 @@ def test_update_policy_adds_echo_to_easyr1_gradient(vl_model, vl_batch):
 def test_update_policy_world_size_normalisation(vl_model, vl_batch, monkeypatch):
     """Two identical ranks (simulated: all-reduce doubles, world size 2): each rank's step equals the 1-rank step,
     as FSDP's gradient averaging expects, for the PG and the echo term alike."""
-    data = _update_batch(vl_batch, vl_model, advantages=0.3, clip_rows=(0, 5))
+    data = _update_batch(vl_batch, vl_model, advantages=0.3, clip_rows=(0, 5), coef=0.5)
     one = _clone(vl_model)
-    _sgd_actor(EchoActor, one, len(data), echo=EchoConfig(coef=0.5)).update_policy(data)
+    _sgd_actor(EchoActor, one, len(data), echo=EchoConfig()).update_policy(data)
 
     def doubled(tensor, op=None, group=None):
         tensor.mul_(2)
 
     monkeypatch.setattr(dp_actor.dist, "all_reduce", doubled)
     two = _clone(vl_model)
-    actor = _sgd_actor(EchoActor, two, len(data), echo=EchoConfig(coef=0.5))
+    actor = _sgd_actor(EchoActor, two, len(data), echo=EchoConfig())
     actor.world_size = 2
     actor.update_policy(data)
     for a, b in zip(one.parameters(), two.parameters()):
@@ -461,12 +465,14 @@ def test_update_policy_without_clips_is_easyr1_bit_for_bit(vl_model, vl_batch, e
     (AdamW, grad clipping, two micro-batches per mini-batch, two mini-batches, KL loss on)."""
     from verl.protocol import DataProto
 
-    data = _update_batch(vl_batch, vl_model, advantages=0.5, clip_rows=())
+    data = _update_batch(vl_batch, vl_model, advantages=0.5, clip_rows=(), coef=0.5)
     data = DataProto.concat([data, data])  # 12 rows: 2 mini-batches of 6, 2 micro-batches of 3 each
     data.batch["advantages"][::3] *= -1
     data.batch["ref_log_probs"] = data.batch["old_log_probs"] - 0.05
     if not echo.enable:
-        data.batch[ECHO_MASK][0, :3] = True  # ignored when echo is off
+        mask = torch.zeros(data.batch["responses"].shape, dtype=torch.bool)
+        mask[0, :3] = True
+        data.batch.update(clip_tensors(mask))  # ignored when echo is off
     results = []
     for cls, kwargs in ((DataParallelPPOActor, {}), (EchoActor, {"echo": echo})):
         torch.manual_seed(0)
@@ -479,3 +485,11 @@ def test_update_policy_without_clips_is_easyr1_bit_for_bit(vl_model, vl_batch, e
     (vanilla_params, vanilla_metrics), (echo_params, echo_metrics) = results
     assert all(torch.equal(a, b) for a, b in zip(vanilla_params, echo_params))
     assert echo_metrics == vanilla_metrics
+
+
+def test_update_with_clips_but_no_step_coef_is_a_clear_error(vl_model, vl_batch):
+    """λ reaches the loss with the batch, never through the actor's own echo.coef: clips without it fail."""
+    data = _update_batch(vl_batch, vl_model, advantages=0.5, clip_rows=(0,))
+    actor = _sgd_actor(EchoActor, _clone(vl_model), len(data), echo=EchoConfig())
+    with pytest.raises(KeyError, match=ECHO_COEF):
+        actor.update_policy(data)

@@ -23,7 +23,8 @@ from verl.utils import seqlen_balancing  # noqa: E402
 from verl.utils.seqlen_balancing import prepare_dynamic_batch  # noqa: E402
 
 import echovl.easyr1.trainer  # noqa: E402,F401  (paper_dapo_update imports it; vllm is stubbed only now)
-from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.easyr1.actor import EchoActor  # noqa: E402
+from echovl.echo import ECHO_WEIGHT  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 N, PROMPTS, RANKS = PAPER_N, PAPER_PROMPTS, PAPER_RANKS  # LATE_DAPO_STEP: 300 dropped all-correct groups
@@ -92,7 +93,7 @@ def test_every_mini_batch_holds_its_share_of_pg_and_echo_rows(paper_step, monkey
     # every group DAPO kept is trained on: no group slot goes to echo rows
     assert len(pg_uids) == PROMPTS and int((~echo_only).sum()) == PROMPTS * N
     clips = int(metrics["echo/filtered_clips"])
-    assert clips == 300 and int((update.batch[ECHO_MASK] & echo_only[:, None]).any(-1).sum()) == clips
+    assert clips == 300 and int(((update.batch[ECHO_WEIGHT] > 0) & echo_only[:, None]).any(-1).sum()) == clips
 
     actor_config, ranks = _run_ranks(config, update, monkeypatch)
     per_device = actor_config.global_batch_size_per_device

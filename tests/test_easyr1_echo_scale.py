@@ -21,6 +21,7 @@ import torch  # noqa: E402
 from tests.easyr1_stubs import (  # noqa: E402
     actor_config,
     build_rollout_batch,
+    clip_tensors,
     install_vllm_stub,
     reference_clip_nll,
     run_simulated_ranks,
@@ -33,8 +34,9 @@ from verl.utils import seqlen_balancing  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_COEF, ECHO_ROW, EchoActor  # noqa: E402
 from echovl.easyr1.filtering import echo_rows, layout_update_batch  # noqa: E402
+from echovl.echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT  # noqa: E402
 
 TEMPERATURE = 0.7
 COEF = 0.5
@@ -63,7 +65,7 @@ def rollouts(tiny_lm_dir, lm_model, tmp_path_factory):
     for row in PG_ROWS + CLIP_ROWS:  # a prefix of the response (text tokens would skip specials; any subset works)
         clips[row, : max(1, int(mask[row].sum()) * (1 + row % 3) // 4)] = True
     clips[9, 1] = False  # not contiguous: a clip skips non-text tokens
-    batch.batch[ECHO_MASK] = clips
+    batch.batch.update(clip_tensors(clips))
     return batch
 
 
@@ -72,7 +74,7 @@ def _update_batch(rollouts):
     main = rollouts[list(range(8))]
     main.batch[ECHO_ROW] = torch.zeros(len(main), dtype=torch.bool)
     source = rollouts[[8, 9, 10, 11]]
-    rows = echo_rows(source, torch.tensor([0, 1, 2]), source.batch[ECHO_MASK], 4, like=main)
+    rows = echo_rows(source, torch.tensor([0, 1, 2]), 4, like=main)
     assert not torch.equal(rows.batch["attention_mask"], source.batch["attention_mask"])  # cut at the clip ends
     return main, layout_update_batch(main, rows, RANKS, MINI_BATCHES)
 
@@ -108,6 +110,7 @@ def test_echo_adds_coef_times_the_mean_clip_nll_to_every_step(
 ):
     monkeypatch.setattr(seqlen_balancing, "dist", type("NoDist", (), {"is_initialized": staticmethod(lambda: False)}))
     main, update = _update_batch(rollouts)
+    update.meta_info[ECHO_COEF] = COEF  # λ of the step, as the trainer sets it
     config = actor_config(len(main) // RANKS // MINI_BATCHES, micro=1, dynamic_batching=dynamic_batching)
     config.loss_avg_mode = loss_avg_mode
     config.use_kl_loss, config.kl_coef, config.kl_penalty = True, 0.1, "low_var_kl"
@@ -121,7 +124,7 @@ def test_echo_adds_coef_times_the_mean_clip_nll_to_every_step(
 
         return run_simulated_ranks(RANKS, rank_update, monkeypatch)
 
-    with_echo = run(_EchoSteps, update.chunk(RANKS), echo=EchoConfig(coef=COEF))
+    with_echo = run(_EchoSteps, update.chunk(RANKS), echo=EchoConfig())
     easyr1 = run(_EasyR1Steps, main.chunk(RANKS))
     for actor, _ in with_echo + easyr1:
         assert len(actor.step_grads) == MINI_BATCHES
@@ -135,7 +138,7 @@ def test_echo_adds_coef_times_the_mean_clip_nll_to_every_step(
             per_step = len(pg_rows) // MINI_BATCHES, len(echo_rows_) // MINI_BATCHES
             rows = pg_rows[step * per_step[0] : (step + 1) * per_step[0]]
             rows += echo_rows_[step * per_step[1] : (step + 1) * per_step[1]]
-            clip_ids += [int(share.non_tensor_batch["row_id"][i]) for i in rows if share.batch[ECHO_MASK][i].any()]
+            clip_ids += [int(share.non_tensor_batch["row_id"][i]) for i in rows if share.batch[ECHO_WEIGHT][i].any()]
         assert len(clip_ids) >= 2 and any(i in CLIP_ROWS for i in clip_ids)
 
         reference = copy.deepcopy(lm_model).train()
@@ -169,8 +172,6 @@ def _nested_clip_weights(rollouts):
 def test_weighted_clips_add_coef_times_the_weighted_mean_clip_nll_to_every_step(lm_model, rollouts, monkeypatch):
     """``echo.selection`` top_k / soft: nested clips with weights; each step gets
     ``coef * sum_c w_c * meanNLL(c) / sum_c w_c`` over the step's clips (PG rows and DAPO echo rows)."""
-    from echovl.easyr1.actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_WEIGHT
-
     monkeypatch.setattr(seqlen_balancing, "dist", type("NoDist", (), {"is_initialized": staticmethod(lambda: False)}))
     weighted = copy.deepcopy(rollouts)
     token_weight, clips = _nested_clip_weights(weighted)
@@ -178,7 +179,6 @@ def test_weighted_clips_add_coef_times_the_weighted_mean_clip_nll_to_every_step(
     weighted.batch[ECHO_CLIP_WEIGHT] = torch.tensor(
         [sum(w for _, w in clips.get(r, [])) for r in range(len(weighted))]
     )
-    weighted.batch[ECHO_MASK] = token_weight > 0
     main, update = _update_batch(weighted)
     step_coef = 0.25  # the trainer's lambda of this step (meta_info), not echo.coef
     update.meta_info[ECHO_COEF] = step_coef

@@ -13,7 +13,7 @@ install_vllm_stub()
 
 from verl.protocol import DataProto  # noqa: E402
 
-from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW  # noqa: E402
+from echovl.easyr1.actor import ECHO_ROW  # noqa: E402
 from echovl.easyr1.filtering import (  # noqa: E402
     dropped_correct_groups,
     echo_row_unit,
@@ -22,6 +22,7 @@ from echovl.easyr1.filtering import (  # noqa: E402
     padded_echo_rows,
     rows_scores,
 )
+from echovl.echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT  # noqa: E402
 
 
 def test_rows_scores_follow_uid_and_position():
@@ -65,14 +66,17 @@ def _like(rows=4, length=5):
         "ref_log_probs": -torch.rand(rows, length),
         "advantages": torch.rand(rows, length),
         "token_level_rewards": torch.rand(rows, length),
-        ECHO_MASK: torch.ones(rows, length, dtype=torch.bool),
+        ECHO_WEIGHT: torch.full((rows, length), 1 / length),
+        ECHO_CLIP_WEIGHT: torch.ones(rows),
         ECHO_ROW: torch.zeros(rows, dtype=torch.bool),
     }
     non_tensors = {"uid": np.array([f"k{i // 2}" for i in range(rows)], dtype=object), "extra": np.arange(rows)}
     return DataProto.from_dict(tensors=tensors, non_tensors=non_tensors, meta_info={"temperature": 0.6})
 
 
-def _source(rows=6, length=5):
+def _source(rows=6, length=5, clip_mask=None):
+    clip_mask = torch.zeros(rows, length, dtype=torch.bool) if clip_mask is None else clip_mask
+    weight = clip_mask.float() / clip_mask.sum(-1, keepdim=True).clamp(min=1)
     return DataProto.from_dict(
         tensors={
             "responses": 100 + torch.arange(rows * length).view(rows, length),
@@ -81,22 +85,25 @@ def _source(rows=6, length=5):
             "old_log_probs": -torch.rand(rows, length),
             "old_entropy": torch.rand(rows, length),
             "token_level_scores": torch.ones(rows, length),
+            ECHO_WEIGHT: weight,
+            ECHO_CLIP_WEIGHT: clip_mask.any(-1).float(),
         },
         non_tensors={"uid": np.array([f"d{i // 3}" for i in range(rows)], dtype=object)},
     )
 
 
 def test_echo_rows_carry_only_the_clip():
-    like, source = _like(), _source()
     clip_mask = torch.zeros(6, 5, dtype=torch.bool)
     clip_mask[1, [0, 2]] = True  # a special token inside a clip is not supervised: the clip ends at 2
     clip_mask[5, :2] = True
-    rows = echo_rows(source, torch.tensor([1, 5]), clip_mask, 4, like=like)
+    like, source = _like(), _source(clip_mask=clip_mask)
+    rows = echo_rows(source, torch.tensor([1, 5]), 4, like=like)
     assert len(rows) == 4 and set(rows.batch.keys()) == set(like.batch.keys())
     assert set(rows.non_tensor_batch) == set(like.non_tensor_batch)
     assert torch.equal(rows.batch["responses"][:2], source.batch["responses"][[1, 5]])
-    assert torch.equal(rows.batch[ECHO_MASK][:2], clip_mask[[1, 5]])
-    assert not rows.batch[ECHO_MASK][2:].any()  # fillers carry no loss
+    assert torch.equal(rows.batch[ECHO_WEIGHT][:2], source.batch[ECHO_WEIGHT][[1, 5]])
+    assert rows.batch[ECHO_CLIP_WEIGHT].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert not rows.batch[ECHO_WEIGHT][2:].any()  # fillers carry no loss
     assert torch.equal(rows.batch["responses"][2:], source.batch["responses"][[1, 5]])
     assert not rows.batch["response_mask"].any()  # no PG/KL term, not in EasyR1's token count
     assert rows.batch[ECHO_ROW].all() and rows.batch[ECHO_ROW].dtype == torch.bool
@@ -114,10 +121,11 @@ def test_echo_rows_carry_only_the_clip():
 
 
 def test_echo_rows_without_clips_fill_with_inert_rows():
-    rows = echo_rows(_source(), torch.zeros(0, dtype=torch.long), torch.zeros(6, 5, dtype=torch.bool), 4, like=_like())
-    assert len(rows) == 4 and not rows.batch[ECHO_MASK].any() and not rows.batch["response_mask"].any()
+    rows = echo_rows(_source(), torch.zeros(0, dtype=torch.long), 4, like=_like())
+    assert len(rows) == 4 and not rows.batch[ECHO_WEIGHT].any() and not rows.batch[ECHO_CLIP_WEIGHT].any()
+    assert not rows.batch["response_mask"].any()
     with pytest.raises(ValueError, match="cannot fit"):
-        echo_rows(_source(), torch.arange(5), torch.zeros(6, 5, dtype=torch.bool), 4, like=_like())
+        echo_rows(_source(), torch.arange(5), 4, like=_like())
 
 
 def test_layout_puts_each_ranks_echo_share_after_its_batch_share():
@@ -128,7 +136,7 @@ def test_layout_puts_each_ranks_echo_share_after_its_batch_share():
     echo.batch["attention_mask"] = (torch.arange(12) < torch.tensor(lengths)[:, None]).long()
     batch.batch["attention_mask"] = torch.ones(8, 12, dtype=torch.long)
     batch.batch["responses"], echo.batch["responses"] = torch.arange(8)[:, None], 100 + torch.arange(8)[:, None]
-    for key in ("response_mask", "old_log_probs", "ref_log_probs", "advantages", "token_level_rewards", ECHO_MASK):
+    for key in ("response_mask", "old_log_probs", "ref_log_probs", "advantages", "token_level_rewards", ECHO_WEIGHT):
         batch.batch[key], echo.batch[key] = batch.batch[key][:, :1], echo.batch[key][:, :1]
 
     update = layout_update_batch(batch, echo, world_size=2, mini_batches=2)

@@ -35,13 +35,12 @@ from verl.trainer.core_algos import average_loss  # noqa: E402
 from verl.trainer.ray_trainer import RayPPOTrainer  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
-from echovl.config import EchoConfig  # noqa: E402
+from echovl.config import EchoConfig, GuidanceConfig  # noqa: E402
 from echovl.easyr1.actor import EchoActor  # noqa: E402
 from echovl.easyr1.config import ConfigError, load_config  # noqa: E402
 from echovl.easyr1.guidance import UftGuide  # noqa: E402
 from echovl.easyr1.luffy import EXPERT_ROW, luffy_pg_loss  # noqa: E402
 from echovl.easyr1.uft import HINT_LENGTH, HintMaker, forward_with_hints, hinted_reward  # noqa: E402
-from echovl.guidance import GuidanceConfig  # noqa: E402
 
 NO_ECHO = EchoConfig(enable=False)
 
@@ -537,9 +536,10 @@ def test_a_missing_solution_column_is_an_error_before_ray(tmp_path):
 
 
 def test_the_clip_pool_leaves_out_the_expert_row_but_it_counts_for_degenerate_groups(text_only_tokenizer):
-    """EchoMiner with a pool: the expert row never gives the clip, even when its step has the highest entropy;
+    """The echo step with a pool: the expert row never gives the clip, even when its step has the highest entropy;
     with scope 'degenerate' a group is all-correct only if its expert row is correct too."""
-    from echovl.easyr1.mining import EchoMiner
+    from echovl import group_outcomes
+    from echovl.echo import EchoStep, group_ids
 
     ids = text_only_tokenizer("First step.\nSecond step.\n", add_special_tokens=False)["input_ids"]
     responses = torch.tensor([ids] * 6)
@@ -548,14 +548,14 @@ def test_the_clip_pool_leaves_out_the_expert_row_but_it_counts_for_degenerate_gr
     entropy[0] = 5.0  # the expert row of group 0 has the highest entropy
     entropy[3] = 4.0  # the expert row of group 1
     verified = torch.tensor([True, True, True, False, True, True])  # group 1's expert row is wrong
-    uids = ["a", "a", "a", "b", "b", "b"]
+    group = group_ids(["a", "a", "a", "b", "b", "b"])
     pool = torch.tensor([False, True, True, False, True, True])  # rows 0 and 3 are expert rows
     for scope, mined_groups in (("all", 2), ("degenerate", 1)):
-        miner = EchoMiner(text_only_tokenizer, EchoConfig(scope=scope))
-        mined = miner.mine(responses, mask, entropy, verified, uids, pool=pool)
+        step = EchoStep(text_only_tokenizer, EchoConfig(scope=scope))
+        mined = step.mine(responses, mask, entropy, verified, group, pool=pool)
         assert len(mined.clips) == mined_groups
         assert not mined.clips.mask[~pool].any()
         assert mined.clips.row.tolist() == [1, 4][:mined_groups]  # the lowest on-policy row of each mined group
-        assert mined.outcomes.all_correct == 1  # group a (expert row included); b's expert row is wrong
-        unpooled = miner.mine(responses, mask, entropy, verified, uids)
+        assert group_outcomes(verified, group).all_correct == 1  # a (expert row included); b's expert row is wrong
+        unpooled = step.mine(responses, mask, entropy, verified, group)
         assert 0 in unpooled.clips.row.tolist()  # without the pool the expert row would give group a's clip

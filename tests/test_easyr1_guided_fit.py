@@ -10,10 +10,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from echovl import mine_echo_clips  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK  # noqa: E402
 from echovl.easyr1.luffy import EXPERT_ROW  # noqa: E402
-from echovl.easyr1.mining import group_ids  # noqa: E402
 from echovl.easyr1.uft import HINT_LENGTH  # noqa: E402
+from echovl.echo import ECHO_WEIGHT, group_ids  # noqa: E402
 from echovl.traces import list_trace_files, read_trace_file  # noqa: E402
 from tests.easyr1_world import expert_solution, problem, scripted_response  # noqa: E402
 from tests.test_easyr1_trainer import (  # noqa: E402, F401 (fixtures)
@@ -100,7 +99,7 @@ def test_luffy_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypat
             torch.testing.assert_close(batch.batch["advantages"][rows], expected)
         assert spread > 0
         # EchoRL: the clip pool is the verified on-policy rollouts (expert_in_clip_pool: the expert row too)
-        expert_clips += int(batch.batch[ECHO_MASK][expert].any(-1).sum())
+        expert_clips += int((batch.batch[ECHO_WEIGHT][expert] > 0).any(-1).sum())
         mask = batch.batch["response_mask"]
         from echovl import delimiter_table, special_table, step_index, text_mask
 
@@ -108,7 +107,7 @@ def test_luffy_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypat
         text = text_mask(batch.batch["responses"], mask, special_table(tokenizer))
         pool = torch.ones_like(expert) if expert_pool else ~expert
         clips = mine_echo_clips(batch.batch["old_entropy"], steps, text, (accuracy >= 1) & pool, group_ids(uids))
-        assert torch.equal(batch.batch[ECHO_MASK], clips.mask) and len(clips) > 0
+        assert torch.equal(batch.batch[ECHO_WEIGHT], clips.token_weight) and len(clips) > 0
         # degenerate = the rollouts and the expert row all correct
         groups = {u: accuracy[uids == u] for u in set(uids)}
         assert entry["echo"]["degenerate_groups"] == pytest.approx(
@@ -182,7 +181,9 @@ def test_uft_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch
         assert uft["hinted_prompts"] == (1.0 if step == 1 else 0.0) and uft["hint_cut"] == 0
         assert ("hint_nll" in uft) == (step == 1)
         assert entry["echo"]["clips"] > 0
-        assert not (batch.batch[ECHO_MASK] & ~batch.batch["response_mask"].bool()).any()  # clips: generated tokens
+        assert not (
+            (batch.batch[ECHO_WEIGHT] > 0) & ~batch.batch["response_mask"].bool()
+        ).any()  # clips: generated tokens
     assert logs[0]["uft"]["hint_nll"] > 0
     records = list(read_trace_file(list_trace_files(tmp_path / "ckpt" / "echo_traces")[0][1]))
     for record in records:

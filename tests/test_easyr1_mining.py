@@ -14,18 +14,10 @@ install_vllm_stub()
 from verl.protocol import DataProto  # noqa: E402
 from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions  # noqa: E402
 
-from echovl import delimiter_table, mine_echo_clips, special_table, step_index, text_mask  # noqa: E402
+from echovl import delimiter_table, group_outcomes, mine_echo_clips, special_table, step_index, text_mask  # noqa: E402
 from echovl.config import EchoConfig  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK  # noqa: E402
-from echovl.easyr1.mining import (  # noqa: E402
-    EchoMiner,
-    clip_metrics,
-    group_ids,
-    mean_entropy,
-    outcome_metrics,
-    verified_flags,
-)
-from echovl.easyr1.trainer import mine_rollout_batch, trace_records  # noqa: E402
+from echovl.easyr1.mining import mine_rollout_batch, trace_records, verified_flags  # noqa: E402
+from echovl.echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT, EchoStep, group_ids  # noqa: E402
 from echovl.testing import tiny_image  # noqa: E402
 from echovl.traces import TraceWriter, read_trace_file  # noqa: E402
 
@@ -92,7 +84,7 @@ def test_mining_a_balanced_batch_gives_the_core_clips(qwen_tokenizer, scope):
     data, scores_shuffled, order = _balance(data, scores)
     assert not torch.equal(order, torch.arange(len(order)))  # the groups really are scattered
     echo = EchoConfig(scope=scope, min_step_tokens=2)
-    mined = mine_rollout_batch(EchoMiner(qwen_tokenizer, echo), data, scores_shuffled)
+    mined = mine_rollout_batch(EchoStep(qwen_tokenizer, echo), data, scores_shuffled)
 
     # the core functions on the unshuffled batch, with the uid strings as groups
     uids = np.repeat(np.arange(5), 4)
@@ -108,7 +100,8 @@ def test_mining_a_balanced_batch_gives_the_core_clips(qwen_tokenizer, scope):
         scope=scope,
     )
     assert len(mined.clips) == len(expected) > 0
-    assert torch.equal(data.batch[ECHO_MASK], expected.mask[order])  # same tokens, in the balanced order
+    assert torch.equal(data.batch[ECHO_WEIGHT], expected.token_weight[order])  # same tokens, in the balanced order
+    assert torch.equal(data.batch[ECHO_CLIP_WEIGHT], expected.mask[order].any(-1).float())  # one clip per row
     by_group = {
         int(g): (int(order[r]), int(s)) for g, r, s in zip(mined.clips.group, mined.clips.row, mined.clips.step)
     }
@@ -117,15 +110,16 @@ def test_mining_a_balanced_batch_gives_the_core_clips(qwen_tokenizer, scope):
     assert torch.equal(mined.clips.length, expected.length)
     # vision and special tokens are never supervised or counted
     vision = torch.isin(data.batch["responses"], torch.tensor(qwen_tokenizer.convert_tokens_to_ids(["<|image_pad|>"])))
-    assert not (data.batch[ECHO_MASK] & vision).any()
-    assert mined.outcomes.num_groups == 5 and mined.outcomes.all_correct >= 1 and mined.outcomes.all_wrong >= 1
+    assert not ((data.batch[ECHO_WEIGHT] > 0) & vision).any()
+    outcomes = group_outcomes(mined.verified, mined.group)
+    assert outcomes.num_groups == 5 and outcomes.all_correct >= 1 and outcomes.all_wrong >= 1
 
 
 def test_missing_entropy_is_a_clear_error(qwen_tokenizer):
     data, scores = _batch(qwen_tokenizer)
     data.batch.pop("old_entropy")
     with pytest.raises(KeyError, match="EchoWorker"):
-        mine_rollout_batch(EchoMiner(qwen_tokenizer, EchoConfig()), data, scores)
+        mine_rollout_batch(EchoStep(qwen_tokenizer, EchoConfig()), data, scores)
 
 
 def test_group_ids_and_verified_flags():
@@ -138,23 +132,41 @@ def test_group_ids_and_verified_flags():
 
 def test_metrics(qwen_tokenizer):
     data, scores = _batch(qwen_tokenizer)
-    mined = mine_rollout_batch(EchoMiner(qwen_tokenizer, EchoConfig()), data, scores)
-    metrics = clip_metrics([mined, mined])
-    assert metrics["echo/clips"] == 2 * len(mined.clips)
+    step = EchoStep(qwen_tokenizer, EchoConfig())
+    mined = mine_rollout_batch(step, data, scores)
+    metrics = step.clip_metrics([mined, mined])
+    assert metrics["echo/clips"] == 2 * len(mined.clips) > 0
     assert metrics["echo/clip_length"] == pytest.approx(float(mined.clips.length.double().mean()))
-    assert clip_metrics([]) == {"echo/clips": 0.0}
-    outcomes = outcome_metrics(mined.outcomes)
-    assert outcomes["echo/degenerate_groups"] == pytest.approx(mined.outcomes.all_correct / 5)
-    mask = data.batch["response_mask"].bool()
-    assert mean_entropy(data.batch["old_entropy"], mask) == pytest.approx(
-        float(data.batch["old_entropy"][mask].mean())
+    assert "echo/clips_per_group" not in metrics  # max selection: one clip per group
+    assert step.clip_metrics([]) == {"echo/clips": 0.0}
+    outcomes = group_outcomes(mined.verified, mined.group).metrics()
+    assert outcomes["echo/degenerate_groups"] == pytest.approx(
+        group_outcomes(mined.verified, mined.group).all_correct / 5
     )
+    mask = data.batch["response_mask"].bool()
+    assert mined.mean_entropy() == pytest.approx(float(data.batch["old_entropy"][mask].mean()))
+    first_half = torch.arange(len(data)) < len(data) // 2
+    assert mined.mean_entropy(first_half) == pytest.approx(
+        float(data.batch["old_entropy"][mask & first_half.unsqueeze(1)].mean())
+    )
+
+
+def test_metrics_with_several_clips_per_group(qwen_tokenizer):
+    data, scores = _batch(qwen_tokenizer)
+    step = EchoStep(qwen_tokenizer, EchoConfig(selection="soft", soft_temperature=0.5))
+    mined = mine_rollout_batch(step, data, scores)
+    metrics = step.clip_metrics([mined])
+    groups = torch.unique(mined.clips.group)
+    assert metrics["echo/clips_per_group"] == pytest.approx(len(mined.clips) / groups.numel())
+    largest = [float(mined.clips.weight[mined.clips.group == g].max()) for g in groups]
+    assert metrics["echo/clip_weight_max"] == pytest.approx(sum(largest) / len(largest))
+    assert data.batch[ECHO_CLIP_WEIGHT].sum() == pytest.approx(groups.numel())  # a group weighs as one clip
 
 
 def test_trace_records_of_a_balanced_batch(qwen_tokenizer, tmp_path):
     data, scores = _batch(qwen_tokenizer)
     data, scores, _ = _balance(data, scores)
-    mined = mine_rollout_batch(EchoMiner(qwen_tokenizer, EchoConfig()), data, scores)
+    mined = mine_rollout_batch(EchoStep(qwen_tokenizer, EchoConfig()), data, scores)
     records = trace_records(qwen_tokenizer, data, scores, mined, train_step=7, limit=3)
     assert len(records) == 3
     mined_groups = {int(g) for g in mined.clips.group}

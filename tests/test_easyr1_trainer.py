@@ -28,10 +28,10 @@ from verl.utils.dataset import RLHFDataset, collate_fn  # noqa: E402
 from verl.workers.reward import AutoRewardManager  # noqa: E402
 
 from echovl import delimiter_table, mine_echo_clips, special_table, step_index, text_mask  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, ECHO_ROW, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_ROW, EchoActor  # noqa: E402
 from echovl.easyr1.config import load_config  # noqa: E402
-from echovl.easyr1.mining import group_ids  # noqa: E402
 from echovl.easyr1.trainer import EchoTrainer  # noqa: E402
+from echovl.echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT, group_ids  # noqa: E402
 from echovl.traces import list_trace_files, read_trace_file  # noqa: E402
 
 N = 4  # rollouts per prompt
@@ -145,12 +145,13 @@ def test_grpo_echo_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatc
     assert len(wg.updates) == 2 and wg.log_prob_calls == [PROMPTS * N] * 2
     for entry, batch in zip(logs, wg.updates):
         echo = entry["echo"]
-        assert batch.batch[ECHO_MASK].dtype == torch.bool and len(batch) == PROMPTS * N
+        assert batch.batch[ECHO_WEIGHT].dtype == torch.float32 and len(batch) == PROMPTS * N
         # verified = the reward's per-sample accuracy; the groups follow the scripted patterns
         uids = batch.non_tensor_batch["uid"]
         accuracy = torch.tensor([float(s) for s in _reward_accuracy(trainer, batch)])
         clips = _expected_clips(batch, tokenizer, accuracy >= 1.0)
-        assert torch.equal(batch.batch[ECHO_MASK], clips.mask)
+        assert torch.equal(batch.batch[ECHO_WEIGHT] > 0, clips.mask)
+        assert torch.equal(batch.batch[ECHO_CLIP_WEIGHT], clips.mask.any(-1).float())  # one clip per clip row
         assert echo["clips"] == len(clips) > 0
         assert echo["clip_length"] == pytest.approx(float(clips.length.double().mean()))
         assert echo["clip_step_entropy"] == pytest.approx(float(clips.step_entropy.double().mean()))
@@ -211,7 +212,7 @@ def test_dapo_keeps_the_clips_of_dropped_all_correct_groups(tmp_path, tiny_lm_di
         assert clips > 0 and int(echo_only.sum()) == entry["echo"]["filtered_rows"] == math.ceil(clips / 8) * 8
         assert torch.all(batch.batch["advantages"][echo_only] == 0)
         assert np.all(scores[echo_only.numpy()] == 1.0)
-        clip_rows = batch.batch[ECHO_MASK][echo_only].any(-1)
+        clip_rows = (batch.batch[ECHO_WEIGHT][echo_only] > 0).any(-1)
         assert int(clip_rows.sum()) == clips
         assert len(set(uids[echo_only.numpy()][clip_rows.numpy()])) == clips  # one clip per group
         assert entry["echo"]["degenerate_groups"] > 0  # counted over every generated group
@@ -224,7 +225,7 @@ def test_dapo_keeps_the_clips_of_dropped_all_correct_groups(tmp_path, tiny_lm_di
     # each echo row's clip is the clip mine_echo_clips finds in its whole (dropped) group (last step's rounds)
     last = wg.updates[-1]
     echo_only = last.batch[ECHO_ROW]
-    clip_rows = torch.nonzero(echo_only & last.batch[ECHO_MASK].any(-1)).flatten()
+    clip_rows = torch.nonzero(echo_only & (last.batch[ECHO_WEIGHT] > 0).any(-1)).flatten()
     main_pass, filtered_pass = wg.log_prob_calls[-2:]  # the dropped groups' pass is padded to the dispatch sizes
     assert main_pass == PROMPTS * N and filtered_pass % 2 == 0 and filtered_pass >= N
     for row in clip_rows.tolist():
@@ -233,7 +234,7 @@ def test_dapo_keeps_the_clips_of_dropped_all_correct_groups(tmp_path, tiny_lm_di
         clips = _expected_clips(group, tokenizer, torch.ones(N, dtype=torch.bool))
         assert len(clips) == 1
         assert torch.equal(group.batch["responses"][int(clips.row[0])], last.batch["responses"][row])
-        assert torch.equal(clips.mask[int(clips.row[0])], last.batch[ECHO_MASK][row])
+        assert torch.equal(clips.mask[int(clips.row[0])], last.batch[ECHO_WEIGHT][row] > 0)
     traces = list_trace_files(tmp_path / "ckpt" / "echo_traces")
     records = list(read_trace_file(traces[0][1]))
     assert any(r["degenerate"] and r["clip"] for r in records)  # a dropped all-correct group is traced
@@ -265,7 +266,7 @@ def test_echo_off_is_easyr1(tmp_path, tiny_lm_dir, fake_ray, monkeypatch, dapo):
         runs.append((wg, model, logs))
     (vanilla_wg, vanilla_model, vanilla_logs), (echo_wg, echo_model, echo_logs) = runs
     for a, b in zip(vanilla_wg.updates, echo_wg.updates):
-        assert set(a.batch.keys()) == set(b.batch.keys()) and ECHO_MASK not in b.batch.keys()
+        assert set(a.batch.keys()) == set(b.batch.keys()) and ECHO_WEIGHT not in b.batch.keys()
         for key in a.batch.keys():
             assert torch.equal(a.batch[key], b.batch[key]), key
     for a, b in zip(vanilla_model.parameters(), echo_model.parameters()):
@@ -297,7 +298,7 @@ def _counter():
 def test_selection_variants_and_start_step_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monkeypatch, overrides):
     """top_k / soft: the update batch carries the core's clip weights (PG rows and DAPO echo rows), the logs the
     step's lambda and the weights; before echo.start_step the update is EasyR1's (no echo keys)."""
-    from echovl.easyr1.actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_WEIGHT
+    from echovl.easyr1.actor import ECHO_COEF
 
     trainer, wg, _, tokenizer = _build(tmp_path, tiny_lm_dir, *overrides)
     logs = _fit(trainer, wg, monkeypatch)
@@ -305,7 +306,7 @@ def test_selection_variants_and_start_step_inside_easyr1_fit(tmp_path, tiny_lm_d
     for step, (entry, batch) in enumerate(zip(logs, wg.updates), start=1):
         assert entry["echo"]["coef"] == (0.5 if step >= echo.start_step else 0.0)
         if step < echo.start_step:
-            assert ECHO_MASK not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
+            assert ECHO_WEIGHT not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
             continue
         assert batch.meta_info[ECHO_COEF] == 0.5
         pg_rows = ~batch.batch[ECHO_ROW] if ECHO_ROW in batch.batch.keys() else torch.ones(len(batch), dtype=bool)
@@ -331,7 +332,7 @@ def test_selection_variants_and_start_step_inside_easyr1_fit(tmp_path, tiny_lm_d
             echo_rows = batch.batch[ECHO_ROW]
             weights = batch.batch[ECHO_CLIP_WEIGHT][echo_rows]
             assert torch.all((weights == 0) | (weights >= 1))  # top_k: whole clips; fillers 0
-            assert torch.equal(batch.batch[ECHO_WEIGHT][echo_rows] > 0, batch.batch[ECHO_MASK][echo_rows])
+            assert torch.equal((batch.batch[ECHO_WEIGHT][echo_rows] > 0).any(-1), weights > 0)  # fillers: none
             assert float(weights.sum()) == entry["echo"]["filtered_clips"]
             steps_with_echo_rows += 1
     assert steps_with_echo_rows == (2 if trainer.config.algorithm.online_filtering else 0)
@@ -395,9 +396,9 @@ def test_coef_schedules_inside_easyr1_fit(tmp_path, tiny_lm_dir, fake_ray, monke
         assert entry["echo"]["coef"] == pytest.approx(expected, rel=1e-12, abs=0), t
         if expected > 0:
             assert batch.meta_info[ECHO_COEF] == pytest.approx(expected, rel=1e-12, abs=0)
-            assert bool(batch.batch[ECHO_MASK].any())
+            assert bool(batch.batch[ECHO_WEIGHT].any())
         else:
-            assert ECHO_MASK not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
+            assert ECHO_WEIGHT not in batch.batch.keys() and ECHO_COEF not in batch.meta_info
     if schedule == "linear":  # 0 before start_step, then half way, then coef: every step a different lambda
         coefs = [entry["echo"]["coef"] for entry in logs]
         assert len(set(coefs)) == len(coefs), coefs

@@ -3,7 +3,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from echovl.loss import echo_nll, hint_nll, policy_shaping, shaped_pg_loss, shaping_weight, unclipped_pg_loss
+from echovl.loss import echo_nll, echo_term
 from tests.reference import echo_nll_ref
 
 
@@ -53,86 +53,20 @@ def test_matches_reference(data):
     assert total.item() == pytest.approx(ref_total, rel=1e-9, abs=1e-9)
 
 
-# ------------------------------------------------------------------------------------ LUFFY and UFT terms
-
-
-def _log_probs(seed=0, shape=(3, 5)):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.rand(shape, generator=g, dtype=torch.float64) * 8 - 8).requires_grad_()  # p in (e^-8, 1)
-
-
-@pytest.mark.parametrize("gamma", [0.1, 0.5, 2.0])
-def test_shaped_pg_loss_matches_plain_autograd(gamma):
-    """-A * p / (p + gamma): values and gradients against the formula written out with exp, and the gradient
-    against its closed form -A * gamma * p / (p + gamma)^2 (per unit of grad log p)."""
-    log_probs = _log_probs()
-    advantages = torch.linspace(-1.5, 2.0, 15, dtype=torch.float64).view(3, 5)
-    loss = shaped_pg_loss(log_probs, advantages, gamma)
-    (grad,) = torch.autograd.grad(loss.sum(), log_probs)
-
+def test_echo_term_is_coef_times_the_weighted_clip_nll_over_the_clip_weight():
+    """coef * sum_t w_t (-log p_t) / clip_weight against plain autograd on the clip means."""
+    g = torch.Generator().manual_seed(5)
+    log_probs = (-torch.rand(3, 6, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    # two clips: row 0 tokens 0-3 (weight 1), row 2 tokens 1-2 (weight 0.5): w = weight / length on their tokens
+    token_weight = torch.zeros(3, 6, dtype=torch.float64)
+    token_weight[0, :4] = 1 / 4
+    token_weight[2, 1:3] = 0.5 / 2
+    term, total = echo_term(log_probs, token_weight, coef=0.01, clip_weight=1.5)
+    (grad,) = torch.autograd.grad(term, log_probs)
     reference_input = log_probs.detach().clone().requires_grad_()
-    p = torch.exp(reference_input)
-    reference = -advantages * p / (p + gamma)
-    (reference_grad,) = torch.autograd.grad(reference.sum(), reference_input)
-    torch.testing.assert_close(loss, reference)
-    torch.testing.assert_close(grad, reference_grad)
-    p = torch.exp(log_probs.detach())
-    torch.testing.assert_close(grad, -advantages * gamma * p / (p + gamma) ** 2)
-    torch.testing.assert_close(shaping_weight(log_probs.detach(), gamma), gamma * p / (p + gamma) ** 2)
-    torch.testing.assert_close(policy_shaping(log_probs.detach(), gamma), p / (p + gamma))
-
-
-def test_shaped_pg_loss_has_no_ratio_and_stays_finite():
-    """Only the current log-probs enter (no old policy), and extreme log-probs give finite values and grads."""
-    log_probs = torch.tensor([[-float("inf"), -1e4, 0.0, -1e-12]], requires_grad=True)
-    advantages = torch.ones(1, 4)
-    loss = shaped_pg_loss(log_probs, advantages)
-    loss.sum().backward()
-    assert torch.isfinite(loss).all() and torch.isfinite(log_probs.grad).all()
-    assert loss[0, 0].item() == 0.0 and loss[0, 2].item() == pytest.approx(-1 / 1.1)
-
-
-@pytest.mark.parametrize("gamma", [0.0, -0.1, float("nan"), True])
-def test_shaping_gamma_must_be_positive(gamma):
-    with pytest.raises(ValueError, match="gamma"):
-        shaped_pg_loss(torch.zeros(1, 2), torch.zeros(1, 2), gamma)
-
-
-def test_unclipped_pg_loss_matches_plain_autograd():
-    log_probs = _log_probs(1)
-    old = _log_probs(2).detach()
-    advantages = torch.linspace(-1, 1, 15, dtype=torch.float64).view(3, 5)
-    loss = unclipped_pg_loss(log_probs, old, advantages)
-    (grad,) = torch.autograd.grad(loss.sum(), log_probs)
-    ratio = torch.exp(log_probs.detach() - old)
-    torch.testing.assert_close(loss, -advantages * ratio)
-    torch.testing.assert_close(grad, -advantages * ratio)  # d(-A r)/d log p = -A r: never clipped
-
-
-def test_hint_nll_sums_masked_tokens():
-    log_probs = torch.tensor([[-1.0, -2.0, -float("inf")], [float("nan"), -0.5, -4.0]], requires_grad=True)
-    mask = torch.tensor([[True, True, False], [False, True, True]])
-    total, count = hint_nll(log_probs, mask)
-    assert total.item() == pytest.approx(1 + 2 + 0.5 + 4) and count.item() == 4
-    total.backward()
-    assert log_probs.grad.tolist() == [[-1.0, -1.0, 0.0], [0.0, -1.0, -1.0]]
-
-
-def test_hint_nll_gradient_matches_reference_mean():
-    """beta * total / count is beta * mean NLL over the hint tokens: same value and gradient as the plain mean."""
-    log_probs = _log_probs(3)
-    mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(4)) < 0.5
-    total, count = hint_nll(log_probs, mask)
-    (grad,) = torch.autograd.grad(0.01 * total / count, log_probs)
-    reference_input = log_probs.detach().clone().requires_grad_()
-    reference = 0.01 * (-reference_input[mask]).mean()
+    clip_means = torch.stack([-reference_input[0, :4].mean(), -reference_input[2, 1:3].mean()])
+    reference = 0.01 * (clip_means * torch.tensor([1.0, 0.5], dtype=torch.float64)).sum() / 1.5
     (reference_grad,) = torch.autograd.grad(reference, reference_input)
-    torch.testing.assert_close(0.01 * total / count, reference)
+    torch.testing.assert_close(term, reference)
     torch.testing.assert_close(grad, reference_grad)
-
-
-def test_new_terms_check_shapes():
-    with pytest.raises(ValueError):
-        hint_nll(torch.zeros(2, 3), torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError):
-        unclipped_pg_loss(torch.zeros(2, 3), torch.zeros(2, 3), torch.zeros(2, 4))
+    assert not total.requires_grad and total.item() == pytest.approx(reference.item() * 1.5 / 0.01)

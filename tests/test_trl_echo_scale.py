@@ -54,10 +54,11 @@ def _echo_only_trainer(tiny_lm_dir, tmp_path, loss_types, echo_config, *, reward
                 self.steps.append({"weights": weights, "micro": [], "loss_type": self.loss_type})
             loss, echo = self._echo_losses(model, inputs)
             rows, counted = [], None
-            if "echo_mask" in inputs:  # absent when the batch's lambda is 0
-                keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "echo_mask")
-                keys += tuple(k for k in ("echo_weight", "echo_clip_weight") if k in inputs)  # top_k / soft
-                rows = [{k: inputs[k][r] for k in keys} for r in inputs["echo_mask"].any(-1).nonzero().flatten()]
+            if "echo_weight" in inputs:  # absent when the batch's lambda is 0
+                keys = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "echo_weight")
+                keys += ("echo_clip_weight",)
+                clip_rows = (inputs["echo_weight"] > 0).any(-1).nonzero().flatten()
+                rows = [{k: inputs[k][r] for k in keys} for r in clip_rows]
                 counted = self._echo_step_clips()  # the trainer's (clips, share): compared after the gradients
             self.steps[-1]["micro"].append({"index": index, "rows": rows, "counted": counted})
             return loss * 0 if echo is None else loss * 0 + echo
@@ -103,10 +104,10 @@ def _assert_step_gradient(model_dir, step, objective):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-4)
 
 
-def _clip_nll(model, rows, temperature):
-    """Mean over ``rows`` of each clip's mean NLL: the model's plain logits over prompt + completion (left-padded
-    prompt, as TRL feeds it), at the sampling temperature. Rows with clip weights (top_k / soft): the sum of their
-    token-weighted NLLs over the sum of their clip weights."""
+def _clip_nll(model, rows, temperature, weighted=False):
+    """Mean over ``rows`` of each clip's mean NLL over its tokens (one clip per row): the model's plain logits over
+    prompt + completion (left-padded prompt, as TRL feeds it), at the sampling temperature. ``weighted`` (top_k /
+    soft, nested clips): the sum of the rows' token-weighted NLLs over the sum of their clip weights."""
     per_clip, weights = [], []
     for row in rows:
         ids = torch.cat([row["prompt_ids"], row["completion_ids"]])[None]
@@ -114,11 +115,12 @@ def _clip_nll(model, rows, temperature):
         start, length = row["prompt_ids"].numel() - 1, row["completion_ids"].numel()
         logits = model(input_ids=ids, attention_mask=mask).logits[0, start : start + length].float()
         log_probs = torch.log_softmax(logits / temperature, -1).gather(-1, row["completion_ids"][:, None])[:, 0]
-        if "echo_weight" in row:
-            per_clip.append(-(log_probs * row["echo_weight"])[row["echo_mask"]].sum())
+        clip = row["echo_weight"] > 0
+        if weighted:
+            per_clip.append(-(log_probs * row["echo_weight"])[clip].sum())
             weights.append(row["echo_clip_weight"])
         else:
-            per_clip.append(-log_probs[row["echo_mask"]].mean())
+            per_clip.append(-log_probs[clip].mean())
             weights.append(torch.tensor(1.0))
     return torch.stack(per_clip).sum() / torch.stack(weights).sum()
 
@@ -217,7 +219,9 @@ def test_weighted_clips_and_a_lambda_warm_up_scale_every_step(tiny_lm_dir, tmp_p
             assert micro["counted"] == (sum(float(r["echo_clip_weight"]) for r in rows), 1)
         nested += sum(float(r["echo_clip_weight"]) > 1 for r in rows)
         _assert_step_gradient(
-            tiny_lm_dir, step, lambda model, rows=rows, coef=coef: coef * _clip_nll(model, rows, config.temperature)
+            tiny_lm_dir,
+            step,
+            lambda model, rows=rows, coef=coef: coef * _clip_nll(model, rows, config.temperature, weighted=True),
         )
     assert nested > 0  # some rollout holds two clips
 
@@ -263,7 +267,7 @@ def test_adaptive_lambda_is_coef_times_the_batch_fraction_of_all_correct_groups(
         assert log["echo/degenerate_groups"] == fraction
         assert log["echo/coef"] == pytest.approx(coef, rel=1e-12, abs=0)
         ((share, rows),) = _parts(step, 2, 2, 1).values()
-        assert share == 1 and bool(rows) == (coef > 0)  # lambda 0: nothing mined, no echo_mask
+        assert share == 1 and bool(rows) == (coef > 0)  # lambda 0: nothing mined, no clip tensors
         _assert_step_gradient(
             tiny_lm_dir,
             step,

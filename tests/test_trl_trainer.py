@@ -65,7 +65,7 @@ def recorded_run(tiny_vl_dir, tmp_path_factory):
             self.records.append(
                 {
                     "echo": None if echo is None else float(echo.detach()),
-                    "mask": inputs["echo_mask"].clone(),
+                    "mask": inputs["echo_weight"] > 0,
                     "completion_mask": inputs["completion_mask"].clone(),
                     "token_logps": token_logps,
                     "clip_count": self._echo_step_clips()[0],

@@ -11,13 +11,14 @@ so peak memory is EasyR1's plus one chunk. EasyR1's code carries the pair to the
 holding a row that predicts a response token are computed (``_forward_micro_batch`` notes which rows those
 are, in the order of the path taken), so prompt tokens and response padding cost nothing; they read as 0.
 
-The echo term. ``update_policy`` is EasyR1's loop with a few marked additions. Per micro-batch it adds
-``coef * echo_total * world_size / global_clips``, where ``echo_total`` is :func:`echovl.loss.echo_nll` of the
-log-probs the PG loss already uses and ``global_clips`` the clip count of the mini-batch summed over all ranks
-(all-reduced like EasyR1's token count). EasyR1 scales the PG loss to ``sum(l * mask) * world_size /
-global_tokens`` per micro-batch and FSDP averages gradients over ranks, so the two terms add up, over
-micro-batches and ranks, to EasyR1's PG loss + ``coef *`` (mean over the mini-batch's clips of each clip's mean
-NLL), for ``loss_avg_mode`` token and seq alike (the echo term never touches EasyR1's averaging).
+The echo term. ``update_policy`` is EasyR1's loop with a few marked additions (:class:`EchoUpdate`). Per
+micro-batch it adds :func:`echovl.loss.echo_term` of the log-probs the PG loss already uses, with the step's λ
+(``meta_info[ECHO_COEF]``, set by the trainer) and the denominator ``global_clip_weight / world_size``: the summed
+clip weight (:data:`~echovl.echo.ECHO_CLIP_WEIGHT`, the clip count under ``max`` selection) of the mini-batch over
+all ranks, all-reduced like EasyR1's token count. EasyR1 scales the PG loss to ``sum(l * mask) * world_size /
+global_tokens`` per micro-batch and FSDP averages gradients over ranks, so the two terms add up, over micro-batches
+and ranks, to EasyR1's PG loss + λ x (the weighted mean over the mini-batch's clips of each clip's mean NLL), for
+``loss_avg_mode`` token and seq alike (the echo term never touches EasyR1's averaging).
 
 Echo rows (:data:`ECHO_ROW`, DAPO's dropped all-correct groups) carry the echo term only. They are taken out
 before EasyR1's mini-batch split, so the PG rows are split exactly as EasyR1 splits them, cut into one equal
@@ -48,35 +49,25 @@ from verl.utils.seqlen_balancing import prepare_dynamic_batch
 from verl.utils.ulysses import ulysses_pad_and_slice_inputs
 from verl.workers.actor.dp_actor import DataParallelPPOActor
 
-from ..config import EchoConfig
+from ..config import EchoConfig, GuidanceConfig
+from ..echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT
 from ..entropy import token_entropy
-from ..guidance import GuidanceConfig
-from ..loss import echo_nll, weighted_echo_nll
+from ..loss import echo_term
 from .guidance import GuidedUpdate
 
-__all__ = ["ECHO_CLIP_WEIGHT", "ECHO_COEF", "ECHO_MASK", "ECHO_ROW", "ECHO_WEIGHT", "EchoActor"]
-
-ECHO_MASK = "echo_mask"
-"""Batch key of the clip tokens ([B, response_len] bool), written by the trainer."""
+__all__ = ["ECHO_CLIP_WEIGHT", "ECHO_COEF", "ECHO_ROW", "ECHO_WEIGHT", "EchoActor", "EchoUpdate"]
 
 ECHO_ROW = "echo_row"
 """Batch key ([B] bool) of rows that carry the echo term only: the clip rollouts of the all-correct groups DAPO's
 filter dropped (zero advantage, ``response_mask`` 0). The update trains them after the PG rows of each
 mini-batch, in micro-batches of their own."""
 
-ECHO_WEIGHT = "echo_weight"
-"""Batch key of the per-token clip weights ([B, response_len] float, :attr:`echovl.clip.EchoClips.token_weight`),
-present under ``echo.selection`` ``top_k`` / ``soft`` only (then J_echo is :func:`echovl.loss.weighted_echo_nll`)."""
-
-ECHO_CLIP_WEIGHT = "echo_clip_weight"
-"""Batch key ([B] float) of the summed weight of each row's clips, the J_echo denominator's share of the row
-(with :data:`ECHO_WEIGHT`)."""
-
 ECHO_COEF = "echo_coef"
-"""``meta_info`` key: lambda of this training step (the trainer's schedule, ``EchoConfig.coef_at``)."""
+"""``meta_info`` key: λ of this training step (the trainer's schedule, ``EchoConfig.coef_at``); required beside the
+clip tensors (:data:`~echovl.echo.ECHO_WEIGHT`, :data:`~echovl.echo.ECHO_CLIP_WEIGHT`)."""
 
 _ECHO_ROWS_ONLY = "echovl_echo_rows_only"
-"""``meta_info`` flag of the micro-batches :meth:`EchoActor._echo_micro_batches` cuts from the echo rows."""
+"""``meta_info`` flag of the micro-batches :meth:`EchoUpdate.micro_batches` cuts from the echo rows."""
 
 
 class EchoActor(DataParallelPPOActor):
@@ -189,8 +180,8 @@ class EchoActor(DataParallelPPOActor):
         """EasyR1's ``update_policy``; the lines marked ``# echo`` and ``# guidance`` are the only additions.
         (EasyR1's loop: Copyright 2024 Bytedance Ltd. and/or its affiliates, Apache-2.0; see NOTICE.)"""
         guided = GuidedUpdate(self.guidance, data)  # guidance: LUFFY / UFT
-        echo_batch = self.echo.active and ECHO_MASK in data.batch.keys()  # echo
-        if not echo_batch and not guided.active:
+        echo = EchoUpdate(self, data)  # echo
+        if not echo.active and not guided.active:
             return super().update_policy(data)  # exactly EasyR1
 
         self.actor_module.train()
@@ -198,16 +189,15 @@ class EchoActor(DataParallelPPOActor):
         temperature = data.meta_info["temperature"]  # temperature must be in the data.meta_info to avoid slient error
         select_keys = ["input_ids", "attention_mask", "position_ids", "responses", "response_mask"]
         select_keys.extend(["old_log_probs", "ref_log_probs", "advantages"])
-        select_keys.extend([ECHO_MASK, ECHO_ROW, ECHO_WEIGHT, ECHO_CLIP_WEIGHT])  # echo
+        select_keys.extend(echo.select_keys())  # echo
         select_keys.extend(guided.select_keys())  # guidance
-        self._echo_coef = data.meta_info.get(ECHO_COEF, self.echo.coef)  # echo: lambda of this step
         non_tensor_select_keys = ["multi_modal_inputs"]
 
         # Split to make minibatch iterator for updating the actor
         # See PPO paper for details. https://arxiv.org/abs/1707.06347
-        data, echo_rows = self._split_off_echo_rows(data.select(select_keys, non_tensor_select_keys))  # echo
+        data, echo_rows = echo.split(data.select(select_keys, non_tensor_select_keys))  # echo: echo rows apart
         mini_batches = data.split(self.config.global_batch_size_per_device)
-        echo_shares = self._echo_shares(echo_rows, len(mini_batches))  # echo: as many shares as mini-batches
+        echo_shares = echo.shares(echo_rows, len(mini_batches))  # echo: as many shares as mini-batches
 
         metrics = defaultdict(list)
         for _ in range(self.config.ppo_epochs):
@@ -218,7 +208,7 @@ class EchoActor(DataParallelPPOActor):
                 total_response_tokens = torch.sum(mini_batch.batch["response_mask"])
                 dist.all_reduce(total_response_tokens, op=dist.ReduceOp.SUM)
                 total_response_tokens = total_response_tokens.clamp(min=1)  # echo: no 0/0 (EasyR1 divides by it)
-                total_clips = self._global_clip_count(mini_batch, echo_share) if echo_batch else 0  # echo
+                echo.start_mini_batch(mini_batch, echo_share)  # echo
                 guided.start_mini_batch(mini_batch)  # guidance
 
                 if self.config.dynamic_batching:
@@ -227,7 +217,7 @@ class EchoActor(DataParallelPPOActor):
                     micro_batches, _ = prepare_dynamic_batch(mini_batch, max_token_len=max_token_len)
                 else:
                     micro_batches = mini_batch.split(self.config.micro_batch_size_per_device_for_update)
-                micro_batches = micro_batches + self._echo_micro_batches(echo_share, total_clips)  # echo
+                micro_batches = micro_batches + echo.micro_batches(echo_share)  # echo: echo rows after the PG rows
 
                 if self.rank == 0:
                     micro_batches = tqdm(micro_batches, desc="Update policy", position=2)
@@ -240,7 +230,7 @@ class EchoActor(DataParallelPPOActor):
 
                     # all return: (bsz, response_length)
                     log_probs = guided.forward(self, model_inputs, temperature)  # guidance: UFT's hint log-probs too
-                    echo_loss = self._echo_loss(log_probs, model_inputs, total_clips)  # echo
+                    echo_loss = echo.loss(log_probs, model_inputs)  # echo
                     if micro_batch.meta_info.get(_ECHO_ROWS_ONLY):  # echo: no PG/KL term, no PG metrics
                         echo_loss.backward()
                         continue
@@ -288,31 +278,55 @@ class EchoActor(DataParallelPPOActor):
 
                 grad_norm = self._optimizer_step()
                 append_to_dict(metrics, {"actor/grad_norm": grad_norm.detach().item()})
-                self._append_echo_metrics(metrics, total_clips)  # echo
+                echo.end_mini_batch(metrics)  # echo
                 guided.end_mini_batch(metrics, self.world_size)  # guidance
 
         return metrics
 
-    # the echo additions to update_policy, one job each
 
-    def _split_off_echo_rows(self, data: DataProto) -> tuple[DataProto, DataProto | None]:
+class EchoUpdate:
+    """The echo term's part of one ``update_policy`` call (see the module docstring).
+
+    Active when echo is on and the batch holds clips (:data:`~echovl.echo.ECHO_WEIGHT`); λ is the batch's
+    ``meta_info[ECHO_COEF]``. Echo rows (:data:`ECHO_ROW`, DAPO's dropped all-correct groups) are taken out before
+    EasyR1's mini-batch split (:meth:`split`), so the PG rows are split exactly as EasyR1 splits them, and trained
+    after each mini-batch's PG micro-batches in micro-batches of their own (:meth:`micro_batches`).
+    """
+
+    def __init__(self, actor: EchoActor, data: DataProto):
+        self.config = actor.config
+        self.world_size = actor.world_size
+        self.active = actor.echo.active and ECHO_WEIGHT in data.batch.keys()
+        self.coef = 0.0
+        if self.active:
+            if ECHO_COEF not in data.meta_info:
+                raise KeyError(
+                    f"the update batch holds EchoClips ({ECHO_WEIGHT}) but no meta_info['{ECHO_COEF}']: the trainer "
+                    "sets λ of the step there (echovl.easyr1.trainer.EchoTrainer.prepare_update)"
+                )
+            self.coef = float(data.meta_info[ECHO_COEF])
+        self.total_clips: float = 0.0
+        self.nll_sum: torch.Tensor | float = 0.0
+
+    def select_keys(self) -> list[str]:
+        return [ECHO_WEIGHT, ECHO_CLIP_WEIGHT, ECHO_ROW] if self.active else []
+
+    def split(self, data: DataProto) -> tuple[DataProto, DataProto | None]:
         """``(rows with a PG term, rows with the echo term only)``, each in its order; ``None`` without the latter.
 
         The first part is exactly the batch EasyR1 would update on (DAPO's kept groups), so its mini- and
         micro-batches are EasyR1's own whatever ``loss_avg_mode``; the echo rows (:data:`ECHO_ROW`) follow.
         """
-        if ECHO_ROW not in data.batch.keys():
+        if ECHO_ROW not in data.batch.keys() or not bool(data.batch[ECHO_ROW].any()):
             return data, None
         is_echo_row = data.batch[ECHO_ROW].bool()
-        if not bool(is_echo_row.any()):
-            return data, None
         pg_rows = torch.nonzero(~is_echo_row).flatten().tolist()
         echo_rows = torch.nonzero(is_echo_row).flatten().tolist()
         if not pg_rows:
             raise ValueError(f"the update batch holds {len(echo_rows)} echo rows and no policy-gradient row")
         return data[pg_rows], data[echo_rows]
 
-    def _echo_shares(self, echo_rows: DataProto | None, count: int) -> list[DataProto | None]:
+    def shares(self, echo_rows: DataProto | None, count: int) -> list[DataProto | None]:
         """The echo rows cut into ``count`` equal shares, one per mini-batch (the trainer pads them to fit)."""
         if echo_rows is None:
             return [None] * count
@@ -326,20 +340,22 @@ class EchoActor(DataParallelPPOActor):
             )
         return echo_rows.chunk(count)
 
-    def _global_clip_count(self, mini_batch: DataProto, echo_share: DataProto | None) -> int | float:
-        """Clips of the mini-batch and its echo share, summed over all ranks (all ranks get the same number); with
-        clip weights (:data:`ECHO_CLIP_WEIGHT`), their sum."""
-        clips = _clip_count(mini_batch)
+    def start_mini_batch(self, mini_batch: DataProto, echo_share: DataProto | None) -> None:
+        """The summed clip weight of the mini-batch and its echo share over all ranks (every rank gets the same);
+        the one host sync echo adds, per mini-batch."""
+        self.nll_sum = 0.0
+        if not self.active:
+            return
+        clips = mini_batch.batch[ECHO_CLIP_WEIGHT].sum()
         if echo_share is not None:
-            clips = clips + _clip_count(echo_share)
+            clips = clips + echo_share.batch[ECHO_CLIP_WEIGHT].sum()
         dist.all_reduce(clips, op=dist.ReduceOp.SUM)
-        self._echo_total = 0.0
-        return clips.item()  # the one host sync echo adds, per mini-batch
+        self.total_clips = clips.item()
 
-    def _echo_micro_batches(self, echo_share: DataProto | None, total_clips: int) -> list[DataProto]:
-        """Micro-batches of the echo rows, cut like EasyR1 cuts the PG rows; none when the mini-batch has no clip
-        on any rank (every rank skips them alike, so FSDP's collectives stay in step)."""
-        if echo_share is None or total_clips == 0:
+    def micro_batches(self, echo_share: DataProto | None) -> list[DataProto]:
+        """Micro-batches of the echo rows, cut like EasyR1 cuts the PG rows; none when the mini-batch has no clip on
+        any rank (every rank skips them alike, so FSDP's collectives stay in step)."""
+        if echo_share is None or not self.total_clips:
             return []
         micro = self.config.micro_batch_size_per_device_for_update
         if self.config.dynamic_batching:
@@ -351,32 +367,20 @@ class EchoActor(DataParallelPPOActor):
             micro_batch.meta_info = {**micro_batch.meta_info, _ECHO_ROWS_ONLY: True}
         return micro_batches
 
-    def _echo_loss(
-        self, log_probs: torch.Tensor, model_inputs: dict[str, Any], total_clips: int
-    ) -> torch.Tensor | None:
-        """``coef * echo_total * world_size / global_clips`` of one micro-batch (``None`` when the mini-batch has
-        no clip): over micro-batches and ranks (FSDP averages), ``coef x`` the mean over the mini-batch's clips
-        of each clip's mean NLL."""
-        if total_clips == 0:
+    def loss(self, log_probs: torch.Tensor, model_inputs: dict[str, Any]) -> torch.Tensor | None:
+        """λ x J_echo's share of one micro-batch (``None`` when the mini-batch has no clip on any rank)."""
+        if not self.active or not self.total_clips:
             return None
-        if ECHO_WEIGHT in model_inputs:  # top_k / soft selection: weighted, possibly nested clips
-            echo_total = weighted_echo_nll(log_probs, model_inputs[ECHO_WEIGHT])
-        else:
-            echo_total, _ = echo_nll(log_probs, model_inputs[ECHO_MASK])
-        self._echo_total = self._echo_total + echo_total.detach()  # summed on the device: no sync here
-        return echo_total * (self._echo_coef * self.world_size / total_clips)
+        term, total = echo_term(
+            log_probs, model_inputs[ECHO_WEIGHT], coef=self.coef, clip_weight=self.total_clips / self.world_size
+        )
+        self.nll_sum = self.nll_sum + total  # summed on the device: no sync here
+        return term
 
-    def _append_echo_metrics(self, metrics: dict[str, list], total_clips: int) -> None:
+    def end_mini_batch(self, metrics: dict[str, list]) -> None:
         """``echo/loss``: this rank's share of J_echo (the driver's mean over ranks is J_echo of the mini-batch)."""
-        if total_clips:
-            metrics["echo/loss"].append(float(self._echo_total) * self.world_size / total_clips)
-
-
-def _clip_count(batch: DataProto) -> torch.Tensor:
-    """This rank's clips in ``batch``: rows with clip tokens, or their summed clip weights (top_k / soft)."""
-    if ECHO_CLIP_WEIGHT in batch.batch.keys():
-        return batch.batch[ECHO_CLIP_WEIGHT].sum()
-    return batch.batch[ECHO_MASK].any(dim=-1).sum()
+        if self.active and self.total_clips:
+            metrics["echo/loss"].append(float(self.nll_sum) * self.world_size / self.total_clips)
 
 
 def split_log_probs_and_entropy(both: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The run config: EasyR1's ``PPOConfig`` plus an ``echo:`` section, loaded the way EasyR1 loads it.
+"""The EasyR1 run config: EasyR1's ``PPOConfig`` plus the sections of :mod:`echovl.config`, loaded as EasyR1 loads it.
 
 ``python -m echovl.train config=FILE.yaml key=value ...``: the structured defaults, then the YAML file, then the
 dotted overrides, in OmegaConf struct mode, so a misspelt key is an error (reported with the full key, the
@@ -25,8 +25,7 @@ from verl.trainer.config import PPOConfig
 from verl.workers.actor.config import ActorConfig
 from verl.workers.config import WorkerConfig
 
-from ..config import EchoConfig
-from ..guidance import GuidanceConfig
+from ..config import EchoConfig, GuidanceConfig
 from .guidance import check_guidance, check_solution_column
 
 __all__ = [

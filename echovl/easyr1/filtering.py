@@ -10,7 +10,7 @@ rollout, the one holding its clip, and to find it, the token entropies of all of
    log-probs and advantages as usual.
 2. Before ``update_actor`` the dropped groups get one no-grad forward (``compute_log_probs``, for their
    entropies), their clips are mined, and :func:`echo_rows` turns each clip's rollout into an *echo row*:
-   zero advantage, ``response_mask`` 0, the clip tokens in ``echo_mask``, the attention cut after the clip's
+   zero advantage, ``response_mask`` 0, the clip's token weights, the attention cut after the clip's
    last token (a causal model's log-probs of the clip do not depend on what follows), flagged ``echo_row``.
    Their number is padded to :func:`echo_row_unit` with inert copies.
 3. :func:`layout_update_batch` adds the echo rows *beyond* the batch: each rank's share of the DAPO batch
@@ -33,7 +33,8 @@ import torch
 from verl.protocol import DataProto
 from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions
 
-from .actor import ECHO_CLIP_WEIGHT, ECHO_MASK, ECHO_ROW, ECHO_WEIGHT
+from ..echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT
+from .actor import ECHO_ROW
 
 __all__ = [
     "dropped_correct_groups",
@@ -94,22 +95,21 @@ def padded_echo_rows(clips: int, unit: int) -> int:
     return math.ceil(clips / unit) * unit
 
 
-def echo_rows(source: DataProto, rows: torch.Tensor, echo_mask: torch.Tensor, size: int, like: DataProto) -> DataProto:
-    """``size`` update rows holding the clips of ``source`` (the rollouts ``rows``, clip tokens ``echo_mask``).
+def echo_rows(source: DataProto, rows: torch.Tensor, size: int, like: DataProto) -> DataProto:
+    """``size`` update rows holding the clips of ``source`` (the rollouts ``rows``; their clip tensors
+    :data:`~echovl.echo.ECHO_WEIGHT` and :data:`~echovl.echo.ECHO_CLIP_WEIGHT`, as mining wrote them).
 
-    Each row has zero advantage and ``response_mask`` 0 (no PG/KL term, not in the token count), its clip tokens
-    in ``echo_mask`` and :data:`~echovl.easyr1.actor.ECHO_ROW` set; its attention stops at its clip's last token
-    (nothing after it changes the clip's log-probs, and the update skips it). Rows past the clips repeat clip
-    rollouts (or, without any clip, rows of ``source``) with an empty ``echo_mask`` and the attention cut after
-    the first response token: they carry no loss at all and cost little. Keys follow ``like`` (the main batch,
-    which must hold ``echo_row``), so the two concatenate: ``ref_log_probs`` copies ``old_log_probs`` (the KL
-    term is masked out anyway), other missing tensors are 0.
+    Each row has zero advantage and ``response_mask`` 0 (no PG/KL term, not in the token count), its clip tensors
+    and :data:`~echovl.easyr1.actor.ECHO_ROW` set; its attention stops at its clip's last token (nothing after it
+    changes the clip's log-probs, and the update skips it). Rows past the clips repeat clip rollouts (or, without any
+    clip, rows of ``source``) with no clip weight and the attention cut after the first response token: they carry
+    no loss at all and cost little. Keys follow ``like`` (the main batch, which must hold ``echo_row``), so the two
+    concatenate: ``ref_log_probs`` copies ``old_log_probs`` (the KL term is masked out anyway), other missing
+    tensors are 0.
 
     Args:
-        source: the dropped groups' rows, with ``old_log_probs`` and ``old_entropy``.
-        rows: [M] rows of ``source`` holding a clip (each once; with ``echo_weight``, the row carries the weights
-            of all its clips).
-        echo_mask: [len(source), R] bool clip tokens.
+        source: the dropped groups' rows, with ``old_log_probs``, ``old_entropy`` and the clip tensors.
+        rows: [M] rows of ``source`` holding a clip (each once; a row carries the weights of all its clips).
         size: number of rows to return (>= M).
         like: the batch the rows join.
     """
@@ -119,16 +119,14 @@ def echo_rows(source: DataProto, rows: torch.Tensor, echo_mask: torch.Tensor, si
     picked = torch.cat([rows, fill[torch.arange(size - rows.numel()) % fill.numel()]])
     keeps_clip = torch.arange(size) < rows.numel()
     data = source[picked.tolist()]
-    clip_mask = echo_mask[picked] & keeps_clip.unsqueeze(1)
+    clip_mask = (data.batch[ECHO_WEIGHT] > 0) & keeps_clip.unsqueeze(1)
     tensors = {}
     for key, value in like.batch.items():
         if key == "response_mask":
             tensors[key] = torch.zeros((size, *value.shape[1:]), dtype=value.dtype)
-        elif key == ECHO_MASK:
-            tensors[key] = clip_mask
         elif key == ECHO_ROW:
             tensors[key] = torch.ones(size, dtype=value.dtype)
-        elif key in (ECHO_WEIGHT, ECHO_CLIP_WEIGHT):  # top_k / soft: the row's clip weights; padding rows none
+        elif key in (ECHO_WEIGHT, ECHO_CLIP_WEIGHT):  # the row's clip weights; padding rows none
             keep = keeps_clip.view(-1, *[1] * (value.dim() - 1))
             tensors[key] = data.batch[key].to(value.dtype) * keep
         elif key == "attention_mask":

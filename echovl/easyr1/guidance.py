@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 from verl.protocol import DataProto
 
-from ..guidance import GuidanceConfig
-from ..loss import hint_nll
+from ..config import GuidanceConfig
+from ..uft import hint_nll
 from .luffy import EXPERT_ROW, ExpertRollout, ExpertStats, expert_metrics, luffy_advantages, luffy_pg_loss
 from .uft import HINT_LENGTH, HintMaker, forward_with_hints, hinted_reward
 

@@ -1,9 +1,10 @@
-"""LUFFY on EasyR1: one expert row per group, LUFFY's advantage, policy shaping on the expert tokens.
+"""LUFFY on EasyR1, the glue (LUFFY's math is :mod:`echovl.luffy`): one expert row per group, LUFFY's advantage,
+policy shaping on the expert tokens.
 
 Driver side (:class:`ExpertRollout`, wrapped around the worker group's ``generate_sequences`` for training
 batches only): vLLM generates ``n - 1`` rollouts per prompt (``meta_info["n"]``, which EasyR1's rollout applies
 to its sampling parameters), and each group gets its expert row: the prompt's ``solution`` as a response
-(:func:`echovl.expert.expert_responses`, EOS appended, laid out exactly like a vLLM response). A trace that does
+(:func:`echovl.luffy.expert_responses`, EOS appended, laid out exactly like a vLLM response). A trace that does
 not fit ``data.max_response_length`` is never truncated: its group gets an ``n``-th rollout instead, from one
 more generation call over those prompts with ``n = 1`` and the sampling seed ``seed + n - 1``. vLLM seeds child
 ``k`` of a request with ``seed + k``, so that rollout is exactly the one an ``n``-rollout call would have made
@@ -32,10 +33,17 @@ from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
 from verl.trainer.core_algos import average_loss, compute_policy_loss
 from verl.utils import torch_functional as VF
 
-from ..expert import encode_trace, expert_responses, group_advantages
-from ..guidance import GuidanceConfig
-from ..loss import policy_shaping, shaped_pg_loss, shaping_weight, unclipped_pg_loss
-from .mining import group_ids
+from ..config import GuidanceConfig
+from ..echo import group_ids
+from ..luffy import (
+    encode_trace,
+    expert_responses,
+    group_advantages,
+    policy_shaping,
+    shaped_pg_loss,
+    shaping_weight,
+    unclipped_pg_loss,
+)
 
 __all__ = [
     "EXPERT_ROW",

@@ -1,134 +1,115 @@
-"""Driver-side EchoClip mining on an EasyR1 rollout batch.
+"""The echo step on an EasyR1 rollout batch: where EasyR1 keeps what :class:`echovl.echo.EchoStep` needs, and back.
 
-After ``_balance_batch`` the rows of one prompt (one ``uid``) are scattered over the batch, and over the ranks
-once dispatched, so clips are mined here, on the driver, on whole groups: ``uid`` strings become group ids,
-the run's tokenizer gives the step delimiters and the non-text (special and vision) tokens, and
-:func:`echovl.clip.mine_echo_clips` does the rest.
+After ``_balance_batch`` the rows of one prompt (one ``uid``) are scattered over the batch, and over the ranks once
+dispatched, so clips are mined here, on the driver, on whole groups: ``uid`` strings become group ids, the reward's
+``echo.success_key`` scores give the verified flags, the echo step mines, and its per-row tensors go back into the
+batch for the actor (:func:`mine_rollout_batch`). :func:`trace_records` reads the prompts, images and hints of the
+traced groups from the batch.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from verl.protocol import DataProto
 
-from ..clip import EchoClips, GroupOutcomes, group_outcomes, mine_echo_clips
 from ..config import EchoConfig
-from ..steps import delimiter_table, special_table, step_index, text_mask
+from ..echo import EchoStep, MinedBatch, group_ids
+from ..echo import verified_flags as core_verified_flags
+from .luffy import EXPERT_ROW
+from .uft import HINT_LENGTH
 
-__all__ = ["EchoMiner", "MinedBatch", "group_ids", "verified_flags"]
-
-
-def group_ids(uids: Sequence) -> torch.Tensor:
-    """[B] long group id per row: rows with equal ``uid`` share an id (ids follow the sorted uids)."""
-    _, inverse = np.unique(np.asarray(uids).astype(str), return_inverse=True)
-    return torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+__all__ = ["mine_rollout_batch", "trace_records", "verified_flags"]
 
 
 def verified_flags(scores: Sequence[float], echo: EchoConfig) -> torch.Tensor:
-    """[B] bool: ``score[echo.success_key] >= echo.success_threshold``."""
+    """[B] bool: ``score[echo.success_key] >= echo.success_threshold``; a score that is not a finite number (a broken
+    reward function) is an error."""
     values = np.asarray(scores, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise ValueError(
             f"reward scores '{echo.success_key}' must be finite numbers, got {values[~np.isfinite(values)]}"
         )
-    return torch.from_numpy(values >= echo.success_threshold)
+    return core_verified_flags(torch.from_numpy(values), echo.success_threshold)
 
 
-@dataclass
-class MinedBatch:
-    """What mining found in a batch (all per-row tensors in the batch's row order)."""
+def mine_rollout_batch(
+    step: EchoStep, batch: DataProto, scores: np.ndarray, pool: torch.Tensor | None = None
+) -> MinedBatch:
+    """Mine the clips of an EasyR1 rollout batch (any row order) and write their tensors
+    (:meth:`~echovl.echo.MinedBatch.update_tensors`) into it.
 
-    clips: EchoClips
-    group: torch.Tensor  # [B] long
-    steps: torch.Tensor  # [B, R] long, -1 outside the response
-    text: torch.Tensor  # [B, R] bool
-    verified: torch.Tensor  # [B] bool
-    outcomes: GroupOutcomes
-
-
-class EchoMiner:
-    """Mines EchoClips on rollout batches of one tokenizer (its lookup tables are built once)."""
-
-    def __init__(self, tokenizer, echo: EchoConfig):
-        self.echo = echo
-        self.is_delimiter = delimiter_table(tokenizer, echo.delimiters)
-        self.non_text = special_table(tokenizer)
-
-    def mine(
-        self,
-        responses: torch.Tensor,
-        response_mask: torch.Tensor,
-        entropy: torch.Tensor,
-        verified: torch.Tensor,
-        uids: Sequence,
-        pool: torch.Tensor | None = None,
-    ) -> MinedBatch:
-        """Clips of a batch: ``responses``/``response_mask``/``entropy`` [B, R], ``verified`` [B], ``uids`` [B].
-
-        ``pool`` ([B] bool, optional) limits the rows that may give a clip (LUFFY: not the expert row); groups
-        still count as all-correct (``scope: degenerate``) by all their rows' ``verified`` flags.
-        """
-        group = group_ids(uids)
-        steps = step_index(responses, response_mask, self.is_delimiter)
-        text = text_mask(responses, response_mask, self.non_text)
-        verified = verified.bool()
-        eligible, scope = verified, self.echo.scope
-        if pool is not None:
-            eligible = verified & pool.bool()
-            if scope == "degenerate":  # the all-correct groups, judged on every row, then the pool's rows
-                _, index = torch.unique(group, return_inverse=True)
-                all_correct = torch.ones(int(index.max()) + 1 if index.numel() else 0, dtype=torch.long)
-                all_correct = all_correct.scatter_reduce(0, index, verified.long(), reduce="amin").bool()
-                eligible, scope = eligible & all_correct[index], "all"
-        clips = mine_echo_clips(
-            entropy.float(),
-            steps,
-            text,
-            eligible,
-            group,
-            **{**self.echo.mining_kwargs(), "scope": scope},
+    Uses ``responses``, ``response_mask``, ``old_entropy`` and the ``uid`` of every row; ``scores`` are the rows'
+    ``echo.success_key`` scores; ``pool`` ([B] bool) the rows that may give a clip (default: all).
+    """
+    if "old_entropy" not in batch.batch.keys():
+        raise KeyError(
+            "old_entropy is missing from the batch: the actor workers must be echovl's EchoWorker "
+            "(echovl.easyr1.worker), which returns it beside old_log_probs"
         )
-        return MinedBatch(clips, group, steps, text, verified, group_outcomes(verified, group))
+    mined = step.mine(
+        batch.batch["responses"],
+        batch.batch["response_mask"],
+        batch.batch["old_entropy"],
+        verified_flags(scores, step.config),
+        group_ids(batch.non_tensor_batch["uid"]),
+        pool=pool,
+    )
+    batch.batch.update(mined.update_tensors())
+    return mined
 
 
-def clip_metrics(mined: Sequence[MinedBatch]) -> dict[str, float]:
-    """``echo/clips`` (count), ``echo/clip_length`` and ``echo/clip_step_entropy`` (means over clips); with several
-    clips per group (``echo.selection`` top_k / soft) also ``echo/clips_per_group`` and ``echo/clip_weight_max``
-    (the mean over mined groups of their largest clip weight: 1 when one clip takes all, 1 / k when k share)."""
-    lengths = torch.cat([m.clips.length.double() for m in mined]) if mined else torch.zeros(0)
-    entropies = torch.cat([m.clips.step_entropy.double() for m in mined]) if mined else torch.zeros(0)
-    metrics = {"echo/clips": float(lengths.numel())}
-    if lengths.numel():
-        metrics["echo/clip_length"] = float(lengths.mean())
-        metrics["echo/clip_step_entropy"] = float(entropies.mean())
-    if any(m.clips.token_weight is not None for m in mined):
-        largest = [group_max(m.clips.group, m.clips.weight) for m in mined if len(m.clips)]
-        largest = torch.cat(largest) if largest else torch.zeros(0)
-        metrics["echo/clips_per_group"] = lengths.numel() / max(largest.numel(), 1)
-        metrics["echo/clip_weight_max"] = float(largest.double().mean()) if largest.numel() else 0.0
-    return metrics
-
-
-def group_max(group: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """The largest of ``values`` per distinct ``group`` (ascending group ids)."""
-    _, index = torch.unique(group, sorted=True, return_inverse=True)
-    out = torch.full((int(index.max()) + 1,), -torch.inf, dtype=values.dtype, device=values.device)
-    return out.scatter_reduce(0, index, values, reduce="amax")
-
-
-def outcome_metrics(outcomes: GroupOutcomes) -> dict[str, float]:
-    """``echo/degenerate_groups`` and ``echo/all_wrong_groups``: fractions of the groups."""
-    groups = max(outcomes.num_groups, 1)
-    return {
-        "echo/degenerate_groups": outcomes.all_correct / groups,
-        "echo/all_wrong_groups": outcomes.all_wrong / groups,
-    }
-
-
-def mean_entropy(entropy: torch.Tensor, response_mask: torch.Tensor) -> float:
-    """``echo/entropy``: mean token entropy over the response tokens."""
-    mask = response_mask.bool()
-    return float(entropy.float()[mask].double().mean()) if mask.any() else 0.0
+def trace_records(
+    tokenizer,
+    batch: DataProto,
+    scores: np.ndarray,
+    mined: MinedBatch,
+    *,
+    train_step: int,
+    limit: int,
+    image_dir: str | None = None,
+    guided: bool = False,
+) -> list:
+    """Trace records of up to ``limit`` groups of a mined batch (mined groups first), with each group's prompt text
+    and first image. With ``guided`` (LUFFY / UFT), rows carrying ``expert_row`` are marked as expert rows and a
+    prompt's ``hint_length`` last tokens become the record's ``hint``."""
+    groups = mined.traced_groups(limit)
+    prompts: list[str] = [""] * len(batch)
+    images: list[Any] = [None] * len(batch)
+    hint_length = batch.batch[HINT_LENGTH] if guided and HINT_LENGTH in batch.batch.keys() else None
+    hints: list[str | None] | None = [None] * len(batch) if hint_length is not None else None
+    multi_modal = batch.non_tensor_batch.get("multi_modal_data")
+    for g in groups:
+        row = int((mined.group == g).nonzero()[0])  # the record reads its prompt and image from the first row
+        prompt = batch.batch["prompts"][row]
+        prompt_mask = batch.batch["attention_mask"][row, : prompt.shape[0]].bool()
+        ids = prompt[prompt_mask]
+        if hints is not None:  # UFT: the hint is the prompt's last tokens
+            split = ids.numel() - int(hint_length[row])
+            ids, hints[row] = ids[:split], tokenizer.decode(ids[split:], skip_special_tokens=True)
+        prompts[row] = tokenizer.decode(ids, skip_special_tokens=True)
+        pictures = (multi_modal[row] or {}).get("images") if multi_modal is not None else None
+        if pictures is not None and len(pictures):
+            picture = pictures[0]
+            if isinstance(picture, str) and image_dir:
+                picture = os.path.join(image_dir, picture)
+            images[row] = picture
+    answers = batch.non_tensor_batch.get("ground_truth")
+    return mined.records(
+        tokenizer,
+        groups,
+        train_step=train_step,
+        prompts=prompts,
+        answers=[str(a) for a in answers] if answers is not None else [""] * len(batch),
+        rewards=batch.batch["token_level_scores"].sum(-1).tolist(),
+        accuracy=np.asarray(scores, dtype=np.float64).tolist(),
+        images=images,
+        group_names=[str(u) for u in batch.non_tensor_batch["uid"]],
+        source="easyr1",
+        expert=batch.batch[EXPERT_ROW].tolist() if guided and EXPERT_ROW in batch.batch.keys() else None,
+        hints=hints,
+    )

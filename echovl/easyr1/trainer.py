@@ -3,9 +3,10 @@
 EasyR1's ``fit`` is used as is. Two hooks:
 
 - ``init_workers`` wraps the worker group's ``update_actor``: the wrapper gets the driver batch after rewards,
-  old log-probs/entropies and advantages (and the critic update), mines clips on whole groups
-  (:mod:`.mining`), writes ``echo_mask`` into the batch, then calls EasyR1's ``update_actor`` and adds the
-  ``echo/*`` metrics to its output (EasyR1 mean-reduces and logs them with the actor's).
+  old log-probs/entropies and advantages (and the critic update), mines clips on whole groups with the echo step
+  (:mod:`.mining`, :class:`echovl.echo.EchoStep`), writes the clip tensors and λ of the step into the batch, then
+  calls EasyR1's ``update_actor`` and adds the ``echo/*`` metrics to its output (EasyR1 mean-reduces and logs them
+  with the actor's).
 - the reward manager handle is wrapped so the per-sample scores it returns reach the driver without scoring
   twice: EasyR1 keeps only the ``overall`` tensor and the batch means. "Verified" is the reward function's
   ``echo.success_key`` (``accuracy``) >= ``echo.success_threshold``, never ``overall``.
@@ -30,9 +31,10 @@ import torch
 from verl.protocol import DataProto, pad_dataproto_to_divisor, unpad_dataproto
 from verl.trainer.ray_trainer import RayPPOTrainer
 
-from ..clip import GroupOutcomes, group_outcomes, row_clip_weight
-from ..traces import TraceWriter, build_group_records, select_groups
-from .actor import ECHO_CLIP_WEIGHT, ECHO_COEF, ECHO_MASK, ECHO_ROW, ECHO_WEIGHT
+from ..clip import GroupOutcomes, group_outcomes
+from ..echo import EchoStep, MinedBatch, group_ids
+from ..traces import TraceWriter
+from .actor import ECHO_COEF, ECHO_ROW
 from .filtering import (
     dropped_correct_groups,
     echo_row_unit,
@@ -42,19 +44,9 @@ from .filtering import (
     rows_scores,
 )
 from .guidance import make_guide
-from .luffy import EXPERT_ROW
-from .mining import (
-    EchoMiner,
-    MinedBatch,
-    clip_metrics,
-    group_ids,
-    mean_entropy,
-    outcome_metrics,
-    verified_flags,
-)
-from .uft import HINT_LENGTH
+from .mining import mine_rollout_batch, trace_records, verified_flags
 
-__all__ = ["ECHO_SCORE", "EchoTrainer", "mine_rollout_batch", "trace_records"]
+__all__ = ["ECHO_SCORE", "EchoTrainer"]
 
 ECHO_SCORE = "echo_score"
 """Non-tensor batch key: each row's ``echo.success_key`` score (set under DAPO, where rows are scored early)."""
@@ -78,34 +70,6 @@ class _RecordingRewardManager:
         return getattr(self._handle, name)
 
 
-def mine_rollout_batch(
-    miner: EchoMiner, batch: DataProto, scores: np.ndarray, pool: torch.Tensor | None = None
-) -> MinedBatch:
-    """Mine the clips of an EasyR1 rollout batch (any row order) and write ``echo_mask`` into it.
-
-    Uses ``responses``, ``response_mask``, ``old_entropy`` and the ``uid`` of every row; ``scores`` are the rows'
-    ``echo.success_key`` scores; ``pool`` ([B] bool) the rows that may give a clip (default: all).
-    """
-    if "old_entropy" not in batch.batch.keys():
-        raise KeyError(
-            "old_entropy is missing from the batch: the actor workers must be echovl's EchoWorker "
-            "(echovl.easyr1.worker), which returns it beside old_log_probs"
-        )
-    mined = miner.mine(
-        batch.batch["responses"],
-        batch.batch["response_mask"],
-        batch.batch["old_entropy"],
-        verified_flags(scores, miner.echo),
-        batch.non_tensor_batch["uid"],
-        pool=pool,
-    )
-    batch.batch[ECHO_MASK] = mined.clips.mask
-    if mined.clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
-        batch.batch[ECHO_WEIGHT] = mined.clips.token_weight
-        batch.batch[ECHO_CLIP_WEIGHT] = row_clip_weight(mined.clips, len(batch))
-    return mined
-
-
 class EchoTrainer(RayPPOTrainer):
     """``RayPPOTrainer`` + EchoRL. Takes the same arguments; ``config`` is an
     :class:`~echovl.easyr1.config.EchoPPOConfig` (its ``echo`` section)."""
@@ -115,7 +79,7 @@ class EchoTrainer(RayPPOTrainer):
         self.echo = config.echo
         if self.reward_fn is not None:
             self.reward_fn = _RecordingRewardManager(self.reward_fn)
-        self.miner = EchoMiner(tokenizer, self.echo) if self.echo.active else None
+        self.echo_step = EchoStep(tokenizer, self.echo) if self.echo.active else None
         self.trace_dir = self.echo.trace_dir or os.path.join(config.trainer.save_checkpoint_path, "echo_traces")
         self._filtered: DataProto | None = None  # DAPO: the dropped all-correct groups kept for their clips
         self._generated_outcomes = None  # DAPO: outcomes over every generated group of the step
@@ -245,14 +209,14 @@ class EchoTrainer(RayPPOTrainer):
         data.batch["old_log_probs"] = output.batch["old_log_probs"]
         data.batch["old_entropy"] = output.batch["old_entropy"]
         scores = np.asarray(data.non_tensor_batch[ECHO_SCORE], dtype=np.float64)
-        mined = mine_rollout_batch(self.miner, data, scores)
+        mined = mine_rollout_batch(self.echo_step, data, scores)
         if len(mined.clips) == 0:
             return batch, data, scores, mined
         world_size, mini_batches = self.actor_rollout_ref_wg.world_size, self._update_mini_batches(batch)
         unit = echo_row_unit(world_size, mini_batches, self._micro_batch_size("update"))
         batch.batch[ECHO_ROW] = torch.zeros(len(batch), dtype=torch.bool)
         clip_rows = torch.unique(mined.clips.row)  # one echo row per rollout (top_k may nest clips in one rollout)
-        rows = echo_rows(data, clip_rows, mined.clips.mask, padded_echo_rows(clip_rows.numel(), unit), like=batch)
+        rows = echo_rows(data, clip_rows, padded_echo_rows(clip_rows.numel(), unit), like=batch)
         return layout_update_batch(batch, rows, world_size, mini_batches), data, scores, mined
 
     def _update_mini_batches(self, batch: DataProto) -> int:
@@ -262,14 +226,15 @@ class EchoTrainer(RayPPOTrainer):
     # ------------------------------------------------------------------ the step before update_actor
 
     def prepare_update(self, batch: DataProto) -> tuple[DataProto, dict[str, float]]:
-        """Verified flags, clips and ``echo_mask``; returns the batch for ``update_actor`` and the echo metrics."""
+        """Verified flags, λ of the step and the clips (their tensors written into the batch); returns the batch for
+        ``update_actor`` and the echo metrics."""
         start = time.perf_counter()
         scores = self._batch_scores(batch)
         guide_metrics, pool, on_policy = self.guide.prepare(batch, scores) if self.guide else ({}, None, None)
         outcomes = self._generated_outcomes
         if outcomes is None:  # (LUFFY: a group is all-correct when its rollouts and its expert row are)
             outcomes = group_outcomes(verified_flags(scores, self.echo), group_ids(batch.non_tensor_batch["uid"]))
-        metrics = outcome_metrics(outcomes)
+        metrics = outcomes.metrics()
         metrics.update(guide_metrics)
         if not self.echo.active:
             return batch, metrics
@@ -280,18 +245,15 @@ class EchoTrainer(RayPPOTrainer):
             return batch, metrics
 
         batch.meta_info[ECHO_COEF] = coef
-        mined = mine_rollout_batch(self.miner, batch, scores, pool=pool)
-        response_mask = batch.batch["response_mask"]
-        if on_policy is not None:  # echo's metrics are over the model's own rollouts
-            response_mask = response_mask * on_policy.unsqueeze(-1).to(response_mask.dtype)
-        metrics["echo/entropy"] = mean_entropy(batch.batch["old_entropy"], response_mask)
+        mined = mine_rollout_batch(self.echo_step, batch, scores, pool=pool)
+        metrics["echo/entropy"] = mined.mean_entropy(on_policy)  # over the model's own rollouts
         traced, update_batch, timing = [(batch, scores, mined)], batch, {}
         if self._filtered is not None:
             update_batch, data, data_scores, filtered_mined = self._add_filtered_clips(batch, timing)
             traced.append((data, data_scores, filtered_mined))
             metrics["echo/filtered_clips"] = float(len(filtered_mined.clips))
             metrics["echo/filtered_rows"] = float(len(update_batch) - len(batch))
-        metrics.update(clip_metrics([m for _, _, m in traced]))
+        metrics.update(self.echo_step.clip_metrics([m for _, _, m in traced]))
         metrics["timing_s/echo_mining"] = time.perf_counter() - start - sum(timing.values())
         metrics.update(timing)
 
@@ -300,9 +262,9 @@ class EchoTrainer(RayPPOTrainer):
         return update_batch, metrics
 
     def _echo_coef(self, outcomes: GroupOutcomes) -> float:
-        """lambda of this training step (``echo.start_step``, ``echo.coef_schedule``; the adaptive schedule reads
-        the fraction of all-correct groups among the step's generated groups)."""
-        return self.echo.coef_at(self.global_step, outcomes.all_correct / max(outcomes.num_groups, 1))
+        """λ of this training step (``echo.start_step``, ``echo.coef_schedule``; the adaptive schedule reads the
+        fraction of all-correct groups among the step's generated groups)."""
+        return self.echo.coef_at(self.global_step, outcomes.degenerate_fraction)
 
     # ------------------------------------------------------------------ traces
 
@@ -328,63 +290,3 @@ class EchoTrainer(RayPPOTrainer):
             print(f"echovl: wrote {len(records)} trace records to {path}")
         except (OSError, TypeError, ValueError) as error:  # traces are diagnostics: report, keep training
             print(f"echovl: could not write the traces of step {self.global_step}: {error}")
-
-
-def trace_records(
-    tokenizer,
-    batch: DataProto,
-    scores: np.ndarray,
-    mined: MinedBatch,
-    *,
-    train_step: int,
-    limit: int,
-    image_dir: str | None = None,
-    guided: bool = False,
-) -> list:
-    """Trace records (:func:`echovl.traces.build_group_records`) of up to ``limit`` groups of a mined batch
-    (mined groups first), with each group's prompt text and first image. With ``guided`` (LUFFY / UFT), rows
-    carrying ``expert_row`` are marked as expert rows and a prompt's ``hint_length`` last tokens become the
-    record's ``hint``."""
-    groups = select_groups(mined.group, mined.clips, limit)
-    prompts: list[str] = [""] * len(batch)
-    images: list[Any] = [None] * len(batch)
-    hint_length = batch.batch[HINT_LENGTH] if guided and HINT_LENGTH in batch.batch.keys() else None
-    hints: list[str | None] | None = [None] * len(batch) if hint_length is not None else None
-    multi_modal = batch.non_tensor_batch.get("multi_modal_data")
-    for g in groups:
-        row = int((mined.group == g).nonzero()[0])  # the record reads its prompt and image from the first row
-        prompt = batch.batch["prompts"][row]
-        prompt_mask = batch.batch["attention_mask"][row, : prompt.shape[0]].bool()
-        ids = prompt[prompt_mask]
-        if hints is not None:  # UFT: the hint is the prompt's last tokens
-            split = ids.numel() - int(hint_length[row])
-            ids, hints[row] = ids[:split], tokenizer.decode(ids[split:], skip_special_tokens=True)
-        prompts[row] = tokenizer.decode(ids, skip_special_tokens=True)
-        pictures = (multi_modal[row] or {}).get("images") if multi_modal is not None else None
-        if pictures is not None and len(pictures):
-            picture = pictures[0]
-            if isinstance(picture, str) and image_dir:
-                picture = os.path.join(image_dir, picture)
-            images[row] = picture
-    answers = batch.non_tensor_batch.get("ground_truth")
-    return build_group_records(
-        tokenizer,
-        train_step=train_step,
-        groups=groups,
-        group=mined.group,
-        response_ids=batch.batch["responses"],
-        steps=mined.steps,
-        text_mask=mined.text,
-        entropy=batch.batch["old_entropy"],
-        verified=mined.verified,
-        clips=mined.clips,
-        prompts=prompts,
-        answers=[str(a) for a in answers] if answers is not None else [""] * len(batch),
-        rewards=batch.batch["token_level_scores"].sum(-1).tolist(),
-        accuracy=np.asarray(scores, dtype=np.float64).tolist(),
-        images=images,
-        group_names=[str(u) for u in batch.non_tensor_batch["uid"]],
-        source="easyr1",
-        expert=batch.batch[EXPERT_ROW].tolist() if guided and EXPERT_ROW in batch.batch.keys() else None,
-        hints=hints,
-    )

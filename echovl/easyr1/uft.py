@@ -1,9 +1,10 @@
-"""UFT on EasyR1: hinted prompts before generation, the reward on hint + response, the hint NLL in the update.
+"""UFT on EasyR1, the glue (UFT's math is :mod:`echovl.uft`): hinted prompts before generation, the reward on
+hint + response, the hint NLL in the update.
 
 Driver side. :class:`HintMaker` transforms every training batch as the data loader yields it, before EasyR1
-pops the generation inputs: per prompt, the solution's parts (:func:`echovl.hints.solution_parts`), ``k ~
+pops the generation inputs: per prompt, the solution's parts (:func:`echovl.uft.solution_parts`), ``k ~
 Binomial(parts, p(t))`` of them (seeded by ``(data.seed, step, prompt)``), their tokens appended to the prompt
-after the chat template's assistant start (:func:`echovl.hints.append_hints`: ``input_ids``, ``attention_mask``,
+after the chat template's assistant start (:func:`echovl.uft.append_hints`: ``input_ids``, ``attention_mask``,
 ``position_ids``, mrope rows included, and vLLM's ``raw_prompt_ids``), and ``hint_length`` ([B] long) beside
 them. All ``n`` rollouts of a prompt continue from its hint, and EasyR1's response is the generated part only,
 so the PG term covers only generated tokens. A hint that does not fit ``data.max_prompt_length`` together with
@@ -31,8 +32,8 @@ import ray
 import torch
 from verl.protocol import DataProto
 
-from ..guidance import GuidanceConfig
-from ..hints import append_hints, draw_hint_parts, hint_probability, solution_parts
+from ..config import GuidanceConfig
+from ..uft import append_hints, draw_hint_parts, hint_probability, solution_parts
 
 __all__ = ["HINT_LENGTH", "HintMaker", "HintStats", "forward_with_hints", "hint_window", "hinted_reward"]
 

@@ -41,7 +41,7 @@ class GradientProbeTrainer(EchoGRPOTrainer):
             return rl if echo is None else rl + echo
         metrics = self._metrics["train"]
         params = [p for p in model.parameters() if p.requires_grad]
-        logps = self._echo_loss_logps
+        logps = self._echo_captured  # the loss forward's log-probs
         rows = inputs["probe_all_correct"]
         for name, term in (("rl", rl), ("echo", echo)):
             if term is None:

@@ -47,13 +47,16 @@ from accelerate.utils import gather_object
 from trl import GRPOTrainer
 from trl.models.utils import disable_gradient_checkpointing
 
-from ..clip import group_outcomes, mine_echo_clips, row_clip_weight
+from ..clip import group_outcomes
 from ..config import EchoConfig
-from ..loss import echo_nll, weighted_echo_nll
-from ..steps import delimiter_table, special_table, step_index, text_mask
-from ..traces import TraceWriter, build_group_records, select_groups
+from ..echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT, EchoStep, MinedBatch, verified_flags
+from ..loss import echo_term
+from ..traces import TraceWriter
 
-__all__ = ["EchoGRPOTrainer"]
+__all__ = ["ECHO_COEF", "EchoGRPOTrainer"]
+
+ECHO_COEF = "echo_coef"
+"""Key of λ of a generation batch in TRL's per-batch dict (a 0-dim tensor: TRL's shuffle and split pass it along)."""
 
 # the per-row inputs of TRL's policy forward, as `_compute_loss` passes them
 _FORWARD_KEYS = (
@@ -79,17 +82,6 @@ def _as_echo_config(value: EchoConfig | Mapping[str, Any] | None) -> EchoConfig:
     if isinstance(value, Mapping):
         return EchoConfig.from_dict(dict(value))
     raise TypeError(f"echo_config must be an EchoConfig or a dict, got {type(value).__name__}")
-
-
-def _clip_count(inputs: dict[str, Any]) -> torch.Tensor:
-    """Clips in a (split of a) batch: rows with clip tokens, or their summed clip weights (top_k / soft)."""
-    if "echo_clip_weight" in inputs:
-        return inputs["echo_clip_weight"].sum()
-    return inputs["echo_mask"].any(dim=-1).sum()
-
-
-def _mean(values: torch.Tensor) -> float:
-    return float(values.float().mean()) if values.numel() else math.nan
 
 
 class EchoGRPOTrainer(GRPOTrainer):
@@ -127,18 +119,17 @@ class EchoGRPOTrainer(GRPOTrainer):
                 "per-sample accuracy reward function after echo.success_key (e.g. echovl.trl.accuracy) or set "
                 "echo.success_key to its name."
             )
-        self._echo_table_cache: dict[str, torch.Tensor] = {}
+        self._echo_step = EchoStep(self._tokenizer, self.echo_config) if self.echo_config.active else None
         trace_dir = self.echo_config.trace_dir or os.path.join(self.args.output_dir, "echo_traces")
         self._echo_tracer = TraceWriter(trace_dir) if self.echo_config.trace_freq > 0 else None
         self._echo_traced_step = 0
         # hand-offs between TRL's methods and these overrides
-        self._echo_rewards: torch.Tensor | None = None
-        self._echo_capture_entropy = False
-        self._echo_entropy: torch.Tensor | None = None
-        self._echo_capture_logps = False
-        self._echo_loss_logps: torch.Tensor | None = None
-        self._echo_batch_coef = self.echo_config.coef  # lambda of the current generation batch (echo.coef_schedule)
-        self._echo_split_clips: list[float] = []  # clips per split of the current generation batch, all processes
+        self._echo_rewards: torch.Tensor | None = None  # the rewards of the batch being scored
+        self._echo_capture: str | None = None  # "entropy" (old-log-prob pass) or "logps" (loss forward): keep it
+        self._echo_captured: torch.Tensor | None = None
+        self._echo_split_clips: list[
+            float
+        ] = []  # clip weight per split of the current generation batch, all processes
         self._echo_generated_at = 0  # the micro-batch at which it was generated
 
     # ------------------------------------------------------------------------------------------------ helpers
@@ -146,16 +137,6 @@ class EchoGRPOTrainer(GRPOTrainer):
     def echo_trace_dir(self) -> str | None:
         """Folder of the trace files (``None`` when ``trace_freq`` is 0)."""
         return str(self._echo_tracer.folder) if self._echo_tracer is not None else None
-
-    def _echo_tables(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The delimiter and non-text lookup tables on ``device`` (built once: it decodes the whole vocabulary)."""
-        if not self._echo_table_cache:
-            self._echo_table_cache["delimiter"] = delimiter_table(self._tokenizer, self.echo_config.delimiters)
-            self._echo_table_cache["non_text"] = special_table(self._tokenizer)
-        tables = self._echo_table_cache
-        if tables["delimiter"].device != device:
-            tables["delimiter"], tables["non_text"] = tables["delimiter"].to(device), tables["non_text"].to(device)
-        return tables["delimiter"], tables["non_text"]
 
     def _echo_has_old_logps_pass(self) -> bool:
         """Whether TRL computes old per-token log-probs in ``_generate_and_score_completions`` (its condition)."""
@@ -167,19 +148,19 @@ class EchoGRPOTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(
         self, model, input_ids, attention_mask, logits_to_keep, batch_size=None, compute_entropy=False, **kwargs
     ):
-        """TRL's forward; also hands the entropy of the old-log-prob pass and the log-probs of the loss pass over."""
-        capture_entropy = self._echo_capture_entropy and model is self.model
-        if capture_entropy:  # the first call on the policy in _generate_and_score_completions: old log-probs
-            self._echo_capture_entropy = False
+        """TRL's forward; hands over the entropy of the old-log-prob pass or the log-probs of the loss forward."""
+        capture = self._echo_capture
+        if capture == "entropy" and model is not self.model:  # e.g. the reference model's pass comes first
+            capture = None
+        if capture is not None:
+            self._echo_capture = None  # only the first call
+        if capture == "entropy":  # the first call on the policy in _generate_and_score_completions: old log-probs
             compute_entropy = True  # the fused LM head computes it anyway
         result = super()._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy, **kwargs
         )
-        if capture_entropy:
-            self._echo_entropy = result[1]
-        if self._echo_capture_logps:  # the first call in _compute_loss: the policy forward with grad
-            self._echo_capture_logps = False
-            self._echo_loss_logps = result[0]
+        if capture is not None:
+            self._echo_captured = result[1] if capture == "entropy" else result[0]
         return result
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -215,12 +196,12 @@ class EchoGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
         mine = mode == "train" and self.echo_config.active
-        self._echo_entropy = None
-        self._echo_capture_entropy = mine and self._echo_has_old_logps_pass()
+        self._echo_captured = None
+        self._echo_capture = "entropy" if mine and self._echo_has_old_logps_pass() else None
         try:
             out = super()._generate_and_score_completions(inputs)
         finally:
-            self._echo_capture_entropy = False
+            self._echo_capture = None
         if mode == "train" and self._echo_success_index is not None:
             self._echo_mine(inputs, out, mine)
         self._echo_rewards = None
@@ -230,28 +211,26 @@ class EchoGRPOTrainer(GRPOTrainer):
         metrics = self._metrics["train"]
         cfg = self.echo_config
         scores = self._echo_rewards[:, self._echo_success_index]
-        verified = scores >= cfg.success_threshold  # NaN (no score) is not verified
+        verified = verified_flags(scores, cfg.success_threshold)
         group = torch.arange(verified.numel(), device=verified.device) // self.num_generations
         outcomes = group_outcomes(verified, group)
-        metrics["echo/degenerate_groups"].append(outcomes.all_correct / max(outcomes.num_groups, 1))
-        metrics["echo/all_wrong_groups"].append(outcomes.all_wrong / max(outcomes.num_groups, 1))
+        for key, value in outcomes.metrics().items():
+            metrics[key].append(value)
         if not mine:
             return
         train_step = self.state.global_step + 1  # the optimizer step this batch trains first (the logged "step")
-        coef = cfg.coef_at(train_step, outcomes.all_correct / max(outcomes.num_groups, 1))
+        coef = cfg.coef_at(train_step, outcomes.degenerate_fraction)
         metrics["echo/coef"].append(coef)
         if coef == 0:  # before echo.start_step (or an adaptive lambda without all-correct groups): TRL's loss alone
-            self._echo_entropy = None
+            self._echo_captured = None
             return
 
-        entropy = self._echo_entropy
+        entropy, self._echo_captured = self._echo_captured, None
         if entropy is None:
             start = time.perf_counter()
             entropy = self._echo_extra_entropy_forward(out)
             metrics["timing_s/echo_entropy_forward"].append(time.perf_counter() - start)
-        self._echo_entropy = None
 
-        is_delimiter, non_text = self._echo_tables(self.accelerator.device)
         start = time.perf_counter()
         response_mask = out["completion_mask"]
         if out.get("tool_mask") is not None:
@@ -260,43 +239,26 @@ class EchoGRPOTrainer(GRPOTrainer):
         ids = self._echo_gather_rows(out["completion_ids"], self._tokenizer.pad_token_id)
         mask = self._echo_gather_rows(response_mask, 0).bool()
         entropy = self._echo_gather_rows(entropy.float(), 0.0)
-        device = ids.device
-        steps = step_index(ids, mask, is_delimiter)
-        text = text_mask(ids, mask, non_text)
-        verified, group = verified.to(device), group.to(device)
-        clips = mine_echo_clips(entropy, steps, text, verified, group, **cfg.mining_kwargs())
+        mined = self._echo_step.mine(ids, mask, entropy, verified, group)
         rows = slice(self.accelerator.process_index * local_batch, (self.accelerator.process_index + 1) * local_batch)
-        out["echo_mask"] = clips.mask[rows, :local_length]
-        self._echo_batch_coef = coef  # the micro-batches of this generation batch train with it
-        if clips.token_weight is not None:  # top_k / soft selection: weighted, possibly nested clips
-            out["echo_weight"] = clips.token_weight[rows, :local_length]
-            out["echo_clip_weight"] = row_clip_weight(clips, ids.shape[0])[rows]
-            if len(clips):
-                largest = torch.full((int(group.max()) + 1,), 0.0, device=device)
-                largest = largest.scatter_reduce(0, clips.group, clips.weight, reduce="amax")
-                mined_groups = torch.unique(clips.group)
-                metrics["echo/clips_per_group"].append(len(clips) / mined_groups.numel())
-                metrics["echo/clip_weight_max"].append(float(largest[mined_groups].mean()))
-        metrics["echo/clips"].append(float(len(clips)))
-        metrics["echo/clip_length"].append(_mean(clips.length))
-        metrics["echo/clip_step_entropy"].append(_mean(clips.step_entropy))
-        metrics["echo/entropy"].append(float((entropy * mask).sum() / mask.sum().clamp(min=1)))
+        out.update(mined.update_tensors(rows, local_length))
+        out[ECHO_COEF] = torch.tensor(
+            coef, device=ids.device
+        )  # the micro-batches of this generation batch train with it
+        for key, value in {**self._echo_step.clip_metrics([mined]), "echo/entropy": mined.mean_entropy()}.items():
+            metrics[key].append(value)
         metrics["timing_s/echo_mining"].append(time.perf_counter() - start)
 
         freq = cfg.trace_freq
         if self._echo_tracer is not None and train_step // freq > self._echo_traced_step // freq:
             self._echo_traced_step = train_step
-            rewards = (self._echo_rewards * self.reward_weights.to(device).unsqueeze(0)).nansum(dim=1)
-            self._echo_write_trace(
-                train_step, inputs, out, rows, ids, steps, text, entropy, verified, group, clips, rewards, scores
-            )
+            rewards = (self._echo_rewards * self.reward_weights.to(ids.device).unsqueeze(0)).nansum(dim=1)
+            self._echo_write_trace(train_step, inputs, out, rows, mined, rewards, scores)
 
-    def _echo_write_trace(
-        self, train_step, inputs, out, rows, ids, steps, text, entropy, verified, group, clips, rewards, scores
-    ) -> None:
+    def _echo_write_trace(self, train_step, inputs, out, rows, mined: MinedBatch, rewards, scores) -> None:
         """Write up to ``trace_groups`` groups (mined first) of this batch; every process sends its prompts."""
-        groups = select_groups(group, clips, self.echo_config.trace_groups)
-        first_rows = {int((group == g).nonzero()[0]) for g in groups}
+        groups = mined.traced_groups(self.echo_config.trace_groups)
+        first_rows = {int((mined.group == g).nonzero()[0]) for g in groups}
         local = []
         for index in range(rows.start, rows.stop):
             if index in first_rows:
@@ -310,21 +272,14 @@ class EchoGRPOTrainer(GRPOTrainer):
         gathered = gather_object(local)
         if not self.accelerator.is_main_process:
             return
-        total = ids.shape[0]
+        total = mined.responses.shape[0]
         prompts, answers, images = [""] * total, [""] * total, [None] * total
         for index, prompt, answer, image in gathered:
             prompts[index], answers[index], images[index] = prompt, answer, image
-        records = build_group_records(
+        records = mined.records(
             self._tokenizer,
+            groups,
             train_step=train_step,
-            groups=groups,
-            group=group,
-            response_ids=ids,
-            steps=steps,
-            text_mask=text,
-            entropy=entropy,
-            verified=verified,
-            clips=clips,
             prompts=prompts,
             answers=answers,
             rewards=rewards.tolist(),
@@ -340,26 +295,26 @@ class EchoGRPOTrainer(GRPOTrainer):
         generate_every = self.args.steps_per_generation * self.num_iterations
         generating = self.model.training and (self._step % generate_every == 0 or self._buffered_inputs is None)
         inputs = super()._prepare_inputs(generation_batch)
-        if generating and "echo_mask" in inputs:
+        if generating and ECHO_WEIGHT in inputs:
             self._echo_count_clips(self._buffered_inputs)
         return inputs
 
     def _echo_count_clips(self, splits: list[dict[str, Any]]) -> None:
-        """Clips in each of the generation batch's ``steps_per_generation`` splits, summed over processes (every
-        process computes the same); split ``k % steps_per_generation`` trains micro-batch ``k``."""
-        counts = torch.stack([_clip_count(split) for split in splits]).float()
+        """The summed clip weight of each of the generation batch's ``steps_per_generation`` splits, summed over
+        processes (every process computes the same); split ``k % steps_per_generation`` trains micro-batch ``k``."""
+        counts = torch.stack([split[ECHO_CLIP_WEIGHT].sum() for split in splits]).float()
         self._echo_split_clips = self.accelerator.reduce(counts, reduction="sum").tolist()
         self._echo_generated_at = self._step
 
     def _echo_step_clips(self) -> tuple[float, float]:
         """``(clips, share)`` of the optimizer step the current micro-batch belongs to.
 
-        ``clips`` counts the clips of every micro-batch (on every process) of the step that comes from the current
-        generation batch; ``share`` is their fraction of the step's micro-batches. A step inside one generation
-        batch (``gradient_accumulation_steps`` divides ``steps_per_generation x num_iterations``, TRL's default)
-        has ``share`` 1: its exact clip count. A step that spans several generation batches cannot know the clips
-        of the ones not generated yet, so each generation batch's part is normalised by its own clips and weighs
-        its share of the step. Steps are windows of ``gradient_accumulation_steps`` micro-batches from the
+        ``clips`` is the summed clip weight of every micro-batch (on every process) of the step that comes from the
+        current generation batch; ``share`` is their fraction of the step's micro-batches. A step inside one
+        generation batch (``gradient_accumulation_steps`` divides ``steps_per_generation x num_iterations``, TRL's
+        default) has ``share`` 1: its exact clip count. A step that spans several generation batches cannot know
+        the clips of the ones not generated yet, so each generation batch's part is normalised by its own clips and
+        weighs its share of the step. Steps are windows of ``gradient_accumulation_steps`` micro-batches from the
         first, as TRL counts them.
         """
         accumulation = self.current_gradient_accumulation_steps
@@ -371,27 +326,32 @@ class EchoGRPOTrainer(GRPOTrainer):
         return sum(splits[k % len(splits)] for k in range(start, stop)), (stop - start) / accumulation
 
     def _echo_losses(self, model, inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(TRL's loss, coef * normalised J_echo or None)`` of one micro-batch."""
-        with_echo = "echo_mask" in inputs
-        self._echo_loss_logps = None
-        self._echo_capture_logps = True  # kept in _echo_loss_logps for subclasses that inspect the loss
+        """``(TRL's loss, λ * normalised J_echo or None)`` of one micro-batch; the loss forward's log-probs are kept
+        in ``_echo_captured`` (for subclasses that inspect the loss)."""
+        self._echo_captured = None
+        self._echo_capture = "logps"
         try:
             loss = super()._compute_loss(model, inputs)
         finally:
-            self._echo_capture_logps = False
-        if not with_echo:
+            self._echo_capture = None
+        if ECHO_WEIGHT not in inputs:
             return loss, None
-        if "echo_weight" in inputs:  # top_k / soft: sum of weight x clip mean NLL; the count is the summed weight
-            total, count = weighted_echo_nll(self._echo_loss_logps, inputs["echo_weight"]), _clip_count(inputs)
-        else:
-            total, count = echo_nll(self._echo_loss_logps, inputs["echo_mask"])
-        stats = self.accelerator.reduce(torch.stack([total.detach().float(), count.float()]), reduction="sum")
-        self._metrics["train"]["echo/loss"].append(float(stats[0] / stats[1]) if stats[1] > 0 else math.nan)
         clips, share = self._echo_step_clips()
         if clips <= 0:
-            return loss, None
-        # DDP averages gradients over processes and the step's micro-batches add up: coef x the mean over the clips
-        return loss, total * (self._echo_batch_coef * self.accelerator.num_processes * share / clips)
+            total = self._echo_captured.new_zeros(())
+            echo = None
+        else:  # DDP averages gradients over processes and the step's micro-batches add up: λ x the mean over clips
+            coef = float(inputs[ECHO_COEF])
+            echo, total = echo_term(
+                self._echo_captured,
+                inputs[ECHO_WEIGHT],
+                coef=coef,
+                clip_weight=clips / (self.accelerator.num_processes * share),
+            )
+        count = inputs[ECHO_CLIP_WEIGHT].sum()
+        stats = self.accelerator.reduce(torch.stack([total.float(), count.float()]), reduction="sum")
+        self._metrics["train"]["echo/loss"].append(float(stats[0] / stats[1]) if stats[1] > 0 else math.nan)
+        return loss, echo
 
     def _compute_loss(self, model, inputs):
         loss, echo = self._echo_losses(model, inputs)

@@ -28,7 +28,7 @@ from tests.easyr1_stubs import install_vllm_stub  # noqa: E402
 
 install_vllm_stub()
 
-from echovl.easyr1.actor import ECHO_ROW, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_ROW, EchoActor, EchoUpdate  # noqa: E402
 from echovl.testing import build_tiny_qwen2  # noqa: E402
 from tests.easyr1_world import PAPER_N, PAPER_RANKS, paper_dapo_update  # noqa: E402
 
@@ -40,9 +40,10 @@ def step_rows(config, update) -> list[list[tuple[int, int]]]:
     actor = EchoActor(actor_config, torch.nn.Linear(1, 1))
     out = []
     for share in update.chunk(PAPER_RANKS):
-        pg, echo = actor._split_off_echo_rows(share)
+        update = EchoUpdate(actor, share)
+        pg, echo = update.split(share)
         mini_batches = pg.split(actor_config.global_batch_size_per_device)
-        echo_shares = actor._echo_shares(echo, len(mini_batches))
+        echo_shares = update.shares(echo, len(mini_batches))
         out.append([(len(m), len(e) if e is not None else 0) for m, e in zip(mini_batches, echo_shares)])
     return out
 

@@ -51,13 +51,12 @@ from verl.utils import torch_functional as VF  # noqa: E402
 from verl.workers.actor.config import ActorConfig  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
-from echovl.config import EchoConfig  # noqa: E402
+from echovl.config import EchoConfig, GuidanceConfig  # noqa: E402
 from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
 from echovl.easyr1.luffy import EXPERT_ROW  # noqa: E402
 from echovl.easyr1.uft import HINT_LENGTH  # noqa: E402
-from echovl.guidance import GuidanceConfig  # noqa: E402
-from echovl.hints import append_hints  # noqa: E402
 from echovl.testing import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, synthetic_corpus, tiny_image  # noqa: E402
+from echovl.uft import append_hints  # noqa: E402
 
 QWEN_VOCAB = 151936
 PRESETS = {  # prompts, rollouts, response tokens, image side, micro-batches (experience, update)

@@ -1,4 +1,5 @@
-"""UFT's hints: a prefix of the expert solution appended to the prompt, shorter and rarer as training goes on.
+"""UFT's math (Liu et al. 2025), pure torch: hints, a prefix of the expert solution appended to the prompt, shorter
+and rarer as training goes on, and their NLL term. Its EasyR1 glue is :mod:`echovl.easyr1.uft`.
 
 Per prompt and training step ``t``: split the solution into at most ``max_parts`` parts (:func:`solution_parts`),
 draw ``k ~ Binomial(parts, p(t))`` (:func:`draw_hint_parts`, with :func:`hint_probability` ``p(t)``), and append
@@ -16,10 +17,13 @@ from collections.abc import Sequence
 
 import torch
 
+from .loss import check_same_shape
+
 __all__ = [
     "HINT_SPLITS",
     "append_hints",
     "draw_hint_parts",
+    "hint_nll",
     "hint_probability",
     "hint_uniforms",
     "solution_parts",
@@ -43,10 +47,6 @@ def hint_probability(step: int, *, low: float = 0.05, high: float = 0.95, total_
     ``p(0) = high``, ``p(T / 2) = (low + high) / 2``, ``p(T) = low``. ``t`` is the training step (EasyR1's
     ``global_step``, 1 on the first step, as UFT's ``timestep``), ``T`` UFT's ``T_hint`` (300).
     """
-    if step < 0:
-        raise ValueError(f"the training step must be >= 0, got {step}")
-    if total_steps < 1:
-        raise ValueError(f"the number of hinted steps must be >= 1, got {total_steps}")
     if step > total_steps:
         return 0.0
     return low + (high - low) / 2 * (1 + math.cos(math.pi * step / total_steps))
@@ -54,8 +54,6 @@ def hint_probability(step: int, *, low: float = 0.05, high: float = 0.95, total_
 
 def split_units(text: str, split: str = "lines") -> list[str]:
     """Cut ``text`` into lines or sentences; ``"".join(units) == text`` and no unit is empty."""
-    if split not in _UNIT_PATTERNS:
-        raise ValueError(f"split must be one of {', '.join(HINT_SPLITS)}, got {split!r}")
     return [m.group(0) for m in _UNIT_PATTERNS[split].finditer(text) if m.group(0)]
 
 
@@ -63,8 +61,6 @@ def solution_parts(text: str, *, split: str = "lines", max_parts: int = 5) -> li
     """The parts a hint is made of: the units of ``text`` (:func:`split_units`) in ``min(max_parts, units)``
     consecutive groups of about equal numbers of units, cut at unit ``round(i * units / parts)`` (as UFT cuts
     its hint lists). ``"".join(parts) == text``; no part is empty; an empty text has no parts."""
-    if max_parts < 1:
-        raise ValueError(f"max_parts must be >= 1, got {max_parts}")
     units = split_units(text, split)
     num = min(max_parts, len(units))
     if num == 0:
@@ -86,10 +82,6 @@ def hint_uniforms(count: int, *, seed: int, step: int, key: str) -> list[float]:
 def draw_hint_parts(num_parts: int, probability: float, *, seed: int, step: int, key: str) -> int:
     """``k ~ Binomial(num_parts, probability)``: the number of the ``num_parts`` draws of :func:`hint_uniforms`
     below ``probability`` (UFT draws one Bernoulli per part and sums them). ``key`` names the prompt."""
-    if not 0.0 <= probability <= 1.0:
-        raise ValueError(f"probability must be in [0, 1], got {probability}")
-    if num_parts < 0:
-        raise ValueError(f"num_parts must be >= 0, got {num_parts}")
     return sum(u < probability for u in hint_uniforms(num_parts, seed=seed, step=step, key=key))
 
 
@@ -159,3 +151,23 @@ def append_hints(
         lengths.append(hint.numel())
     ids, mask, positions = (torch.stack([r[i] for r in rows]) for i in range(3))
     return ids, mask, positions, torch.tensor(lengths, dtype=torch.long)
+
+
+def hint_nll(log_probs: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """UFT's hint term: the summed NLL of the hint tokens, and their number.
+
+    ``total = sum(-log_probs[mask])``, ``count = mask.sum()``. The caller divides ``total`` by the hint-token
+    count of the whole mini-batch (all micro-batches and ranks), so the term is the mean NLL over the hint
+    tokens, and adds ``beta`` times it to the loss.
+
+    Args:
+        log_probs: [B, T] log pi(h_t | q, h_<t) of the hint tokens (the prompt's last tokens), differentiable.
+        mask: [B, T] bool, the hint tokens.
+
+    Returns:
+        ``(total, count)``: a scalar in ``log_probs``' dtype, and a scalar long tensor.
+    """
+    check_same_shape(log_probs, mask, "mask")
+    mask = mask.bool()
+    total = torch.where(mask, -log_probs, torch.zeros((), dtype=log_probs.dtype, device=log_probs.device)).sum()
+    return total, mask.sum()

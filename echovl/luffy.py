@@ -1,5 +1,8 @@
-"""LUFFY's expert row: the prompt's expert solution laid out as one more rollout of its group, and the group
-advantage LUFFY's release uses (``r - mean(r)``, without dividing by the standard deviation).
+"""LUFFY's math (Yan et al. 2025), pure torch; its EasyR1 glue is :mod:`echovl.easyr1.luffy`.
+
+- The expert row: the prompt's expert solution laid out as one more rollout of its group.
+- The group advantage LUFFY's release uses (``r - mean(r)``, without dividing by the standard deviation).
+- Policy shaping on the expert tokens, ``-A * p / (p + gamma)``, and PPO's objective without clipping.
 
 The expert trace is a response like any other: its tokens, then EOS, right-padded to the response width, with a
 response mask over the tokens and the EOS (as EasyR1's vLLM rollout masks a generated response). A trace that
@@ -8,11 +11,22 @@ does not fit is never truncated: its group stays on-policy only.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
-__all__ = ["encode_trace", "expert_responses", "group_advantages"]
+from .loss import check_same_shape
+
+__all__ = [
+    "encode_trace",
+    "expert_responses",
+    "group_advantages",
+    "policy_shaping",
+    "shaped_pg_loss",
+    "shaping_weight",
+    "unclipped_pg_loss",
+]
 
 THINK_OPEN = "<think>\n"
 
@@ -78,3 +92,46 @@ def group_advantages(scores: torch.Tensor, group: torch.Tensor, *, use_std: bool
         raise ValueError("dividing by the group standard deviation needs at least 2 rows per group")
     var = torch.zeros(num, dtype=scores.dtype).index_add_(0, index, centred**2) / (size - 1)
     return centred / (var.sqrt()[index] + eps)
+
+
+def policy_shaping(log_probs: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """LUFFY's shaping function of the token probability: ``f(p) = p / (p + gamma)`` with ``p = exp(log_probs)``.
+
+    Computed as ``sigmoid(log p - log gamma)`` (the same value, finite for any log-prob, ``-inf`` included).
+    """
+    return torch.sigmoid(log_probs - math.log(gamma))
+
+
+def shaped_pg_loss(log_probs: torch.Tensor, advantages: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """LUFFY's loss on off-policy (expert) tokens, per token: ``-A * f(p)``, ``f(p) = p / (p + gamma)``.
+
+    No ratio to an old policy and no clipping: the expert trace was not sampled from the policy. The gradient
+    is ``-A * gamma * p / (p + gamma)^2 * grad log p`` (:func:`shaping_weight` times ``-A * grad log p``): tokens
+    the policy finds unlikely (small ``p``) get a larger weight than plain importance sampling (``p``) gives
+    them, and likely ones a smaller weight than SFT (1).
+
+    Args:
+        log_probs: [B, T] log pi_theta of the expert tokens at the rollout temperature (differentiable).
+        advantages: [B, T] advantages (the expert row's group advantage on every token).
+        gamma: the shaping constant (LUFFY: 0.1).
+
+    Returns:
+        [B, T] per-token losses; the caller masks and averages them like the on-policy loss.
+    """
+    check_same_shape(log_probs, advantages, "advantages")
+    return -advantages * policy_shaping(log_probs, gamma)
+
+
+def shaping_weight(log_probs: torch.Tensor, gamma: float = 0.1) -> torch.Tensor:
+    """The factor policy shaping puts on ``grad log p``: ``p * f'(p) = gamma * p / (p + gamma)^2`` (a metric)."""
+    shaped = policy_shaping(log_probs, gamma)
+    return shaped * (1 - shaped)
+
+
+def unclipped_pg_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor) -> torch.Tensor:
+    """Per-token ``-A * ratio`` with ``ratio = exp(log_probs - old_log_probs)``: PPO's objective without its
+    clipping (LUFFY's release trains its on-policy tokens so). The log-ratio is clamped to [-20, 20] before
+    ``exp``, as EasyR1 does, so that an extreme token cannot overflow."""
+    check_same_shape(log_probs, old_log_probs, "old_log_probs")
+    check_same_shape(log_probs, advantages, "advantages")
+    return -advantages * torch.exp(torch.clamp(log_probs - old_log_probs, -20.0, 20.0))
