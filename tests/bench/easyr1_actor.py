@@ -42,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from tests.easyr1_stubs import init_gloo_group, install_vllm_stub, vllm_layout  # noqa: E402
+from tests.easyr1_stubs import clip_tensors, init_gloo_group, install_vllm_stub, vllm_layout  # noqa: E402
 
 install_vllm_stub()
 
@@ -52,7 +52,7 @@ from verl.workers.actor.config import ActorConfig  # noqa: E402
 from verl.workers.actor.dp_actor import DataParallelPPOActor  # noqa: E402
 
 from echovl.config import EchoConfig, GuidanceConfig  # noqa: E402
-from echovl.easyr1.actor import ECHO_MASK, EchoActor  # noqa: E402
+from echovl.easyr1.actor import ECHO_COEF, EchoActor  # noqa: E402
 from echovl.easyr1.luffy import EXPERT_ROW  # noqa: E402
 from echovl.easyr1.uft import HINT_LENGTH  # noqa: E402
 from echovl.testing import QWEN_SPECIAL_TOKENS, build_tiny_qwen2_5_vl, synthetic_corpus, tiny_image  # noqa: E402
@@ -363,7 +363,8 @@ def bench_update(args, folder: Path) -> dict:
     echo_mask = torch.zeros_like(response_mask, dtype=torch.bool)
     for row in range(0, len(batch), preset["rollouts"]):  # one clip per group: the first half of a rollout
         echo_mask[row, : int(response_mask[row].sum()) // 2] = True
-    batch.batch[ECHO_MASK] = echo_mask
+    batch.batch.update(clip_tensors(echo_mask))
+    batch.meta_info[ECHO_COEF] = 0.001
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-7)
     vanilla, echo = quiet(
         DataParallelPPOActor(config, model, optimizer),
@@ -404,7 +405,8 @@ def guided_batch(args, folder: Path):
     echo_mask = torch.zeros_like(response_mask, dtype=torch.bool)
     for row in range(1, len(batch), preset["rollouts"]):
         echo_mask[row, : int(response_mask[row].sum()) // 2] = True
-    batch.batch[ECHO_MASK] = echo_mask
+    batch.batch.update(clip_tensors(echo_mask))
+    batch.meta_info[ECHO_COEF] = 0.001
     return model, batch, config, torch.optim.AdamW(model.parameters(), lr=1e-7)
 
 
