@@ -127,9 +127,7 @@ class EchoGRPOTrainer(GRPOTrainer):
         self._echo_rewards: torch.Tensor | None = None  # the rewards of the batch being scored
         self._echo_capture: str | None = None  # "entropy" (old-log-prob pass) or "logps" (loss forward): keep it
         self._echo_captured: torch.Tensor | None = None
-        self._echo_split_clips: list[
-            float
-        ] = []  # clip weight per split of the current generation batch, all processes
+        self._echo_split_clips: list[float] = []  # clip weight per split of the generation batch, all processes
         self._echo_generated_at = 0  # the micro-batch at which it was generated
 
     # ------------------------------------------------------------------------------------------------ helpers
