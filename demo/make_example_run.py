@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 if (REPO / "echovl").is_dir():
     sys.path.insert(0, str(REPO))
 
+from echovl.outputs import Outputs  # noqa: E402
 from echovl.traces import TraceWriter, list_trace_files, read_trace_file  # noqa: E402
 
 
@@ -48,9 +49,8 @@ def pick_groups(records: list[dict], count: int) -> list[dict]:
 
 def copy_example(source: Path, out: Path, trace_steps: int, groups: int) -> None:
     """Copy ``source`` (an experiment's output folder) into ``out``, trimmed; ``out`` is replaced at the end."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".example_run-", dir=out.parent))
-    try:
+    with Outputs() as outputs:  # written next to ``out`` and moved in place at the end: no half-written folder
+        tmp = outputs.folder(out)
         shutil.copyfile(source / "metrics.csv", tmp / "metrics.csv")
         summary = json.loads((source / "summary.json").read_text())
         summary.pop("files", None)
@@ -65,13 +65,6 @@ def copy_example(source: Path, out: Path, trace_steps: int, groups: int) -> None
                 records.append(({**record, "image": None}, image))
             writer.write(step, records)
             print(f"step {step}: {len(records)} groups")
-        for folder in (tmp, *tmp.rglob("*")):
-            if folder.is_dir():
-                folder.chmod(0o755)  # mkdtemp makes it private
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None) -> None:

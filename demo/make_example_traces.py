@@ -12,9 +12,7 @@ between the steps; they are two sampling rounds, so the traces tab has more than
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,15 +21,15 @@ if (REPO / "echovl").is_dir():
 
 from echovl.demo.examples import EXAMPLE_PROBLEMS, demo_model_dir  # noqa: E402
 from echovl.demo.live import LiveRequest, load_model, run_live  # noqa: E402
+from echovl.outputs import Outputs  # noqa: E402
 from echovl.testing import tiny_image  # noqa: E402
 from echovl.traces import TraceWriter  # noqa: E402
 
 
 def make_example_traces(out: Path, model: str, steps: list[int], *, num_rollouts: int = 6) -> None:
     loaded = load_model(model)
-    tmp = Path(tempfile.mkdtemp(prefix=".example_traces-", dir=out.parent))
-    try:  # written next to ``out`` and moved in place at the end: no half-written folder
-        writer = TraceWriter(tmp)
+    with Outputs() as outputs:  # written next to ``out`` and moved in place at the end: no half-written folder
+        writer = TraceWriter(outputs.folder(out))
         for step in steps:
             records = []
             for index, problem in enumerate(EXAMPLE_PROBLEMS):
@@ -52,11 +50,6 @@ def make_example_traces(out: Path, model: str, steps: list[int], *, num_rollouts
                     + (f"clip rollout {clip['rollout']} step {clip['step']}" if clip else "no clip")
                 )
             writer.write(step, records)
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def main(argv=None) -> None:

@@ -1,5 +1,5 @@
 """Shared helpers of the demo tests: the fitted tiny demo model, a small HTML reader, and run folders written
-by the writers of real runs (EasyR1's ``FileLogger``, the CPU experiment's ``write_metrics``)."""
+by the writers of real runs (EasyR1's ``FileLogger``, the CPU experiment's ``metrics_csv``)."""
 
 from __future__ import annotations
 
@@ -135,10 +135,10 @@ def cpu_rows(steps=range(1, 7)) -> list[dict]:
 
 def write_cpu_run(folder: Path, rows=None, traces=True) -> Path:
     """A CPU-experiment output folder: ``metrics.csv`` (baseline and echo) and a copy of the example traces."""
-    from echovl.experiments.tiny_cpu import write_metrics
+    from echovl.experiments.tiny_cpu import metrics_csv
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_metrics(folder / "metrics.csv", rows or cpu_rows())
+    (folder / "metrics.csv").write_text(metrics_csv(rows or cpu_rows()))
     if traces:
         shutil.copytree(EXAMPLE_TRACES, folder / "traces")
     return folder

@@ -4,8 +4,8 @@ import pytest
 from echovl.data.common import (
     EMPTY_ANSWER,
     MISSING_IMAGE,
-    AtomicOutputs,
     DataError,
+    ParquetOutputs,
     Report,
     is_hub_name,
     iter_parquet_batches,
@@ -21,7 +21,7 @@ def _rows(n):
 
 def test_outputs_appear_together_only_on_success(tmp_path):
     out = tmp_path / "new" / "dir"
-    with AtomicOutputs() as outputs:
+    with ParquetOutputs() as outputs:
         a = outputs.parquet(out / "a.parquet", SCHEMA, row_group_size=4)
         b = outputs.parquet(out / "b.parquet", SCHEMA, row_group_size=4)
         for row in _rows(10):
@@ -36,7 +36,7 @@ def test_outputs_appear_together_only_on_success(tmp_path):
 def test_failure_leaves_no_file_and_keeps_old_outputs(tmp_path):
     (tmp_path / "a.parquet").write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with AtomicOutputs() as outputs:
+        with ParquetOutputs() as outputs:
             sink = outputs.parquet(tmp_path / "a.parquet", SCHEMA)
             outputs.parquet(tmp_path / "b.parquet", SCHEMA).add(_rows(1)[0])
             for row in _rows(3000):
@@ -47,8 +47,8 @@ def test_failure_leaves_no_file_and_keeps_old_outputs(tmp_path):
 
 
 def test_failure_removes_folders_it_created(tmp_path):
-    with pytest.raises(DataError):
-        with AtomicOutputs() as outputs:
+    with pytest.raises(ValueError, match="two outputs would be written"):
+        with ParquetOutputs() as outputs:
             outputs.parquet(tmp_path / "x" / "y" / "a.parquet", SCHEMA)
             outputs.parquet(tmp_path / "x" / "y" / "a.parquet", SCHEMA)  # same destination twice: an error
     assert list(tmp_path.iterdir()) == []
@@ -57,7 +57,7 @@ def test_failure_removes_folders_it_created(tmp_path):
 def test_row_groups_do_not_depend_on_how_rows_arrive(tmp_path):
     paths = []
     for name in ("one", "two"):
-        with AtomicOutputs() as outputs:
+        with ParquetOutputs() as outputs:
             sink = outputs.parquet(tmp_path / f"{name}.parquet", SCHEMA, row_group_size=7)
             for row in _rows(30):
                 sink.add(row)
@@ -94,7 +94,7 @@ def test_schema_carries_datasets_features(tmp_path):
     buf = io.BytesIO()
     tiny_image(1).save(buf, format="PNG")
     schema = table_schema({"problem": "string", "images": "images", "id": "int64", "choices": "strings"})
-    with AtomicOutputs() as outputs:
+    with ParquetOutputs() as outputs:
         outputs.parquet(tmp_path / "train.parquet", schema).add(
             {"problem": "<image>x", "images": [{"bytes": buf.getvalue(), "path": "a.png"}], "id": 3, "choices": ["1"]}
         )
@@ -111,7 +111,7 @@ def test_sources(tmp_path):
         is_hub_name(str(tmp_path / "missing.parquet"))
     with pytest.raises(DataError, match="does not exist"):
         is_hub_name("./nope/nothere")
-    with AtomicOutputs() as outputs:
+    with ParquetOutputs() as outputs:
         sink = outputs.parquet(tmp_path / "a.parquet", SCHEMA)
         for row in _rows(10):
             sink.add(row)

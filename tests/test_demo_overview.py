@@ -1,7 +1,7 @@
 """The overview tab's log readers and charts, without a browser (tests/test_demo_e2e.py drives the real page).
 
 The logs are written by the writers of the real runs: EasyR1's own ``FileLogger`` and the CPU experiment's
-``write_metrics``."""
+``metrics_csv``."""
 
 import json
 import math

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
+import io
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..outputs import write_files
 from ..traces import TraceError, list_trace_files, read_trace_file
 
 __all__ = ["ClipStepStats", "clip_step_stats", "main", "remine_step"]
@@ -104,17 +104,12 @@ def _format(stats: Iterable[ClipStepStats], thresholds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(_format(stats, args.thresholds))
     if args.csv:
-        _write_csv(args.csv, [s.row() for s in stats])
+        write_files({args.csv: _csv_text([s.row() for s in stats])})
         print(f"wrote {args.csv}")
     return 0
 

@@ -35,7 +35,6 @@ from ..eval.benchmarks import EvalError, load_benchmarks
 from ..eval.checkpoints import resolve_model
 from ..eval.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
 from ..eval.run import DEFAULT_FORMAT_PROMPT
-from ..eval.store import atomic_write
 from ..reward.math import judge
 
 __all__ = [
@@ -56,7 +55,6 @@ __all__ = [
     "progress_bar",
     "rollouts_jsonl",
     "start_analysis",
-    "write_outputs",
 ]
 
 
@@ -766,9 +764,3 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def write_outputs(out: Path, files: dict[str, str | bytes]) -> None:
-    """Write every file (each through a temporary file and a rename), once all of them are made."""
-    for name, content in files.items():
-        atomic_write(out / name, content)

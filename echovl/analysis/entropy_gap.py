@@ -12,7 +12,7 @@ against the mean of the same statistic over that problem's verified rollouts, av
 paired bootstrap interval over problems (:func:`echovl.eval.paired_bootstrap`). Statistics of a trace: its mean
 token entropy (over text tokens), its mean step entropy, its largest step entropy (what EchoRL's clip picks).
 
-Outputs in ``--out`` (each written atomically, all after the analysis has finished):
+Outputs in ``--out`` (all or none, once the analysis has finished: :mod:`echovl.outputs`):
 
 - ``summary.md`` (also printed) and ``summary.json``: per source (expert traces of the paired problems, verified
   rollouts, expert traces of all problems) traces, text tokens, steps, token entropy (mean over tokens), step
@@ -37,6 +37,7 @@ import numpy as np
 
 from ..eval.backends import Backend
 from ..eval.stats import paired_bootstrap
+from ..outputs import write_files
 from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
@@ -51,7 +52,6 @@ from .common import (
     pyplot,
     rollouts_jsonl,
     start_analysis,
-    write_outputs,
 )
 
 __all__ = ["STEP_COLUMNS", "EntropyGapConfig", "main", "run", "trace_statistics"]
@@ -312,16 +312,15 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
         f"{session.model_ref.name}: expert traces vs verified rollouts of {len(expert_traces)} problems "
         f"(T = {config.temperature})",
     )
-    write_outputs(
-        config.out,
+    write_files(
         {
-            "steps.csv": csv_text(step_rows, STEP_COLUMNS),
-            "problems.csv": csv_text(problem_rows, PROBLEM_COLUMNS),
-            "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
-            "entropy_hist.png": figure,
-            "summary.md": markdown,
-            "summary.json": json.dumps(summary, indent=2, default=_json_default) + "\n",
-        },
+            config.out / "steps.csv": csv_text(step_rows, STEP_COLUMNS),
+            config.out / "problems.csv": csv_text(problem_rows, PROBLEM_COLUMNS),
+            config.out / "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
+            config.out / "entropy_hist.png": figure,
+            config.out / "summary.md": markdown,
+            config.out / "summary.json": json.dumps(summary, indent=2, default=_json_default) + "\n",
+        }
     )
     print(markdown, end="")
     return summary

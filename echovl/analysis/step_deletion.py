@@ -30,8 +30,8 @@ What is deleted, exactly:
 Accuracy at a fraction and order is the mean over problems of the fraction of the problem's edited rollouts (and
 answers) graded correct, with a bootstrap interval over problems; ``change`` is the paired difference to ``f = 0``.
 
-Outputs in ``--out`` (each written atomically, all once the analysis has finished): ``summary.md`` (also printed),
-``summary.json``, ``accuracy.csv`` (per order and fraction), ``accuracy.png`` (accuracy against the fraction
+Outputs in ``--out`` (all or none, once the analysis has finished: :mod:`echovl.outputs`): ``summary.md`` (also
+printed), ``summary.json``, ``accuracy.csv`` (per order and fraction), ``accuracy.png`` (accuracy against the fraction
 deleted, one line per order), ``deletions.csv`` (per rollout, order, fraction and answer: which steps were deleted,
 the verdict), ``steps.csv`` (every step of the analysed rollouts: kind, text tokens, entropy, rank in each order),
 ``continuations.jsonl`` (each distinct edit: the edited reasoning and the model's continuations), ``rollouts.jsonl``.
@@ -52,6 +52,7 @@ import numpy as np
 
 from ..eval.backends import Backend, mix_seed
 from ..eval.stats import paired_bootstrap
+from ..outputs import write_files
 from ..reward.math import GRADER_VERSION, judge
 from .common import (
     AnalysisConfig,
@@ -69,7 +70,6 @@ from .common import (
     pyplot,
     rollouts_jsonl,
     start_analysis,
-    write_outputs,
 )
 
 __all__ = [
@@ -479,18 +479,17 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
         f"{session.model_ref.name}: {len(analysed)} verified rollouts of {summary['counts']['problems']} problems, "
         f"T = {config.temperature}",
     )
-    write_outputs(
-        config.out,
+    write_files(
         {
-            "steps.csv": csv_text(step_rows, STEP_COLUMNS),
-            "deletions.csv": csv_text(deletion_rows, DELETION_COLUMNS),
-            "accuracy.csv": csv_text(rows, ACCURACY_COLUMNS),
-            "continuations.jsonl": "".join(continuation_lines),
-            "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
-            "accuracy.png": figure,
-            "summary.md": markdown,
-            "summary.json": json.dumps(summary, indent=2, default=str) + "\n",
-        },
+            config.out / "steps.csv": csv_text(step_rows, STEP_COLUMNS),
+            config.out / "deletions.csv": csv_text(deletion_rows, DELETION_COLUMNS),
+            config.out / "accuracy.csv": csv_text(rows, ACCURACY_COLUMNS),
+            config.out / "continuations.jsonl": "".join(continuation_lines),
+            config.out / "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
+            config.out / "accuracy.png": figure,
+            config.out / "summary.md": markdown,
+            config.out / "summary.json": json.dumps(summary, indent=2, default=str) + "\n",
+        }
     )
     print(markdown, end="")
     return summary

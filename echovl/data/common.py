@@ -3,10 +3,11 @@
 - :class:`Report` counts rows read / written / skipped (by reason) / filtered (by reason) per part (a split or a
   benchmark), keeps the bad rows with where they were and why, and prints the summary table. With ``strict=True``
   the first bad row raises :class:`DataError` instead.
-- :class:`AtomicOutputs` writes every output to a hidden temporary file next to its destination and renames them
-  all into place only when the whole conversion succeeded; on any error the temporaries are removed, so a failed
-  run leaves no partial file (an older output stays untouched). :class:`ParquetSink` buffers rows into fixed-size
-  row groups, so the bytes depend only on the rows, not on how the input was batched: same input, same bytes.
+- :class:`ParquetOutputs` (on :class:`echovl.outputs.Outputs`) streams every output to a hidden temporary file next
+  to its destination and renames them all into place only when the whole conversion succeeded; on any error the
+  temporaries are removed, so a failed run leaves no partial file (an older output stays untouched).
+  :class:`ParquetSink` buffers rows into fixed-size row groups, so the bytes depend only on the rows, not on how the
+  input was batched: same input, same bytes.
 - Schemas carry the Hugging Face ``datasets`` feature metadata, so ``datasets.load_dataset("parquet", ...)``
   decodes the ``images`` column as images, written in the list form that old and new ``datasets`` read.
 """
@@ -17,7 +18,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -27,6 +27,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..outputs import Outputs
+
 __all__ = [
     "EMPTY_ANSWER",
     "EMPTY_PROBLEM",
@@ -35,9 +37,9 @@ __all__ = [
     "MALFORMED_ROW",
     "MISSING_IMAGE",
     "UNDECODABLE_IMAGE",
-    "AtomicOutputs",
     "BadRow",
     "DataError",
+    "ParquetOutputs",
     "ParquetSink",
     "PartStats",
     "Report",
@@ -196,14 +198,14 @@ def table_schema(columns: dict[str, str]) -> pa.Schema:
 
 
 class ParquetSink:
-    """Buffered writer of one parquet file: rows go out in row groups of exactly ``row_group_size`` rows."""
+    """Buffered writer of one parquet file into ``handle``: rows go out in row groups of exactly ``row_group_size``
+    rows."""
 
     def __init__(self, handle, destination: Path, schema: pa.Schema, row_group_size: int):
         self.destination = destination
         self.schema = schema
         self.row_group_size = row_group_size
         self.rows = 0
-        self._handle = handle
         self._buffer: list[dict] = []
         self._writer = pq.ParquetWriter(handle, schema, compression="snappy")
 
@@ -219,93 +221,49 @@ class ParquetSink:
             self._buffer = []
 
     def close(self) -> None:
+        """Write the last row group and the footer (the handle stays open: its :class:`ParquetOutputs` closes it)."""
         if self._writer is not None:
             self._flush()
             self._writer.close()
             self._writer = None
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
 
     def abort(self) -> None:
-        try:
-            if self._writer is not None:
-                self._writer.close()
-        finally:
-            self._writer = None
-            self._handle.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass  # the file is discarded anyway
 
 
-class AtomicOutputs:
-    """All-or-nothing output files: ``with AtomicOutputs(report) as out: sink = out.parquet(path, schema)``.
-
-    Rows go to hidden ``.<name>.<random>.parquet`` files in the destination folder; on a clean exit they are closed,
-    synced and renamed over their destinations; on an exception they are deleted (and a destination folder this
-    created, if left empty, too). The hidden name ends in ``.parquet`` and starts with a dot, so a crash that skips
-    the cleanup (a killed process) cannot confuse loaders that look at a folder's first file or its parquet files.
+class ParquetOutputs(Outputs):
+    """All-or-nothing parquet files (:class:`echovl.outputs.Outputs`) streamed row group by row group:
+    ``with ParquetOutputs(report) as out: sink = out.parquet(path, schema)``. The rows go to hidden temporary files
+    next to the destinations (``.<name>.<random>.parquet``); on a clean exit they are completed and renamed into
+    place together (and listed in ``report.outputs``); on an exception nothing is left behind.
     """
 
     def __init__(self, report: Report | None = None):
+        super().__init__()
         self.report = report
-        self._sinks: list[tuple[ParquetSink, str]] = []
-        self._created_dirs: list[Path] = []
-
-    def __enter__(self) -> AtomicOutputs:
-        return self
+        self._sinks: list[ParquetSink] = []
 
     def parquet(self, destination: str | Path, schema: pa.Schema, row_group_size: int = 1024) -> ParquetSink:
-        destination = Path(destination)
-        if any(s.destination == destination for s, _ in self._sinks):
-            raise DataError(f"two outputs would be written to {destination}")
-        self._make_dir(destination.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".parquet", dir=destination.parent)
-        sink = ParquetSink(os.fdopen(fd, "wb"), destination, schema, row_group_size)
-        self._sinks.append((sink, tmp))
+        sink = ParquetSink(self.open(destination), Path(destination), schema, row_group_size)
+        self._sinks.append(sink)
         return sink
 
-    def _make_dir(self, folder: Path) -> None:
-        missing = []
-        for d in (folder, *folder.parents):
-            if d.exists():
-                break
-            missing.append(d)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._created_dirs.extend(missing)  # deepest first
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self._commit()
-                return
-            except BaseException:
-                self._abort()
-                raise
-        self._abort()
-
-    def _commit(self) -> None:
-        for sink, _ in self._sinks:
+    def commit(self) -> None:
+        for sink in self._sinks:
             sink.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        for sink, tmp in self._sinks:
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
-            os.replace(tmp, sink.destination)
-            if self.report is not None:
-                self.report.outputs.append(sink.destination)
+        super().commit()
+        if self.report is not None:
+            self.report.outputs += [sink.destination for sink in self._sinks]
 
-    def _abort(self) -> None:
-        for sink, tmp in self._sinks:
-            try:
-                sink.abort()
-            except Exception:
-                pass
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        for d in self._created_dirs:
-            try:
-                d.rmdir()  # only succeeds if empty
-            except OSError:
-                break
+    def discard(self) -> None:
+        for sink in self._sinks:
+            sink.abort()
+        super().discard()
 
 
 # ------------------------------------------------------------------------------------------------------ input

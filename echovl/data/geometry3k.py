@@ -38,8 +38,8 @@ from .common import (
     MALFORMED_ROW,
     MISSING_IMAGE,
     UNDECODABLE_IMAGE,
-    AtomicOutputs,
     DataError,
+    ParquetOutputs,
     PartStats,
     Report,
     add_run_options,
@@ -395,7 +395,7 @@ def convert_geometry3k(
         if split not in splits:
             report.notice(f"split {split!r} is absent from {source}: {split}.parquet not written")
     workers = workers or min(8, os.cpu_count() or 1)
-    with AtomicOutputs(report) as outputs, ThreadPoolExecutor(workers) as pool:
+    with ParquetOutputs(report) as outputs, ThreadPoolExecutor(workers) as pool:
         for split in OUTPUT_SPLITS:
             if split not in splits:
                 continue

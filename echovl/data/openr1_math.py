@@ -40,8 +40,8 @@ from .common import (
     EMPTY_ANSWER,
     EMPTY_PROBLEM,
     MALFORMED_ROW,
-    AtomicOutputs,
     DataError,
+    ParquetOutputs,
     PartStats,
     Report,
     add_run_options,
@@ -322,7 +322,7 @@ def convert_openr1(
     wanted = RAW_COLUMNS if kind == "raw" else VERL_COLUMNS
     if kind == "verl" and "target" not in src.columns:
         raise DataError(f"{src.name} has no 'target' column: the training file needs the expert trace (solution)")
-    with AtomicOutputs(report) as outputs:
+    with ParquetOutputs(report) as outputs:
         sink = outputs.parquet(Path(out_dir) / "train.parquet", TRAIN_SCHEMA, row_group_size=_ROW_GROUP)
         bar = progress(total=src.total, desc="openr1_math", unit="problems", enable=show_progress)
         for rows in src.batches(wanted, batch_size):
@@ -445,7 +445,7 @@ def convert_eval(
     file_names: dict[str, str] = {}  # file stem -> data_source
     origin: dict[str, str] = {}  # data_source -> the source it came from
     relabelled: dict[str, int] = {}  # data_source -> rows whose numbered options became letters
-    with AtomicOutputs(report) as outputs:
+    with ParquetOutputs(report) as outputs:
         sinks = {}
         all_sink = outputs.parquet(out_dir / "all.parquet", EVAL_SCHEMA, row_group_size=_ROW_GROUP)
         total = None if any(src.total is None for src in opened) else sum(src.total for src in opened)

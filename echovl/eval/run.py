@@ -14,7 +14,7 @@
      with, as vLLM's always may).
    - transformers: per benchmark, calls over a fixed partition of its problems (``batch_size // k`` problems), so a
      resumed run makes the calls an uninterrupted one makes and gives the same samples.
-3. All the outputs at once (:func:`echovl.eval.store.atomic_write_all`): ``OUT/<model>/samples.jsonl`` for every
+3. All the outputs at once (:func:`echovl.outputs.write_files`): ``OUT/<model>/samples.jsonl`` for every
    model, ``OUT/results.csv``, ``OUT/table.md`` and ``OUT/results.json``; then the table on stdout. A run that fails
    or is killed before this step leaves the outputs of the previous run as they were (and its samples in the cache).
 """
@@ -29,13 +29,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..outputs import write_files
 from ..reward.math import GRADER_VERSION, judge
 from .backends import Backend, Sampling, load_backend, mix_seed, token_budget
 from .benchmarks import KNOWN_BENCHMARKS, Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
 from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
 from .report import csv_text, markdown_table, summarize
-from .store import SampleStore, atomic_write_all, cache_key
+from .store import SampleStore, cache_key
 
 __all__ = [
     "DEFAULT_FORMAT_PROMPT",
@@ -503,6 +504,6 @@ def evaluate(config: EvalConfig, *, backend_factory: Callable[..., Backend] | No
     files[config.out / "results.csv"] = csv_text(results)
     files[config.out / "table.md"] = table
     files[config.out / "results.json"] = json.dumps(results, indent=2) + "\n"
-    atomic_write_all(files)
+    write_files(files)
     print(table, end="", file=sys.stdout)
     return results

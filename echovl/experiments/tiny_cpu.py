@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..traces import _atomic_write  # the trace files' atomic writer: no partial output files
+from ..outputs import write_files
 
 __all__ = ["ExperimentSettings", "main", "parse_seeds", "parse_variant", "run_experiment", "run_seeds"]
 
@@ -365,13 +365,14 @@ def run_grpo(run: str, start: Path, processor, dataset, settings: ExperimentSett
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-def write_metrics(path: Path, rows: Sequence[dict]) -> None:
+def metrics_csv(rows: Sequence[dict]) -> str:
+    """``metrics.csv``: one row per run and step, the columns of :data:`COLUMNS`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write(path, buffer.getvalue().encode())
+    return buffer.getvalue()
 
 
 SMOOTHING = 5
@@ -386,8 +387,8 @@ def _moving_average(values: Sequence[float], window: int) -> list[float]:
     return out
 
 
-def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
-    """Six panels, both runs: accuracy, all-correct groups, gradient norms, gradient on all-correct groups'
+def plot_metrics(rows: Sequence[dict], summary: dict) -> bytes:
+    """``plot.png``: six panels, both runs: accuracy, all-correct groups, gradient norms, gradient on all-correct groups'
     tokens, echo loss, clips."""
     import matplotlib
 
@@ -450,7 +451,7 @@ def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    _atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _mean_where(rows, run, column, lo=None, hi=None) -> float:
@@ -636,10 +637,15 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
             "summary": str(out / "summary.json"),
         },
     }
-    write_metrics(out / "metrics.csv", rows)
-    plot_metrics(out / "plot.png", rows, summary)
+    plot = plot_metrics(rows, summary)
     summary["runtime_s"] = round(time.perf_counter() - started, 1)
-    _atomic_write(out / "summary.json", (json.dumps(summary, indent=2, default=float) + "\n").encode())
+    write_files(
+        {
+            out / "metrics.csv": metrics_csv(rows),
+            out / "plot.png": plot,
+            out / "summary.json": json.dumps(summary, indent=2, default=float) + "\n",
+        }
+    )
     return summary
 
 
@@ -778,8 +784,12 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
     writer = csv.DictWriter(buffer, fieldnames=("seed", "run", "greedy", "sampled"), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "seeds.csv", buffer.getvalue().encode())
-    _atomic_write(out / "seeds.json", (json.dumps(comparison, indent=2, default=float) + "\n").encode())
+    write_files(
+        {
+            out / "seeds.csv": buffer.getvalue(),
+            out / "seeds.json": json.dumps(comparison, indent=2, default=float) + "\n",
+        }
+    )
     return comparison
 
 

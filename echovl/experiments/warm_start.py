@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+from ..outputs import Outputs
 
 __all__ = ["main", "problems_table", "write_warm_start"]
 
@@ -61,10 +61,8 @@ def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, pro
         from tqdm.auto import tqdm as progress
     settings = settings or ExperimentSettings()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
-    try:
-        base = build_model(work / "model", settings)
+    with Outputs() as outputs:  # both or neither, replacing an earlier run's
+        base = build_model(outputs.folder(out / "model"), settings)
         processor = AutoProcessor.from_pretrained(base, padding_side="left")
         train = make_problems(settings.train_problems, seed=settings.seed)  # as run_experiment draws them
         probe = make_problems(settings.probe_problems, seed=settings.seed + 1)
@@ -74,14 +72,7 @@ def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, pro
             model = AutoModelForImageTextToText.from_pretrained(base)
             summary = warm_up(model, processor, train, probe, settings, progress)
         model.save_pretrained(base, safe_serialization=True)  # over the random weights; tokenizer files stay
-        pq.write_table(problems_table(held_out), work / "problems.parquet")
-        for name in ("model", "problems.parquet"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(work / name, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        pq.write_table(problems_table(held_out), outputs.open(out / "problems.parquet"))
     return summary
 
 
