@@ -13,19 +13,20 @@ images they use. The overview tab opens the result by default.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if (REPO / "echovl").is_dir():
     sys.path.insert(0, str(REPO))
 
+from echovl.cli import OptionError, command_parser, option, parse_settings  # noqa: E402
 from echovl.outputs import Outputs  # noqa: E402
 from echovl.traces import TraceWriter, list_trace_files, read_trace_file  # noqa: E402
 
@@ -67,18 +68,28 @@ def copy_example(source: Path, out: Path, trace_steps: int, groups: int) -> None
             print(f"step {step}: {len(records)} groups")
 
 
+@dataclass
+class ExampleRunOptions:
+    out: Path = option(Path(__file__).resolve().parent / "example_run", help="the example run folder to write")
+    source: Path | None = option(
+        None, flags=["--from"], help="an existing experiment output (default: run the experiment now)"
+    )
+    trace_steps: int = option(3, help="traced steps kept")
+    groups: int = option(4, help="groups kept per traced step")
+
+    def __post_init__(self) -> None:
+        if self.trace_steps < 1 or self.groups < 1:
+            raise OptionError("--trace-steps and --groups must be >= 1")
+
+
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "example_run")
-    parser.add_argument("--from", dest="source", type=Path, default=None, help="an existing experiment output")
-    parser.add_argument("--trace-steps", type=int, default=3, help="traced steps kept (default 3)")
-    parser.add_argument("--groups", type=int, default=4, help="groups kept per traced step (default 4)")
-    args = parser.parse_args(argv)
-    if args.trace_steps < 1 or args.groups < 1:
-        parser.error("--trace-steps and --groups must be >= 1")
+    parser = command_parser(
+        ExampleRunOptions, prog="python demo/make_example_run.py", description=__doc__.split("\n\n")[0]
+    )
+    (args,) = parse_settings(parser, argv)
     if args.source is not None:
         copy_example(args.source, args.out.resolve(), args.trace_steps, args.groups)
     else:

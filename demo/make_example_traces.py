@@ -11,14 +11,15 @@ between the steps; they are two sampling rounds, so the traces tab has more than
 
 from __future__ import annotations
 
-import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if (REPO / "echovl").is_dir():
     sys.path.insert(0, str(REPO))
 
+from echovl.cli import command_parser, option, parse_settings  # noqa: E402
 from echovl.demo.examples import EXAMPLE_PROBLEMS, demo_model_dir  # noqa: E402
 from echovl.demo.live import LiveRequest, load_model, run_live  # noqa: E402
 from echovl.outputs import Outputs  # noqa: E402
@@ -52,12 +53,18 @@ def make_example_traces(out: Path, model: str, steps: list[int], *, num_rollouts
             writer.write(step, records)
 
 
+@dataclass
+class ExampleTracesOptions:
+    out: Path = option(Path(__file__).resolve().parent / "example_traces", help="the example trace folder to write")
+    model: str | None = option(None, help="default: the tiny offline demo model (built if needed)")
+    steps: list[int] = option(default_factory=lambda: [1, 2], help="step numbers (also the seeds)")
+
+
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "example_traces")
-    parser.add_argument("--model", default=None, help="default: the tiny offline demo model (built if needed)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="step numbers (also the seeds)")
-    args = parser.parse_args(argv)
+    parser = command_parser(
+        ExampleTracesOptions, prog="python demo/make_example_traces.py", description=__doc__.split("\n\n")[0]
+    )
+    (args,) = parse_settings(parser, argv)
     make_example_traces(args.out.resolve(), args.model or str(demo_model_dir()), args.steps)
     print(f"wrote {args.out}")
 

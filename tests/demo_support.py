@@ -3,9 +3,11 @@ by the writers of real runs (EasyR1's ``FileLogger``, the CPU experiment's ``met
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -54,6 +56,15 @@ class _Collector(HTMLParser):
     def handle_data(self, data):
         for element in self.stack:
             element["text"] += data
+
+
+def load_script(path: Path, name: str):
+    """A script of demo/ imported as the module ``name`` (registered in ``sys.modules``, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def elements(html: str, cls: str | None = None, tag: str | None = None) -> list[dict]:

@@ -31,7 +31,7 @@ from echovl.demo.run_logs import (
 )
 from echovl.experiments.tiny_cpu import COLUMNS
 from echovl.traces import list_trace_files, read_trace_file
-from tests.demo_support import EASYR1_STEPS, cpu_rows, elements, write_cpu_run, write_easyr1_log
+from tests.demo_support import EASYR1_STEPS, cpu_rows, elements, load_script, write_cpu_run, write_easyr1_log
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_TRACES = ROOT / "demo" / "example_traces"
@@ -377,11 +377,7 @@ def test_shipped_example_run():
 
 
 def test_make_example_run_trims_a_run(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_example_run", ROOT / "demo" / "make_example_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "demo" / "make_example_run.py", "make_example_run")
     assert module.spread([1, 2, 3, 4, 5, 6, 7], 3) == [1, 4, 7] and module.spread([1, 2], 5) == [1, 2]
     records = [{"degenerate": d, "group": i} for i, d in enumerate([False, True, True, False, True])]
     assert [r["group"] for r in module.pick_groups(records, 4)] == [0, 1, 2, 3]  # 2 degenerate of 4, file order

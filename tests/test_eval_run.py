@@ -635,41 +635,37 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, tiny_lm_dir, ca
         main(["--model", str(tiny_lm_dir), "--benchmarks", str(bench), "--out", str(out), "--k", "x"])
 
 
-def test_prompt_settings_from_the_training_config(tmp_path):
-    from echovl.eval.__main__ import build_parser, config_from_args
+def parsed_config(*argv: str):
+    from echovl.cli import parse_settings
+    from echovl.eval.__main__ import build_parser
 
+    config, _ = parse_settings(build_parser(), ["--model", "m", "--benchmarks", "b", "--out", "o", *argv])
+    return config
+
+
+def test_prompt_settings_from_the_training_config(tmp_path):
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text(
         f"data:\n  format_prompt: {FORMAT_PROMPT}\n  min_pixels: 1000\n  max_pixels: 2000\n  prompt_key: question\n"
     )
-    args = build_parser().parse_args(
-        ["--model", "m", "--benchmarks", "b", "--out", "o", "--config", str(yaml_file), "--max-pixels", "3000"]
-    )
-    config = config_from_args(args)
+    config = parsed_config("--config", str(yaml_file), "--max-pixels", "3000")
     assert (config.format_prompt, config.min_pixels, config.max_pixels, config.prompt_key) == (
         str(FORMAT_PROMPT),
         1000,
         3000,  # a flag beats the config
         "question",
     )
-    none = config_from_args(
-        build_parser().parse_args(["--model", "m", "--benchmarks", "b", "--out", "o", "--format-prompt", "none"])
-    )
-    assert none.format_prompt is None
+    assert parsed_config("--format-prompt", "none").format_prompt is None
+    assert parsed_config("--config", str(yaml_file), "--format-prompt", "None").format_prompt is None  # a flag wins
 
 
 def test_prompt_settings_of_the_repository_configs(monkeypatch):
-    from echovl.eval.__main__ import build_parser, config_from_args
-
     monkeypatch.chdir(REPO)  # EasyR1 reads the config's relative paths from the repository root
     for name, pixels in (
         ("geo3k_grpo_echo.yaml", (262144, 4194304)),
         ("openr1_math_grpo_echo.yaml", (262144, 4194304)),
     ):
-        args = build_parser().parse_args(
-            ["--model", "m", "--benchmarks", "b", "--out", "o", "--config", f"configs/{name}"]
-        )
-        config = config_from_args(args)
+        config = parsed_config("--config", f"configs/{name}")
         assert Path(config.format_prompt).resolve() == FORMAT_PROMPT
         assert (config.min_pixels, config.max_pixels, config.prompt_key, config.image_key) == (
             *pixels,

@@ -26,7 +26,6 @@ Outputs in ``--out`` (all or none, once the analysis has finished: :mod:`echovl.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import option, progress_bar
 from ..eval.backends import Backend
 from ..eval.stats import paired_bootstrap
 from ..outputs import write_files
@@ -42,13 +42,10 @@ from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
     ScoredResponse,
-    add_common_arguments,
-    common_settings,
+    analysis_main,
     csv_text,
-    main_wrapper,
     no_verified_rollout,
     png_bytes,
-    progress_bar,
     pyplot,
     rollouts_jsonl,
     start_analysis,
@@ -78,10 +75,9 @@ PROBLEM_COLUMNS = (
 STATISTICS = ("token_entropy", "step_entropy", "max_step_entropy")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EntropyGapConfig(AnalysisConfig):
-    solution_key: str = "solution"
-    """Column of the expert traces."""
+    solution_key: str = option("solution", help="expert trace column")
 
 
 def trace_statistics(steps: Sequence[tuple[int, float]]) -> dict[str, float]:
@@ -220,7 +216,8 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
         raise no_verified_rollout(config, rollouts)
 
     scorer = session.scorer()
-    bar = progress_bar(len(problems) + sum(map(len, verified.values())), "entropy", config.show_progress, "traces")
+    total = len(problems) + sum(map(len, verified.values()))
+    bar = progress_bar(total=total, desc="entropy", unit="traces", enable=config.show_progress)
     step_rows, problem_rows = [], []
     expert_traces, expert_all, rollout_traces = [], [], []
     tokens = {"expert": [], "rollout": []}
@@ -332,23 +329,15 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m echovl.analysis.entropy_gap",
-        description="Token and step entropy of expert traces (the solution column) against the model's own "
-        "verified rollouts of the same problems (the paper's Evidence 1). Writes summary.md/json, steps.csv, "
-        "problems.csv, rollouts.jsonl and entropy_hist.png into --out.",
-    )
-    add_common_arguments(parser, samples_help="rollouts per problem")
-    parser.add_argument("--solution-key", default="solution", help="expert trace column (default: %(default)s)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return main_wrapper(
+    return analysis_main(
         "entropy_gap",
-        lambda: run(EntropyGapConfig(**common_settings(args), solution_key=args.solution_key)),
+        EntropyGapConfig,
+        run,
+        argv,
+        description="Token and step entropy of expert traces (the solution column) against the model's own verified "
+        "rollouts of the same problems (the paper's Evidence 1). Writes summary.md/json, steps.csv, problems.csv, "
+        "rollouts.jsonl and entropy_hist.png into --out.",
     )
 
 

@@ -10,6 +10,8 @@
   input was batched: same input, same bytes.
 - Schemas carry the Hugging Face ``datasets`` feature metadata, so ``datasets.load_dataset("parquet", ...)``
   decodes the ``images`` column as images, written in the list form that old and new ``datasets`` read.
+- :class:`ConversionSettings` holds the options every converter has (``--strict``, ``--progress``), and
+  :func:`conversion_main` runs a converter's command line (:mod:`echovl.cli`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..cli import command_parser, option, progress_option, run_command
 from ..outputs import Outputs
 
 __all__ = [
@@ -38,19 +41,18 @@ __all__ = [
     "MISSING_IMAGE",
     "UNDECODABLE_IMAGE",
     "BadRow",
+    "ConversionSettings",
     "DataError",
     "ParquetOutputs",
     "ParquetSink",
     "PartStats",
     "Report",
-    "add_run_options",
     "cell_text",
+    "conversion_main",
     "find_parquet_files",
     "hub_error",
     "is_hub_name",
     "iter_parquet_batches",
-    "progress",
-    "run_conversion",
     "table_schema",
 ]
 
@@ -335,41 +337,22 @@ def iter_parquet_batches(
             del table
 
 
-def add_run_options(parser, bad_rows: str) -> None:
-    """The options every converter has: ``--strict`` (``bad_rows`` lists what counts as a bad row) and
-    ``--progress``."""
-    import argparse
+@dataclass(kw_only=True)
+class ConversionSettings:
+    """The options every converter has (each adds its own)."""
 
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help=(
-            f"fail (exit status 1, no file written) at the first bad row: {bad_rows}. Default: skip bad rows, list "
-            "them and count them by reason in the summary"
-        ),
+    strict: bool = option(
+        False,
+        help="fail (exit status 1, no file written) at the first bad row (the description says what is one); "
+        "default: skip bad rows, list them and count them by reason in the summary",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show progress bars (default: only when stderr is a terminal)",
-    )
+    show_progress: bool | None = progress_option()
 
 
-def run_conversion(convert: Callable[[], Report]) -> int:
-    """Run a conversion for a command line: print its summary (exit status 0) or the error (exit status 1)."""
-    try:
-        report = convert()
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
+def conversion_main(settings: type, convert: Callable[..., Report], argv, *, prog: str, description: str) -> int:
+    """A converter's command line: ``convert(settings)``, then its summary (exit status 0) or the error (status 1)."""
 
+    def run(parsed) -> None:
+        print(convert(parsed).summary())
 
-def progress(iterable=None, *, total=None, desc: str = "", unit: str = "rows", enable: bool | None = None):
-    """A tqdm progress bar on stderr; by default shown only on a terminal."""
-    from tqdm import tqdm
-
-    disable = None if enable is None else not enable
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, leave=False)
+    return run_command(command_parser(settings, prog=prog, description=description), run, argv, errors=(DataError,))

@@ -17,7 +17,6 @@ removed and put back in front, so there is always exactly one per image), ``answ
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cli import option, progress_bar
 from .common import (
     EMPTY_ANSWER,
     EMPTY_PROBLEM,
@@ -38,21 +38,29 @@ from .common import (
     MALFORMED_ROW,
     MISSING_IMAGE,
     UNDECODABLE_IMAGE,
+    ConversionSettings,
     DataError,
     ParquetOutputs,
     PartStats,
     Report,
-    add_run_options,
+    conversion_main,
     find_parquet_files,
     hub_error,
     is_hub_name,
     iter_parquet_batches,
-    progress,
-    run_conversion,
     table_schema,
 )
 
-__all__ = ["DEFAULT_OUT", "DEFAULT_SOURCE", "OUTPUT_SPLITS", "SCHEMA", "convert_geometry3k", "main", "problem_text"]
+__all__ = [
+    "DEFAULT_OUT",
+    "DEFAULT_SOURCE",
+    "OUTPUT_SPLITS",
+    "SCHEMA",
+    "Geometry3kSettings",
+    "convert_geometry3k",
+    "main",
+    "problem_text",
+]
 
 DEFAULT_SOURCE = "hiyouga/geometry3k"
 DEFAULT_OUT = "data/geometry3k"
@@ -401,7 +409,7 @@ def convert_geometry3k(
                 continue
             part = report.part(split)
             sink = outputs.parquet(out_dir / f"{split}.parquet", SCHEMA, row_group_size=_ROW_GROUP)
-            with progress(desc=f"geometry3k {split}", unit="problems", enable=show_progress) as bar:
+            with progress_bar(desc=f"geometry3k {split}", unit="problems", enable=show_progress) as bar:
                 for row in _validated(splits[split](bar), part, pool):
                     sink.add(row)
                     part.written += 1
@@ -413,47 +421,39 @@ def convert_geometry3k(
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass(kw_only=True)
+class Geometry3kSettings(ConversionSettings):
+    """``python data_prep/geometry3k.py``'s options."""
+
+    source: str = option(
+        DEFAULT_SOURCE,
+        help="what to convert: a hub dataset name (streamed, needs internet); a local parquet file or folder in the "
+        "hub layout (columns images, problem, answer; split taken from the file or folder name: train*, "
+        "validation*/val*, test*); or the original Geometry3K release folder (train/ val/ test/, one folder per "
+        "problem with data.json and img_diagram.png; problem text from annotat_text, answer from the letter and "
+        "choices). A split absent from the source is skipped with a notice",
+    )
+    out: str = option(DEFAULT_OUT, help="output folder, created if needed")
+    workers: int | None = option(
+        None,
+        help="threads that decode (check) the images; default: the CPU count, at most 8. The output is the same",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return conversion_main(
+        Geometry3kSettings,
+        lambda s: convert_geometry3k(
+            s.source, s.out, strict=s.strict, workers=s.workers, show_progress=s.show_progress
+        ),
+        argv,
         prog="python data_prep/geometry3k.py",
         description=(
             "Convert Geometry3K into EasyR1-ready parquet files OUT/train.parquet, OUT/validation.parquet and "
             "OUT/test.parquet, with columns problem ('<image>' + question), answer (text of the correct choice), "
             "images (the diagram's bytes), id and choices. Load them with EasyR1's RLHFDataset "
             "(data.prompt_key=problem data.answer_key=answer data.image_key=images), e.g. "
-            "data.train_files=OUT@train data.val_files=OUT@test."
+            "data.train_files=OUT@train data.val_files=OUT@test. A bad row is a missing or undecodable image, an "
+            "answer letter outside the choices, an empty problem or answer, a malformed data.json or row."
         ),
-    )
-    parser.add_argument(
-        "--source",
-        default=DEFAULT_SOURCE,
-        help=(
-            "what to convert: a hub dataset name (streamed, needs internet); a local parquet file or folder in the "
-            "hub layout (columns images, problem, answer; split taken from the file or folder name: train*, "
-            "validation*/val*, test*); or the original Geometry3K release folder (train/ val/ test/, one folder per "
-            "problem with data.json and img_diagram.png; problem text from annotat_text, answer from the letter "
-            "and choices). A split absent from the source is skipped with a notice. Default: %(default)s"
-        ),
-    )
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder, created if needed (default: %(default)s)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="threads that decode (check) the images; default: the CPU count, at most 8. The output is the same",
-    )
-    add_run_options(
-        parser,
-        "missing or undecodable image, answer letter outside the choices, empty problem or answer, malformed "
-        "data.json or row",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_conversion(
-        lambda: convert_geometry3k(
-            args.source, args.out, strict=args.strict, workers=args.workers, show_progress=args.progress
-        )
     )

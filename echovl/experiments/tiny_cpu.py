@@ -21,8 +21,8 @@ paired difference to the baseline in held-out accuracy over the seeds with a 95%
 
 from __future__ import annotations
 
-import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -36,9 +36,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..cli import OptionError, command_parser, option, progress_bar, run_command
 from ..outputs import write_files
 
-__all__ = ["ExperimentSettings", "main", "parse_seeds", "parse_variant", "run_experiment", "run_seeds"]
+__all__ = [
+    "ExperimentOptions",
+    "ExperimentSettings",
+    "main",
+    "parse_seeds",
+    "parse_variant",
+    "run_experiment",
+    "run_seeds",
+]
+
+stage_progress = functools.partial(progress_bar, enable=True, leave=True)
+"""The experiment's progress bars, one per stage: always shown, and kept when done."""
 
 RUNS = ("baseline", "echo")
 """The two runs every experiment makes; ``ExperimentSettings.variants`` adds more echo runs."""
@@ -548,8 +560,7 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
 
     from .digits import make_problems
 
-    if progress is None:
-        from tqdm.auto import tqdm as progress
+    progress = progress or stage_progress
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     _prepare_out(out)
@@ -840,61 +851,68 @@ def _seeds_report(comparison: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m echovl.experiments.tiny_cpu",
-        description="EchoRL CPU mini-experiment: GRPO with and without echo on a tiny Qwen2.5-VL (digit sums).",
+@dataclass
+class ExperimentOptions:
+    """``python -m echovl.experiments.tiny_cpu``'s options: :class:`ExperimentSettings` (``--quick``'s or the
+    default ones) with the options given, the seeds, the variants."""
+
+    out: str = option("runs/tiny_cpu_echo", help="output folder")
+    seed: int = option(0, help="seed of data, model, warm-up and both GRPO runs")
+    steps: int | None = option(None, help="GRPO steps per run (default 40; quick: 2)")
+    coef: float | None = option(None, help="lambda of the echo run (default 0.001)")
+    quick: bool = option(False, help="a few steps at tiny sizes (a pipeline check)")
+    threads: int | None = option(None, help="torch CPU threads (default 2, on every machine: see README)")
+    seeds: str | None = option(
+        None, help="run the whole experiment for each seed (e.g. 0-4 or 0,3,7) and report the paired differences"
     )
-    parser.add_argument("--out", default="runs/tiny_cpu_echo", help="output folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, model, warm-up and both GRPO runs")
-    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 40; quick: 2)")
-    parser.add_argument("--coef", type=float, default=None, help="lambda of the echo run (default 0.001)")
-    parser.add_argument("--quick", action="store_true", help="a few steps at tiny sizes (a pipeline check)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default 2, on every machine: see README)"
-    )
-    parser.add_argument(
-        "--seeds",
-        default=None,
-        help="run the whole experiment for each seed (e.g. 0-4 or 0,3,7) and report the paired differences",
-    )
-    parser.add_argument(
-        "--variant",
+    variant: list[str] = option(
+        default_factory=list,
         action="append",
-        default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="one more echo run with other echo: settings, e.g. soft:selection=soft,soft_temperature=0.5 (repeatable)",
     )
-    args = parser.parse_args(argv)
-    settings = ExperimentSettings.quick(args.seed) if args.quick else ExperimentSettings(seed=args.seed)
-    if args.steps is not None:
-        if args.steps < 1:
-            parser.error("--steps must be >= 1")
-        settings.steps = args.steps
-    if args.coef is not None:
-        if not (math.isfinite(args.coef) and args.coef >= 0):
-            parser.error("--coef must be a finite number >= 0")
-        settings.coef = args.coef
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        settings.threads = args.threads
-    if args.seeds is not None and args.seed != 0:
-        parser.error("give --seed or --seeds, not both")
-    try:
-        for spec in args.variant:
-            name, overrides = parse_variant(spec)
-            if name in settings.variants:
-                raise ValueError(f"--variant {name} is given twice")
-            settings.variants[name] = overrides
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    except ValueError as error:
-        parser.error(str(error))
-    if seeds is None:
-        print(_report(run_experiment(args.out, settings)))
+    settings: ExperimentSettings = field(init=False)
+    """What the options make (checked)."""
+    seed_list: list[int] | None = field(init=False)
+    """``--seeds`` as a list (None without it)."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise OptionError("--steps must be >= 1")
+        if self.coef is not None and not (math.isfinite(self.coef) and self.coef >= 0):
+            raise OptionError("--coef must be a finite number >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError("--threads must be >= 1")
+        if self.seeds is not None and self.seed != 0:
+            raise OptionError("give --seed or --seeds, not both")
+        settings = ExperimentSettings.quick(self.seed) if self.quick else ExperimentSettings(seed=self.seed)
+        given = {name: getattr(self, name) for name in ("steps", "coef", "threads") if getattr(self, name) is not None}
+        self.settings = replace(settings, **given)
+        try:
+            for spec in self.variant:
+                name, overrides = parse_variant(spec)
+                if name in self.settings.variants:
+                    raise ValueError(f"--variant {name} is given twice")
+                self.settings.variants[name] = overrides
+            self.seed_list = parse_seeds(self.seeds) if self.seeds is not None else None
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+
+
+def _run(options: ExperimentOptions) -> None:
+    if options.seed_list is None:
+        print(_report(run_experiment(options.out, options.settings)))
     else:
-        print(_seeds_report(run_seeds(args.out, settings, seeds), Path(args.out)))
-    return 0
+        print(_seeds_report(run_seeds(options.out, options.settings, options.seed_list), Path(options.out)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(
+        ExperimentOptions,
+        prog="python -m echovl.experiments.tiny_cpu",
+        description="EchoRL CPU mini-experiment: GRPO with and without echo on a tiny Qwen2.5-VL (digit sums).",
+    )
+    return run_command(parser, _run, argv)
 
 
 if __name__ == "__main__":
