@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from echovl.demo.charts import axis_ticks, trailing_mean
 from echovl.demo.overview import (
     CHARTS,
     build_charts,
@@ -18,9 +19,7 @@ from echovl.demo.overview import (
     render_overview,
     trace_choices,
     trace_target,
-    trailing_mean,
 )
-from echovl.demo.render import axis_ticks
 from echovl.demo.run_logs import (
     RunLogError,
     find_trace_folder,
@@ -279,6 +278,8 @@ def test_trailing_mean_and_ticks():
     assert trailing_mean([1.0, 2.0, 3.0, 4.0], 1) == [1.0, 2.0, 3.0, 4.0]
     assert trailing_mean([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
     assert trailing_mean([3.0, 6.0, 0.0, 3.0], 3) == [3.0, 4.5, 3.0, 3.0]
+    nan = math.nan
+    assert trailing_mean([nan, 2.0, nan, 4.0], 2)[1:] == [2.0, 2.0, 4.0] and math.isnan(trailing_mean([nan], 3)[0])
     assert axis_ticks(0.0, 1.08) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert axis_ticks(0.0, 0.9) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
     assert axis_ticks(0.45, 0.56) == pytest.approx([0.45, 0.475, 0.5, 0.525, 0.55])

@@ -391,14 +391,6 @@ SMOOTHING = 5
 """Steps of the trailing mean drawn over the noisy per-step curves."""
 
 
-def _moving_average(values: Sequence[float], window: int) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        recent = [v for v in values[max(0, i - window + 1) : i + 1] if not math.isnan(v)]
-        out.append(sum(recent) / len(recent) if recent else math.nan)
-    return out
-
-
 def plot_metrics(rows: Sequence[dict], summary: dict) -> bytes:
     """``plot.png``: six panels, both runs: accuracy, all-correct groups, gradient norms, gradient on all-correct groups'
     tokens, echo loss, clips."""
@@ -406,6 +398,8 @@ def plot_metrics(rows: Sequence[dict], summary: dict) -> bytes:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..demo.charts import trailing_mean
 
     def series(run: str, column: str):
         picked = [r for r in rows if r["run"] == run]
@@ -422,7 +416,7 @@ def plot_metrics(rows: Sequence[dict], summary: dict) -> bytes:
         for ax, column in ((acc, "accuracy"), (deg, "all_correct_groups")):
             steps, values = series(run, column)
             ax.plot(steps, values, color=colors[run], alpha=0.3, lw=1)
-            ax.plot(steps, _moving_average(values, SMOOTHING), color=colors[run], lw=2, label=label)
+            ax.plot(steps, trailing_mean(values, SMOOTHING), color=colors[run], lw=2, label=label)
     acc.set_title(f"accuracy of the training rollouts ({SMOOTHING}-step mean)")
     deg.set_title(f"all-correct groups: zero advantages ({SMOOTHING}-step mean)")
     for ax in (acc, deg):
