@@ -121,3 +121,31 @@ def test_sources(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="bad.parquet"):
         list(iter_parquet_batches([tmp_path / "bad.parquet"], None, 4))
+
+
+def test_local_files_and_hub_splits_are_read_the_same_way(tmp_path, monkeypatch):
+    """One TableSource for both: the same rows, named by file or by split, and a missing split named."""
+    import datasets
+
+    from echovl.data.common import open_source
+
+    folder = tmp_path / "hub" / "data"
+    with ParquetOutputs() as outputs:
+        for split, n in (("train", 5), ("test", 2)):
+            sink = outputs.parquet(folder / f"{split}-00000-of-00001.parquet", SCHEMA)
+            for row in _rows(n):
+                sink.add(row)
+    real = datasets.load_dataset
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, *args, **kwargs: real(str(tmp_path / "hub"), *args, **kwargs)
+    )
+    local = open_source(str(folder / "train-00000-of-00001.parquet"))
+    hub = open_source("owner/name", split="train")
+    assert (local.columns, hub.columns, local.total) == (["problem", "answer"], ["problem", "answer"], 5)
+    local_rows = [row for batch in local.batches(["answer"], 2) for row in batch]
+    hub_rows = [row for batch in hub.batches(["answer"], 2) for row in batch]
+    assert [r.values for r in local_rows] == [r.values for r in hub_rows] == [{"answer": str(i)} for i in range(5)]
+    assert (local_rows[3].where, local_rows[3].folder) == ("train-00000-of-00001.parquet row 3", folder)
+    assert (hub_rows[3].where, hub_rows[3].folder) == ("owner/name [train] row 3", None)
+    with pytest.raises(DataError, match="has no split 'validation' \\(its splits: train, test\\)"):
+        open_source("owner/name", split="validation")

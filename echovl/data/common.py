@@ -1,5 +1,10 @@
 """Shared plumbing of the dataset converters: bad-row reports, atomic deterministic parquet output, sources.
 
+- :class:`TableSource` is how both converters read their input, a local parquet file or folder
+  (:func:`parquet_source`, with pyarrow row group by row group) or a hub dataset (:func:`hub_sources`, streamed with
+  ``datasets``): the rows in batches, each with where it came from (``file.parquet row 12``, ``owner/name [train]
+  row 12``) for the bad-row report.
+
 - :class:`Report` counts rows read / written / skipped (by reason) / filtered (by reason) per part (a split or a
   benchmark), keeps the bad rows with where they were and why, and prints the summary table. With ``strict=True``
   the first bad row raises :class:`DataError` instead.
@@ -21,10 +26,10 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -47,12 +52,16 @@ __all__ = [
     "ParquetSink",
     "PartStats",
     "Report",
+    "SourceRow",
+    "TableSource",
     "cell_text",
     "conversion_main",
     "find_parquet_files",
-    "hub_error",
+    "hub_sources",
     "is_hub_name",
     "iter_parquet_batches",
+    "open_source",
+    "parquet_source",
     "table_schema",
 ]
 
@@ -292,13 +301,6 @@ def is_hub_name(source: str) -> bool:
     raise DataError(f"source {source!r} does not exist (and is not a hub dataset name like 'owner/name')")
 
 
-def hub_error(name: str, exc: Exception) -> DataError:
-    """The error for a hub dataset that did not load; the name may also be a mistyped local path."""
-    return DataError(
-        f"cannot load hub dataset {name!r} (no local file or folder has that name either): {type(exc).__name__}: {exc}"
-    )
-
-
 def find_parquet_files(path: Path) -> list[Path]:
     """The parquet files of a file or folder (recursively, hidden files ignored), sorted."""
     if path.is_file():
@@ -335,6 +337,98 @@ def iter_parquet_batches(
                 yield file, offset, batch.to_pydict()
                 offset += batch.num_rows
             del table
+
+
+class SourceRow(NamedTuple):
+    """One row of a :class:`TableSource`."""
+
+    where: str
+    """``file.parquet row 12`` (its row in that file) or ``owner/name [split] row 12``."""
+    values: dict[str, Any]
+    folder: Path | None
+    """The folder of a local file (paths in the row are relative to it); None for a hub row."""
+
+
+@dataclass
+class TableSource:
+    """The rows of a local parquet file or folder, or of one split of a hub dataset: what both converters read, the
+    one way (:func:`open_source`, :func:`hub_sources`, :func:`parquet_source`)."""
+
+    name: str
+    columns: list[str]
+    """The columns every row has."""
+    total: int | None
+    """Rows, when known."""
+    batches: Callable[[list[str] | None, int], Iterator[list[SourceRow]]]
+    """``batches(columns, batch_size)``: the rows, ``batch_size`` at a time, with the ``columns`` asked for that the
+    source has (None: all)."""
+
+
+def parquet_source(files: Sequence[Path], name: str) -> TableSource:
+    """Local parquet ``files`` read with pyarrow one row group at a time (:func:`iter_parquet_batches`: memory bounded
+    by a row group and a batch, rows named by their file). ``datasets`` would buffer more and lose the file names."""
+    try:
+        schemas = [pq.read_schema(f) for f in files]
+    except Exception as exc:
+        raise DataError(f"cannot read {name} as parquet: {exc}") from exc
+    columns = [c for c in schemas[0].names if all(c in s.names for s in schemas)]
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def batches(wanted: list[str] | None, batch_size: int) -> Iterator[list[SourceRow]]:
+        for file, offset, batch in iter_parquet_batches(files, wanted, batch_size):
+            rows = _rows(batch)
+            yield [SourceRow(f"{file.name} row {offset + i}", row, file.parent) for i, row in enumerate(rows)]
+
+    return TableSource(name, columns, total, batches)
+
+
+def hub_sources(name: str, config: str | None = None) -> dict[str, TableSource]:
+    """Every split of the hub dataset ``name`` (``config``), streamed with ``datasets`` (Arrow rows: images stay
+    bytes); nothing is downloaded before the rows are read."""
+    from datasets import load_dataset
+
+    try:
+        dataset = load_dataset(name, config, streaming=True)
+    except Exception as exc:
+        raise DataError(
+            f"cannot load hub dataset {name!r} (no local file or folder has that name either): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return {split: _hub_split(name, split, data) for split, data in dataset.items()}
+
+
+def _hub_split(name: str, split: str, dataset) -> TableSource:
+    columns = dataset.column_names
+    if columns is None:  # no metadata: peek at the first row
+        columns = list(next(iter(dataset), {}).keys())
+    known = dataset.info.splits and split in dataset.info.splits
+    total = dataset.info.splits[split].num_examples if known else None
+
+    def batches(wanted: list[str] | None, batch_size: int) -> Iterator[list[SourceRow]]:
+        data = dataset if wanted is None else dataset.select_columns([c for c in wanted if c in columns])
+        offset = 0
+        for table in data.with_format("arrow").iter(batch_size=batch_size):
+            rows = table.to_pylist()
+            yield [SourceRow(f"{name} [{split}] row {offset + i}", row, None) for i, row in enumerate(rows)]
+            offset += len(rows)
+
+    return TableSource(f"{name} [{split}]", columns, total, batches)
+
+
+def open_source(source: str, *, split: str = "train", config: str | None = None) -> TableSource:
+    """``source`` as one table: a hub dataset's ``split`` (:func:`hub_sources`), or every parquet file of a local
+    file or folder (:func:`parquet_source`)."""
+    if not is_hub_name(source):
+        return parquet_source(find_parquet_files(Path(source)), source)
+    splits = hub_sources(source, config)
+    if split not in splits:
+        raise DataError(f"hub dataset {source!r} has no split {split!r} (its splits: {', '.join(splits)})")
+    return splits[split]
+
+
+def _rows(batch: dict[str, list]) -> list[dict]:
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
 
 
 @dataclass(kw_only=True)

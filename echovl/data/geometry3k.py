@@ -43,11 +43,12 @@ from .common import (
     ParquetOutputs,
     PartStats,
     Report,
+    TableSource,
     conversion_main,
     find_parquet_files,
-    hub_error,
+    hub_sources,
     is_hub_name,
-    iter_parquet_batches,
+    parquet_source,
     table_schema,
 )
 
@@ -310,52 +311,14 @@ def _parquet_splits(root: Path) -> dict[str, list[Path]]:
     return splits
 
 
-def _parquet_rows(files: list[Path], bar) -> Iterator[tuple[str, dict | _Bad]]:
-    import pyarrow.parquet as pq
-
-    for file in files:
-        _check_columns(pq.read_schema(file).names, str(file))
-    bar.reset(total=sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+def _table_rows(source: TableSource, bar) -> Iterator[tuple[str, dict | _Bad]]:
+    """The rows of a hub-layout table (local parquet or a hub split) as output rows or :class:`_Bad`."""
+    _check_columns(source.columns, source.name)
+    bar.reset(total=source.total)
     index = 0
-    for file, offset, batch in iter_parquet_batches(files, None, _CHUNK):
-        for i, row in enumerate(_rows_of(batch)):
-            yield f"{file.name} row {offset + i}", _layout_row(row, index, file.parent)
-            index += 1
-            bar.update()
-
-
-def _rows_of(batch: dict[str, list]) -> Iterator[dict]:
-    names = list(batch)
-    for values in zip(*(batch[n] for n in names)):
-        yield dict(zip(names, values))
-
-
-def _hub_splits(name: str) -> dict[str, tuple[str, Any]]:
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(name, streaming=True)
-    except Exception as exc:
-        raise hub_error(name, exc) from exc
-    splits = {}
-    for split_name, split in dataset.items():
-        out = _SPLIT_ALIASES.get(split_name.lower())
-        if out is None:
-            print(f"notice: ignoring split {split_name!r} of {name}", file=sys.stderr)
-        elif out not in splits:
-            splits[out] = (split_name, split)
-    return splits
-
-
-def _hub_rows(name: str, split_name: str, split, bar) -> Iterator[tuple[str, dict | _Bad]]:
-    where = f"{name} [{split_name}]"
-    if split.column_names is not None:
-        _check_columns(split.column_names, where)
-    index = 0
-    for table in split.with_format("arrow").iter(batch_size=_CHUNK):
-        _check_columns(table.column_names, where)
-        for row in table.to_pylist():
-            yield f"{where} row {index}", _layout_row(row, index, None)
+    for batch in source.batches(None, _CHUNK):
+        for row in batch:
+            yield row.where, _layout_row(row.values, index, row.folder)
             index += 1
             bar.update()
 
@@ -366,10 +329,14 @@ def _hub_rows(name: str, split_name: str, split, bar) -> Iterator[tuple[str, dic
 def _source_splits(source: str) -> dict[str, Any]:
     """``{output split: function(progress bar) -> iterator of (where, row or _Bad)}`` for the source's splits."""
     if is_hub_name(source):
-        return {
-            split: functools.partial(_hub_rows, source, split_name, data)
-            for split, (split_name, data) in _hub_splits(source).items()
-        }
+        splits = {}
+        for name, table in hub_sources(source).items():
+            split = _SPLIT_ALIASES.get(name.lower())
+            if split is None:
+                print(f"notice: ignoring split {name!r} of {source}", file=sys.stderr)
+            elif split not in splits:
+                splits[split] = functools.partial(_table_rows, table)
+        return splits
     root = Path(source)
     if root.is_dir():
         splits = _release_splits(root)
@@ -377,7 +344,10 @@ def _source_splits(source: str) -> dict[str, Any]:
             return {split: functools.partial(_release_rows, folder) for split, folder in splits.items()}
         if next(root.glob("*/data.json"), None) is not None:
             raise DataError(f"{root} looks like one split of the original release: pass its parent folder")
-    return {split: functools.partial(_parquet_rows, files) for split, files in _parquet_splits(root).items()}
+    return {
+        split: functools.partial(_table_rows, parquet_source(files, ", ".join(map(str, files))))
+        for split, files in _parquet_splits(root).items()
+    }
 
 
 def convert_geometry3k(

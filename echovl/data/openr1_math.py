@@ -30,7 +30,7 @@ LUFFY scripts appended to the user message (:data:`INSTRUCTION_SUFFIXES`) is cut
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +45,12 @@ from .common import (
     ParquetOutputs,
     PartStats,
     Report,
+    SourceRow,
+    TableSource,
     cell_text,
     conversion_main,
-    find_parquet_files,
-    hub_error,
     is_hub_name,
-    iter_parquet_batches,
+    open_source,
     table_schema,
 )
 
@@ -143,76 +143,16 @@ def _solution(target: Any) -> str:
 # ------------------------------------------------------------------------------------------------------- sources
 
 
-@dataclass
-class _Source:
-    name: str
-    columns: list[str]
-    total: int | None
-    batches: Callable[[list[str], int], Iterator[tuple[str, list[dict]]]]
-    """``batches(columns, batch_size)`` yields ``(where_prefix, rows)``; row i of a batch is ``where_prefix + i``."""
-
-    @property
-    def kind(self) -> str:
-        if all(c in self.columns for c in RAW_COLUMNS):
-            return "raw"
-        if all(c in self.columns for c in ("prompt", "reward_model")):
-            return "verl"
-        raise DataError(
-            f"{self.name}: columns {sorted(self.columns)} are neither the raw OpenR1-Math-220k layout "
-            f"({', '.join(RAW_COLUMNS)}) nor the verl/LUFFY layout (prompt, reward_model[, target, data_source])"
-        )
-
-
-def _rows(batch: dict[str, list]) -> list[dict]:
-    names = list(batch)
-    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
-
-
-def _local_source(path: Path) -> _Source:
-    import pyarrow.parquet as pq
-
-    files = find_parquet_files(path)
-    try:
-        schemas = [pq.read_schema(f) for f in files]
-    except Exception as exc:
-        raise DataError(f"cannot read {path} as parquet: {exc}") from exc
-    columns = [c for c in schemas[0].names if all(c in s.names for s in schemas)]
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-
-    def batches(wanted: list[str], batch_size: int):
-        for file, offset, batch in iter_parquet_batches(files, wanted, batch_size):
-            rows = _rows(batch)
-            yield [(f"{file.name} row {offset + i}", row) for i, row in enumerate(rows)]
-
-    return _Source(str(path), columns, total, batches)
-
-
-def _hub_source(name: str, split: str, config: str | None) -> _Source:
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(name, config, split=split, streaming=True)
-    except Exception as exc:
-        raise hub_error(f"{name} [{split}]", exc) from exc
-    columns = dataset.column_names
-    if columns is None:  # no metadata: peek at the first row
-        columns = list(next(iter(dataset), {}).keys())
-    total = None
-    if dataset.info.splits and split in dataset.info.splits:
-        total = dataset.info.splits[split].num_examples
-
-    def batches(wanted: list[str], batch_size: int):
-        offset = 0
-        for batch in dataset.select_columns([c for c in wanted if c in columns]).iter(batch_size=batch_size):
-            rows = _rows(batch)
-            yield [(f"{name} [{split}] row {offset + i}", row) for i, row in enumerate(rows)]
-            offset += len(rows)
-
-    return _Source(f"{name} [{split}]", columns, total, batches)
-
-
-def _open_source(source: str, split: str, config: str | None) -> _Source:
-    return _hub_source(source, split, config) if is_hub_name(source) else _local_source(Path(source))
+def _kind(source: TableSource) -> str:
+    """``raw`` (OpenR1-Math-220k) or ``verl`` (LUFFY), from the source's columns."""
+    if all(c in source.columns for c in RAW_COLUMNS):
+        return "raw"
+    if all(c in source.columns for c in ("prompt", "reward_model")):
+        return "verl"
+    raise DataError(
+        f"{source.name}: columns {sorted(source.columns)} are neither the raw OpenR1-Math-220k layout "
+        f"({', '.join(RAW_COLUMNS)}) nor the verl/LUFFY layout (prompt, reward_model[, target, data_source])"
+    )
 
 
 # -------------------------------------------------------------------------------------------------- conversions
@@ -227,10 +167,10 @@ def _token_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(x) for x in ids]
 
 
-def _raw_batch(rows: list[tuple[str, dict]], tokenizer, max_tokens: int, part: PartStats) -> list[dict]:
+def _raw_batch(rows: list[SourceRow], tokenizer, max_tokens: int, part: PartStats) -> list[dict]:
     """LUFFY's filter on one batch of raw OpenR1-Math-220k rows; output rows in input order."""
     candidates: dict[int, tuple[str, str, list[str]]] = {}
-    for k, (where, row) in enumerate(rows):
+    for k, (where, row, _) in enumerate(rows):
         part.read += 1
         problem, answer = cell_text(row.get("problem")), cell_text(row.get("answer"))
         generations, verified, complete = (row.get(c) for c in RAW_COLUMNS[2:])
@@ -311,8 +251,8 @@ def convert_openr1(
     """
     if batch_size < 1 or max_tokens < 1:
         raise DataError("batch_size and max_tokens must be positive")
-    src = _open_source(str(source), split, hub_config)
-    kind = src.kind
+    src = open_source(str(source), split=split, config=hub_config)
+    kind = _kind(src)
     report = Report(
         f"openr1_math ({src.name}, {'raw OpenR1-Math-220k: filtered' if kind == 'raw' else 'verl format'})", strict
     )
@@ -330,7 +270,7 @@ def convert_openr1(
                 out_rows = _raw_batch(rows, tokenizer, max_tokens, part)
             else:
                 out_rows = []
-                for where, row in rows:
+                for where, row, _ in rows:
                     out = _verl_row(where, row, part)
                     if out is None:
                         continue
@@ -400,15 +340,15 @@ def luffy_eval_files(folder: Path, report: Report | None = None) -> list[Path] |
     return files
 
 
-def _eval_sources(sources: Sequence[str], split: str, hub_config: str | None, report: Report) -> list[_Source]:
+def _eval_sources(sources: Sequence[str], split: str, hub_config: str | None, report: Report) -> list[TableSource]:
     opened = []
     for source in sources:
         files = None
         if not is_hub_name(str(source)) and Path(source).is_dir():
             files = luffy_eval_files(Path(source), report)
         for path in files if files is not None else [source]:
-            src = _open_source(str(path), split, hub_config)
-            if src.kind != "verl" or "data_source" not in src.columns:
+            src = open_source(str(path), split=split, config=hub_config)
+            if _kind(src) != "verl" or "data_source" not in src.columns:
                 raise DataError(
                     f"{src.name}: benchmark files need the verl/LUFFY columns prompt, reward_model, data_source"
                 )
@@ -452,7 +392,7 @@ def convert_eval(
         bar = progress_bar(total=total, desc="benchmarks", unit="rows", enable=show_progress)
         for src in opened:
             for rows in src.batches(["prompt", "reward_model", "data_source"], batch_size):
-                for where, row in rows:
+                for where, row, _ in rows:
                     data_source = cell_text(row.get("data_source"))
                     part = report.part(data_source or "(none)")
                     out = _verl_row(where, row, part)
