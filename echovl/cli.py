@@ -110,6 +110,7 @@ def command_parser(*settings: type, prog: str, description: str) -> argparse.Arg
     parser = HfArgumentParser([], prog=prog, description=description, formatter_class=_HelpFormatter)
     parser.dataclass_types = list(settings)
     groups: dict[str, Any] = {}
+    hints = {dtype: typing.get_type_hints(dtype) for dtype in settings}
     fields = [(dtype, f) for dtype in settings for f in dataclasses.fields(dtype) if f.init]
     reads = [f.metadata["config_key"] for _, f in fields if "config_key" in f.metadata]
     for dtype, field in sorted(fields, key=lambda item: not _required(item[1])):
@@ -117,10 +118,10 @@ def command_parser(*settings: type, prog: str, description: str) -> argparse.Arg
             default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
             parser.set_defaults(**{field.name: default})  # HfArgumentParser expects every field in the namespace
             continue
+        field = copy.copy(field)  # HfArgumentParser rewrites its type
+        field.type = hints[dtype][field.name]
         if "settings_file" in field.metadata:
-            field = copy.copy(field)
             field.metadata = {**field.metadata, "help": f"{field.metadata['help']} (reads {', '.join(reads)})"}
-        field.type = typing.get_type_hints(dtype)[field.name]
         title = field.metadata.get("group")
         if title is not None and title not in groups:
             groups[title] = parser.add_argument_group(title)

@@ -54,7 +54,7 @@ PAPER_TEXT_BENCHMARKS = [info for info in KNOWN_BENCHMARKS.values() if info.name
 """The paper's text table: LUFFY's six in-distribution and three out-of-distribution benchmarks."""
 
 
-def samples_per_problem(value: str) -> tuple[str | None, int]:
+def _k_spec(value: str) -> tuple[str | None, int]:
     """``--k``: ``K`` (every benchmark) or ``NAME=K`` -> ``(NAME or None, K)``."""
     name, _, number = value.rpartition("=")
     try:
@@ -94,7 +94,7 @@ class EvalConfig(ModelRunConfig):
     )
     k: int | None = option(
         None,
-        type=samples_per_problem,
+        type=_k_spec,
         action=_SetK,
         metavar="[NAME=]K",
         group=GENERATION,
