@@ -14,12 +14,12 @@ The logic lives in :mod:`echovl.demo`; this file only lays out the page and wire
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +29,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no teleme
 
 import gradio as gr  # noqa: E402
 
+from echovl.cli import OptionError, command_parser, option, parse_settings  # noqa: E402
 from echovl.demo import overview, render, traces_view  # noqa: E402
 from echovl.demo.examples import EXAMPLE_PROBLEMS, FORMAT_INSTRUCTION, demo_model_dir  # noqa: E402
 from echovl.demo.live import DemoError, LiveRequest, ModelCache, open_image, parse_delimiters, run_live  # noqa: E402
@@ -313,27 +314,32 @@ THEME_FONTS = dict(
 )
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=None, help="model for the live tab (default: the tiny offline demo model)")
-    parser.add_argument("--traces", default=str(EXAMPLE_TRACES), help="trace folder opened by the traces tab")
-    parser.add_argument(
-        "--run",
+@dataclass
+class DemoOptions:
+    """``python demo/app.py``'s options."""
+
+    model: str | None = option(None, help="model for the live tab (default: the tiny offline demo model)")
+    traces: str = option(str(EXAMPLE_TRACES), help="trace folder opened by the traces tab")
+    run: list[str] | None = option(
+        None,
         action="append",
-        default=None,
         metavar="FOLDER",
         help="run folder for the overview tab (experiment_log.jsonl or metrics.csv, and traces); twice for an A/B "
         "(default: the shipped example run)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for all)")
-    parser.add_argument("--port", type=int, default=7860, help="port to listen on")
-    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
-    args = parser.parse_args(argv)
-    if args.run is None:
-        args.run = [str(EXAMPLE_RUN)]
-    if len(args.run) > 2:
-        parser.error("--run at most twice (two run folders for an A/B)")
-    return args
+    host: str = option("127.0.0.1", help="address to listen on (0.0.0.0 for all)")
+    port: int = option(7860, help="port to listen on")
+    share: bool = option(False, help="also make a public gradio.live link")
+
+    def __post_init__(self) -> None:
+        self.run = self.run or [str(EXAMPLE_RUN)]
+        if len(self.run) > 2:
+            raise OptionError("--run at most twice (two run folders for an A/B)")
+
+
+def parse_args(argv=None) -> DemoOptions:
+    parser = command_parser(DemoOptions, prog="python demo/app.py", description=__doc__.split("\n\n")[0])
+    return parse_settings(parser, argv)[0]
 
 
 def main(argv=None) -> None:

@@ -13,19 +13,21 @@ images they use. The overview tab opens the result by default.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if (REPO / "echovl").is_dir():
     sys.path.insert(0, str(REPO))
 
+from echovl.cli import OptionError, command_parser, option, parse_settings  # noqa: E402
+from echovl.outputs import Outputs  # noqa: E402
 from echovl.traces import TraceWriter, list_trace_files, read_trace_file  # noqa: E402
 
 
@@ -48,9 +50,8 @@ def pick_groups(records: list[dict], count: int) -> list[dict]:
 
 def copy_example(source: Path, out: Path, trace_steps: int, groups: int) -> None:
     """Copy ``source`` (an experiment's output folder) into ``out``, trimmed; ``out`` is replaced at the end."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".example_run-", dir=out.parent))
-    try:
+    with Outputs() as outputs:  # written next to ``out`` and moved in place at the end: no half-written folder
+        tmp = outputs.folder(out)
         shutil.copyfile(source / "metrics.csv", tmp / "metrics.csv")
         summary = json.loads((source / "summary.json").read_text())
         summary.pop("files", None)
@@ -65,27 +66,30 @@ def copy_example(source: Path, out: Path, trace_steps: int, groups: int) -> None
                 records.append(({**record, "image": None}, image))
             writer.write(step, records)
             print(f"step {step}: {len(records)} groups")
-        for folder in (tmp, *tmp.rglob("*")):
-            if folder.is_dir():
-                folder.chmod(0o755)  # mkdtemp makes it private
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class ExampleRunOptions:
+    out: Path = option(Path(__file__).resolve().parent / "example_run", help="the example run folder to write")
+    source: Path | None = option(
+        None, flags=["--from"], help="an existing experiment output (default: run the experiment now)"
+    )
+    trace_steps: int = option(3, help="traced steps kept")
+    groups: int = option(4, help="groups kept per traced step")
+
+    def __post_init__(self) -> None:
+        if self.trace_steps < 1 or self.groups < 1:
+            raise OptionError("--trace-steps and --groups must be >= 1")
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1 :] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "example_run")
-    parser.add_argument("--from", dest="source", type=Path, default=None, help="an existing experiment output")
-    parser.add_argument("--trace-steps", type=int, default=3, help="traced steps kept (default 3)")
-    parser.add_argument("--groups", type=int, default=4, help="groups kept per traced step (default 4)")
-    args = parser.parse_args(argv)
-    if args.trace_steps < 1 or args.groups < 1:
-        parser.error("--trace-steps and --groups must be >= 1")
+    parser = command_parser(
+        ExampleRunOptions, prog="python demo/make_example_run.py", description=__doc__.split("\n\n")[0]
+    )
+    (args,) = parse_settings(parser, argv)
     if args.source is not None:
         copy_example(args.source, args.out.resolve(), args.trace_steps, args.groups)
     else:

@@ -11,27 +11,26 @@ between the steps; they are two sampling rounds, so the traces tab has more than
 
 from __future__ import annotations
 
-import argparse
-import shutil
 import sys
-import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 if (REPO / "echovl").is_dir():
     sys.path.insert(0, str(REPO))
 
+from echovl.cli import command_parser, option, parse_settings  # noqa: E402
 from echovl.demo.examples import EXAMPLE_PROBLEMS, demo_model_dir  # noqa: E402
 from echovl.demo.live import LiveRequest, load_model, run_live  # noqa: E402
+from echovl.outputs import Outputs  # noqa: E402
 from echovl.testing import tiny_image  # noqa: E402
 from echovl.traces import TraceWriter  # noqa: E402
 
 
 def make_example_traces(out: Path, model: str, steps: list[int], *, num_rollouts: int = 6) -> None:
     loaded = load_model(model)
-    tmp = Path(tempfile.mkdtemp(prefix=".example_traces-", dir=out.parent))
-    try:  # written next to ``out`` and moved in place at the end: no half-written folder
-        writer = TraceWriter(tmp)
+    with Outputs() as outputs:  # written next to ``out`` and moved in place at the end: no half-written folder
+        writer = TraceWriter(outputs.folder(out))
         for step in steps:
             records = []
             for index, problem in enumerate(EXAMPLE_PROBLEMS):
@@ -52,19 +51,20 @@ def make_example_traces(out: Path, model: str, steps: list[int], *, num_rollouts
                     + (f"clip rollout {clip['rollout']} step {clip['step']}" if clip else "no clip")
                 )
             writer.write(step, records)
-        tmp.chmod(0o755)  # mkdtemp makes it private
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@dataclass
+class ExampleTracesOptions:
+    out: Path = option(Path(__file__).resolve().parent / "example_traces", help="the example trace folder to write")
+    model: str | None = option(None, help="default: the tiny offline demo model (built if needed)")
+    steps: list[int] = option(default_factory=lambda: [1, 2], help="step numbers (also the seeds)")
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "example_traces")
-    parser.add_argument("--model", default=None, help="default: the tiny offline demo model (built if needed)")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 2], help="step numbers (also the seeds)")
-    args = parser.parse_args(argv)
+    parser = command_parser(
+        ExampleTracesOptions, prog="python demo/make_example_traces.py", description=__doc__.split("\n\n")[0]
+    )
+    (args,) = parse_settings(parser, argv)
     make_example_traces(args.out.resolve(), args.model or str(demo_model_dir()), args.steps)
     print(f"wrote {args.out}")
 

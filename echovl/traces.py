@@ -44,9 +44,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +53,7 @@ from typing import Any
 import torch
 
 from .clip import EchoClips, step_entropies
+from .outputs import write_files
 
 __all__ = [
     "TRACE_SCHEMA",
@@ -195,18 +194,6 @@ def build_group_records(
     return out
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; trace folders are shared with whoever runs the demo
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _png_bytes(image: Any) -> bytes:
     from PIL import Image
 
@@ -225,7 +212,8 @@ def _png_bytes(image: Any) -> bytes:
 
 @dataclass
 class TraceWriter:
-    """Writes ``step_XXXXXX.jsonl`` files (atomically) and the images they point to."""
+    """Writes ``step_XXXXXX.jsonl`` files and the images they point to, each step all or none
+    (:mod:`echovl.outputs`: the images first, the step file last)."""
 
     folder: Path
 
@@ -235,17 +223,18 @@ class TraceWriter:
     def write(self, train_step: int, records: Sequence[tuple[dict, Any]]) -> Path:
         """Write one traced step; ``records`` as returned by :func:`build_group_records`."""
         (self.folder / "images").mkdir(parents=True, exist_ok=True)
-        lines = []
+        files, lines = {}, []
         for record, image in records:
             if image is not None:
                 png = _png_bytes(image)
                 name = f"images/{hashlib.sha1(png).hexdigest()[:16]}.png"
                 if not (self.folder / name).exists():
-                    _atomic_write(self.folder / name, png)
+                    files[self.folder / name] = png
                 record = {**record, "image": name}
             lines.append(json.dumps(record, ensure_ascii=False))
         path = self.folder / f"step_{int(train_step):06d}.jsonl"
-        _atomic_write(path, ("\n".join(lines) + "\n").encode("utf-8"))
+        files[path] = "\n".join(lines) + "\n"
+        write_files(files)
         return path
 
 

@@ -1,11 +1,13 @@
 """Shared helpers of the demo tests: the fitted tiny demo model, a small HTML reader, and run folders written
-by the writers of real runs (EasyR1's ``FileLogger``, the CPU experiment's ``write_metrics``)."""
+by the writers of real runs (EasyR1's ``FileLogger``, the CPU experiment's ``metrics_csv``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import shutil
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -54,6 +56,15 @@ class _Collector(HTMLParser):
     def handle_data(self, data):
         for element in self.stack:
             element["text"] += data
+
+
+def load_script(path: Path, name: str):
+    """A script of demo/ imported as the module ``name`` (registered in ``sys.modules``, as its dataclasses need)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def elements(html: str, cls: str | None = None, tag: str | None = None) -> list[dict]:
@@ -135,10 +146,10 @@ def cpu_rows(steps=range(1, 7)) -> list[dict]:
 
 def write_cpu_run(folder: Path, rows=None, traces=True) -> Path:
     """A CPU-experiment output folder: ``metrics.csv`` (baseline and echo) and a copy of the example traces."""
-    from echovl.experiments.tiny_cpu import write_metrics
+    from echovl.experiments.tiny_cpu import metrics_csv
 
     folder.mkdir(parents=True, exist_ok=True)
-    write_metrics(folder / "metrics.csv", rows or cpu_rows())
+    (folder / "metrics.csv").write_text(metrics_csv(rows or cpu_rows()))
     if traces:
         shutil.copytree(EXAMPLE_TRACES, folder / "traces")
     return folder

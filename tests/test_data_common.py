@@ -4,8 +4,8 @@ import pytest
 from echovl.data.common import (
     EMPTY_ANSWER,
     MISSING_IMAGE,
-    AtomicOutputs,
     DataError,
+    ParquetOutputs,
     Report,
     is_hub_name,
     iter_parquet_batches,
@@ -21,7 +21,7 @@ def _rows(n):
 
 def test_outputs_appear_together_only_on_success(tmp_path):
     out = tmp_path / "new" / "dir"
-    with AtomicOutputs() as outputs:
+    with ParquetOutputs() as outputs:
         a = outputs.parquet(out / "a.parquet", SCHEMA, row_group_size=4)
         b = outputs.parquet(out / "b.parquet", SCHEMA, row_group_size=4)
         for row in _rows(10):
@@ -36,7 +36,7 @@ def test_outputs_appear_together_only_on_success(tmp_path):
 def test_failure_leaves_no_file_and_keeps_old_outputs(tmp_path):
     (tmp_path / "a.parquet").write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with AtomicOutputs() as outputs:
+        with ParquetOutputs() as outputs:
             sink = outputs.parquet(tmp_path / "a.parquet", SCHEMA)
             outputs.parquet(tmp_path / "b.parquet", SCHEMA).add(_rows(1)[0])
             for row in _rows(3000):
@@ -47,8 +47,8 @@ def test_failure_leaves_no_file_and_keeps_old_outputs(tmp_path):
 
 
 def test_failure_removes_folders_it_created(tmp_path):
-    with pytest.raises(DataError):
-        with AtomicOutputs() as outputs:
+    with pytest.raises(ValueError, match="two outputs would be written"):
+        with ParquetOutputs() as outputs:
             outputs.parquet(tmp_path / "x" / "y" / "a.parquet", SCHEMA)
             outputs.parquet(tmp_path / "x" / "y" / "a.parquet", SCHEMA)  # same destination twice: an error
     assert list(tmp_path.iterdir()) == []
@@ -57,7 +57,7 @@ def test_failure_removes_folders_it_created(tmp_path):
 def test_row_groups_do_not_depend_on_how_rows_arrive(tmp_path):
     paths = []
     for name in ("one", "two"):
-        with AtomicOutputs() as outputs:
+        with ParquetOutputs() as outputs:
             sink = outputs.parquet(tmp_path / f"{name}.parquet", SCHEMA, row_group_size=7)
             for row in _rows(30):
                 sink.add(row)
@@ -94,7 +94,7 @@ def test_schema_carries_datasets_features(tmp_path):
     buf = io.BytesIO()
     tiny_image(1).save(buf, format="PNG")
     schema = table_schema({"problem": "string", "images": "images", "id": "int64", "choices": "strings"})
-    with AtomicOutputs() as outputs:
+    with ParquetOutputs() as outputs:
         outputs.parquet(tmp_path / "train.parquet", schema).add(
             {"problem": "<image>x", "images": [{"bytes": buf.getvalue(), "path": "a.png"}], "id": 3, "choices": ["1"]}
         )
@@ -111,7 +111,7 @@ def test_sources(tmp_path):
         is_hub_name(str(tmp_path / "missing.parquet"))
     with pytest.raises(DataError, match="does not exist"):
         is_hub_name("./nope/nothere")
-    with AtomicOutputs() as outputs:
+    with ParquetOutputs() as outputs:
         sink = outputs.parquet(tmp_path / "a.parquet", SCHEMA)
         for row in _rows(10):
             sink.add(row)
@@ -121,3 +121,31 @@ def test_sources(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="bad.parquet"):
         list(iter_parquet_batches([tmp_path / "bad.parquet"], None, 4))
+
+
+def test_local_files_and_hub_splits_are_read_the_same_way(tmp_path, monkeypatch):
+    """One TableSource for both: the same rows, named by file or by split, and a missing split named."""
+    import datasets
+
+    from echovl.data.common import open_source
+
+    folder = tmp_path / "hub" / "data"
+    with ParquetOutputs() as outputs:
+        for split, n in (("train", 5), ("test", 2)):
+            sink = outputs.parquet(folder / f"{split}-00000-of-00001.parquet", SCHEMA)
+            for row in _rows(n):
+                sink.add(row)
+    real = datasets.load_dataset
+    monkeypatch.setattr(
+        datasets, "load_dataset", lambda name, *args, **kwargs: real(str(tmp_path / "hub"), *args, **kwargs)
+    )
+    local = open_source(str(folder / "train-00000-of-00001.parquet"))
+    hub = open_source("owner/name", split="train")
+    assert (local.columns, hub.columns, local.total) == (["problem", "answer"], ["problem", "answer"], 5)
+    local_rows = [row for batch in local.batches(["answer"], 2) for row in batch]
+    hub_rows = [row for batch in hub.batches(["answer"], 2) for row in batch]
+    assert [r.values for r in local_rows] == [r.values for r in hub_rows] == [{"answer": str(i)} for i in range(5)]
+    assert (local_rows[3].where, local_rows[3].folder) == ("train-00000-of-00001.parquet row 3", folder)
+    assert (hub_rows[3].where, hub_rows[3].folder) == ("owner/name [train] row 3", None)
+    with pytest.raises(DataError, match="has no split 'validation' \\(its splits: train, test\\)"):
+        open_source("owner/name", split="validation")

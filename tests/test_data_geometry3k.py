@@ -290,12 +290,12 @@ def test_hub_name_goes_through_datasets(tmp_path, monkeypatch):
     calls = []
 
     def fake_load_dataset(name, *args, **kwargs):
-        calls.append((name, kwargs))
+        calls.append((name, args, kwargs))
         return real(str(src), *args, **kwargs)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     report = convert_geometry3k("hiyouga/geometry3k", tmp_path / "hub_out")
-    assert calls == [("hiyouga/geometry3k", {"streaming": True})]
+    assert calls == [("hiyouga/geometry3k", (None,), {"streaming": True})]  # every split, streamed
     assert report.bad_rows[0].where == "hiyouga/geometry3k [train] row 1"
     convert_geometry3k(str(src), tmp_path / "local_out")
     for split in ("train", "validation"):

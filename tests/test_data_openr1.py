@@ -243,7 +243,7 @@ def test_hub_name_goes_through_datasets_streaming(tmp_path, monkeypatch, tokeniz
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     kw = dict(tokenizer=str(tokenizer_dir), max_tokens=MAX_TOKENS, batch_size=2)
     convert_openr1("open-r1/OpenR1-Math-220k", tmp_path / "hub_out", **kw)
-    assert calls == [("open-r1/OpenR1-Math-220k", (None,), {"split": "train", "streaming": True})]
+    assert calls == [("open-r1/OpenR1-Math-220k", (None,), {"streaming": True})]  # its splits, streamed: train
     convert_openr1(str(tmp_path / "hub" / "data"), tmp_path / "local_out", **kw)
     assert (tmp_path / "hub_out" / "train.parquet").read_bytes() == (
         tmp_path / "local_out" / "train.parquet"

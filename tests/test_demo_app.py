@@ -1,12 +1,11 @@
 """The app's event handlers and layout, without a browser (tests/test_demo_e2e.py drives the real page)."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 from echovl.testing import tiny_image
-from tests.demo_support import elements, write_cpu_run, write_easyr1_log
+from tests.demo_support import elements, load_script, write_cpu_run, write_easyr1_log
 
 pytest.importorskip("gradio", reason="the demo extra (gradio) is not installed")
 
@@ -17,10 +16,7 @@ EXAMPLE_RUN = ROOT / "demo" / "example_run"
 
 @pytest.fixture(scope="module")
 def app_module():
-    spec = importlib.util.spec_from_file_location("echovl_demo_app", ROOT / "demo" / "app.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "demo" / "app.py", "echovl_demo_app")
 
 
 def _no_progress(fraction, desc=None):

@@ -1,7 +1,7 @@
 """The overview tab's log readers and charts, without a browser (tests/test_demo_e2e.py drives the real page).
 
 The logs are written by the writers of the real runs: EasyR1's own ``FileLogger`` and the CPU experiment's
-``write_metrics``."""
+``metrics_csv``."""
 
 import json
 import math
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from echovl.demo.charts import axis_ticks, trailing_mean
 from echovl.demo.overview import (
     CHARTS,
     build_charts,
@@ -18,9 +19,7 @@ from echovl.demo.overview import (
     render_overview,
     trace_choices,
     trace_target,
-    trailing_mean,
 )
-from echovl.demo.render import axis_ticks
 from echovl.demo.run_logs import (
     RunLogError,
     find_trace_folder,
@@ -31,7 +30,7 @@ from echovl.demo.run_logs import (
 )
 from echovl.experiments.tiny_cpu import COLUMNS
 from echovl.traces import list_trace_files, read_trace_file
-from tests.demo_support import EASYR1_STEPS, cpu_rows, elements, write_cpu_run, write_easyr1_log
+from tests.demo_support import EASYR1_STEPS, cpu_rows, elements, load_script, write_cpu_run, write_easyr1_log
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_TRACES = ROOT / "demo" / "example_traces"
@@ -279,6 +278,8 @@ def test_trailing_mean_and_ticks():
     assert trailing_mean([1.0, 2.0, 3.0, 4.0], 1) == [1.0, 2.0, 3.0, 4.0]
     assert trailing_mean([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
     assert trailing_mean([3.0, 6.0, 0.0, 3.0], 3) == [3.0, 4.5, 3.0, 3.0]
+    nan = math.nan
+    assert trailing_mean([nan, 2.0, nan, 4.0], 2)[1:] == [2.0, 2.0, 4.0] and math.isnan(trailing_mean([nan], 3)[0])
     assert axis_ticks(0.0, 1.08) == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
     assert axis_ticks(0.0, 0.9) == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
     assert axis_ticks(0.45, 0.56) == pytest.approx([0.45, 0.475, 0.5, 0.525, 0.55])
@@ -377,11 +378,7 @@ def test_shipped_example_run():
 
 
 def test_make_example_run_trims_a_run(tmp_path):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_example_run", ROOT / "demo" / "make_example_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script(ROOT / "demo" / "make_example_run.py", "make_example_run")
     assert module.spread([1, 2, 3, 4, 5, 6, 7], 3) == [1, 4, 7] and module.spread([1, 2], 5) == [1, 2]
     records = [{"degenerate": d, "group": i} for i, d in enumerate([False, True, True, False, True])]
     assert [r["group"] for r in module.pick_groups(records, 4)] == [0, 1, 2, 3]  # 2 degenerate of 4, file order

@@ -409,19 +409,7 @@ def test_a_failed_run_writes_none_of_its_outputs_and_a_rerun_reuses_the_cache(tm
     with pytest.raises(Interrupted):
         evaluate(config(k=2), backend_factory=factory(fail="echo"))
     assert outputs_outside_the_cache(out) == before
-    assert not list(out.rglob(".*.tmp"))
-
-
-def test_atomic_write_all_leaves_every_file_as_it_was_when_one_fails(tmp_path):
-    from echovl.eval.store import atomic_write_all
-
-    (tmp_path / "a.txt").write_text("old")
-    with pytest.raises(TypeError):
-        atomic_write_all({tmp_path / "a.txt": "new", tmp_path / "b.txt": 5})  # the second cannot be written
-    assert (tmp_path / "a.txt").read_text() == "old" and not (tmp_path / "b.txt").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]  # no temporary file left
-    atomic_write_all({tmp_path / "a.txt": "new", tmp_path / "sub" / "b.txt": b"bytes"})
-    assert (tmp_path / "a.txt").read_text() == "new" and (tmp_path / "sub" / "b.txt").read_bytes() == b"bytes"
+    assert not [p for p in out.rglob(".*") if p.name != ".cache"]  # no temporary file
 
 
 def three_benchmarks(root: Path) -> Path:
@@ -647,41 +635,37 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, tiny_lm_dir, ca
         main(["--model", str(tiny_lm_dir), "--benchmarks", str(bench), "--out", str(out), "--k", "x"])
 
 
-def test_prompt_settings_from_the_training_config(tmp_path):
-    from echovl.eval.__main__ import build_parser, config_from_args
+def parsed_config(*argv: str):
+    from echovl.cli import parse_settings
+    from echovl.eval.__main__ import build_parser
 
+    config, _ = parse_settings(build_parser(), ["--model", "m", "--benchmarks", "b", "--out", "o", *argv])
+    return config
+
+
+def test_prompt_settings_from_the_training_config(tmp_path):
     yaml_file = tmp_path / "train.yaml"
     yaml_file.write_text(
         f"data:\n  format_prompt: {FORMAT_PROMPT}\n  min_pixels: 1000\n  max_pixels: 2000\n  prompt_key: question\n"
     )
-    args = build_parser().parse_args(
-        ["--model", "m", "--benchmarks", "b", "--out", "o", "--config", str(yaml_file), "--max-pixels", "3000"]
-    )
-    config = config_from_args(args)
+    config = parsed_config("--config", str(yaml_file), "--max-pixels", "3000")
     assert (config.format_prompt, config.min_pixels, config.max_pixels, config.prompt_key) == (
         str(FORMAT_PROMPT),
         1000,
         3000,  # a flag beats the config
         "question",
     )
-    none = config_from_args(
-        build_parser().parse_args(["--model", "m", "--benchmarks", "b", "--out", "o", "--format-prompt", "none"])
-    )
-    assert none.format_prompt is None
+    assert parsed_config("--format-prompt", "none").format_prompt is None
+    assert parsed_config("--config", str(yaml_file), "--format-prompt", "None").format_prompt is None  # a flag wins
 
 
 def test_prompt_settings_of_the_repository_configs(monkeypatch):
-    from echovl.eval.__main__ import build_parser, config_from_args
-
     monkeypatch.chdir(REPO)  # EasyR1 reads the config's relative paths from the repository root
     for name, pixels in (
         ("geo3k_grpo_echo.yaml", (262144, 4194304)),
         ("openr1_math_grpo_echo.yaml", (262144, 4194304)),
     ):
-        args = build_parser().parse_args(
-            ["--model", "m", "--benchmarks", "b", "--out", "o", "--config", f"configs/{name}"]
-        )
-        config = config_from_args(args)
+        config = parsed_config("--config", f"configs/{name}")
         assert Path(config.format_prompt).resolve() == FORMAT_PROMPT
         assert (config.min_pixels, config.max_pixels, config.prompt_key, config.image_key) == (
             *pixels,

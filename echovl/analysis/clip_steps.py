@@ -15,18 +15,17 @@ per folder:
 
 from __future__ import annotations
 
-import argparse
 import csv
-import os
-import sys
-import tempfile
+import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..cli import OptionError, command_parser, option, run_command
+from ..outputs import write_files
 from ..traces import TraceError, list_trace_files, read_trace_file
 
-__all__ = ["ClipStepStats", "clip_step_stats", "main", "remine_step"]
+__all__ = ["ClipStepStats", "ClipStepsSettings", "clip_step_stats", "main", "remine_step"]
 
 DEFAULT_THRESHOLDS = (2, 3, 5)
 
@@ -104,37 +103,44 @@ def _format(stats: Iterable[ClipStepStats], thresholds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _csv_text(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+@dataclass
+class ClipStepsSettings:
+    """``python -m echovl.analysis.clip_steps``'s options."""
+
+    folders: list[str] = option(flags=["folders"], metavar="TRACE_DIR", help="trace folders (step_*.jsonl)")
+    thresholds: list[int] = option(
+        default_factory=lambda: list(DEFAULT_THRESHOLDS), help="step lengths in text tokens to count clips below"
+    )
+    csv: Path | None = option(None, help="also write the table as CSV")
+
+    def __post_init__(self) -> None:
+        if any(k < 1 for k in self.thresholds):
+            raise OptionError("--thresholds must be >= 1")
+
+
+def _report(settings: ClipStepsSettings) -> None:
+    stats = [clip_step_stats(folder, settings.thresholds) for folder in settings.folders]
+    print(_format(stats, settings.thresholds))
+    if settings.csv:
+        write_files({settings.csv: _csv_text([s.row() for s in stats])})
+        print(f"wrote {settings.csv}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m echovl.analysis.clip_steps", description=__doc__.split("\n")[0])
-    parser.add_argument("folders", nargs="+", help="trace folders (step_*.jsonl)")
-    parser.add_argument("--thresholds", type=int, nargs="+", default=list(DEFAULT_THRESHOLDS))
-    parser.add_argument("--csv", type=Path, help="also write the table as CSV")
-    args = parser.parse_args(argv)
-    if any(k < 1 for k in args.thresholds):
-        parser.error("--thresholds must be >= 1")
-    try:
-        stats = [clip_step_stats(folder, args.thresholds) for folder in args.folders]
-    except (TraceError, OSError, KeyError, IndexError) as error:
-        print(f"clip_steps: {error}", file=sys.stderr)
-        return 1
-    print(_format(stats, args.thresholds))
-    if args.csv:
-        _write_csv(args.csv, [s.row() for s in stats])
-        print(f"wrote {args.csv}")
-    return 0
+    parser = command_parser(
+        ClipStepsSettings, prog="python -m echovl.analysis.clip_steps", description=__doc__.split("\n")[0]
+    )
+    return run_command(
+        parser, _report, argv, errors=(TraceError, OSError, KeyError, IndexError), prefix="clip_steps: "
+    )
 
 
 if __name__ == "__main__":

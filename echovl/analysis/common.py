@@ -19,7 +19,6 @@ back), the teacher-forced entropy of a response split into steps, the command-li
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -28,14 +27,14 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+from ..cli import command_parser, option, progress_bar, run_command
 from ..eval.backends import Backend, Sampling, image_token_ids, load_backend, mix_seed
 from ..eval.benchmarks import EvalError, load_benchmarks
 from ..eval.checkpoints import resolve_model
-from ..eval.prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
-from ..eval.run import DEFAULT_FORMAT_PROMPT
-from ..eval.store import atomic_write
+from ..eval.prompts import Prompt, PromptBuilder
+from ..eval.settings import GENERATION, HARDWARE, ModelRunConfig, TrainingConfigFile
 from ..reward.math import judge
 
 __all__ = [
@@ -46,17 +45,13 @@ __all__ = [
     "Rollout",
     "ScoredResponse",
     "Step",
-    "add_common_arguments",
-    "common_settings",
+    "analysis_main",
     "csv_text",
     "load_problems",
-    "main_wrapper",
     "obtain_rollouts",
     "png_bytes",
-    "progress_bar",
     "rollouts_jsonl",
     "start_analysis",
-    "write_outputs",
 ]
 
 
@@ -67,78 +62,54 @@ class AnalysisError(EvalError):
 # ------------------------------------------------------------------------------------------------------- settings
 
 
-@dataclass
-class AnalysisConfig:
-    """Settings both analyses share (each command adds its own)."""
+@dataclass(kw_only=True)
+class AnalysisConfig(ModelRunConfig):
+    """Settings both analyses share (with those of :class:`echovl.eval.settings.ModelRunConfig`; each command adds
+    its own). The entropy is at the sampling temperature."""
 
-    model: str
-    """A model folder, an EasyR1 checkpoint (merged) or a hub name (:func:`echovl.eval.resolve_model`)."""
-    data: str
-    """A parquet file with ``problem`` and ``answer`` columns (and ``images`` for a vision-language task)."""
-    out: Path
-    """Output folder."""
-    limit: int | None = None
-    """Only the first ``limit`` problems of the file."""
-    samples: int = 8
-    """Rollouts per problem (the paper's group size)."""
-    temperature: float = 0.6
-    """Sampling temperature of the rollouts, and of the entropy (the paper's 0.6)."""
-    top_p: float = 1.0
-    max_new_tokens: int = 8192
-    """Most tokens per rollout."""
-    seed: int = 0
-    backend: str = "auto"
-    """``auto`` (vLLM when installed and a GPU is visible), ``vllm`` or ``transformers``."""
-    rollouts: str | None = None
-    """Read the rollouts from this ``rollouts.jsonl`` (written by either analysis) instead of generating them."""
-    delimiters: list[str] = field(default_factory=lambda: ["\n"])
-    """Step delimiters, as ``echo.delimiters`` in training."""
-    chunk_size: int = 128
+    error: ClassVar[type[EvalError]] = AnalysisError
+
+    model: str = option(help="a model folder, an EasyR1 checkpoint (merged) or a hub name")
+    data: str = option(
+        help="parquet file with problem and answer columns (images for a vision-language task), e.g. "
+        "data/openr1_math/train.parquet or data/geometry3k/test.parquet"
+    )
+    samples: int = option(8, group=GENERATION, help="rollouts per problem (the paper's group size)")
+    rollouts: str | None = option(
+        None,
+        metavar="FILE",
+        help="read the rollouts from a rollouts.jsonl of an earlier run (same --data and prompt) instead of "
+        "generating them",
+    )
+    delimiters: list[str] | None = option(
+        None,
+        config_key="echo.delimiters",
+        help="step delimiters as echo.delimiters in training, '\\n' for a newline (default: the --config's "
+        "echo.delimiters, else a newline)",
+    )
+    chunk_size: int = field(default=128, metadata={"option": False})
     """Positions per chunk of the output layer and the entropy (``echo.entropy_chunk_size``)."""
-    format_prompt: str | None = str(DEFAULT_FORMAT_PROMPT)
-    """Jinja file applied to each problem (training's ``data.format_prompt``); None: the bare problem."""
-    min_pixels: int | None = DEFAULT_MIN_PIXELS
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    prompt_key: str = "problem"
-    answer_key: str = "answer"
-    image_key: str = "images"
-    batch_size: int = 16
-    """transformers backend: sequences per ``generate`` batch."""
-    device: str | None = None
-    """Where the transformers model runs (generation and entropy): ``cuda`` / ``cpu`` (default: CUDA when visible)."""
-    tensor_parallel_size: int | None = None
-    gpu_memory_utilization: float = 0.6
-    """vLLM's share of GPU memory; the rest holds the transformers model that computes the entropy."""
-    bootstrap: int = 10000
-    """Bootstrap resamples (over problems) for the intervals."""
-    confidence: float = 0.95
-    show_progress: bool | None = None
-    """Progress bars (default: when stderr is a terminal)."""
+    gpu_memory_utilization: float = option(
+        0.6,
+        group=HARDWARE,
+        help="vLLM's share of GPU memory; the rest holds the transformers model for the entropy",
+    )
 
     def __post_init__(self) -> None:
         from ..config import EchoConfig
 
-        self.out = Path(self.out)
-        if self.backend not in ("auto", "vllm", "transformers"):
-            raise AnalysisError(f"unknown backend {self.backend!r} (auto, vllm or transformers)")
-        for name in ("limit", "samples", "batch_size", "chunk_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise AnalysisError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        for name in ("samples", "chunk_size"):
+            if getattr(self, name) < 1:
+                raise AnalysisError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.temperature <= 0:
             raise AnalysisError(
                 f"--temperature must be > 0 (entropy is of softmax(logits / T)), got {self.temperature}"
             )
-        if self.bootstrap < 100:
-            raise AnalysisError(f"--bootstrap must be >= 100 resamples, got {self.bootstrap}")
-        if not 0 < self.confidence < 1:
-            raise AnalysisError(f"--confidence must be in (0, 1), got {self.confidence}")
-        if self.format_prompt is not None and not Path(self.format_prompt).is_file():
-            raise AnalysisError(f"format prompt {self.format_prompt} not found (pass --format-prompt FILE or none)")
+        super().__post_init__()
         if self.rollouts is not None and not Path(self.rollouts).is_file():
             raise AnalysisError(f"--rollouts {self.rollouts}: no such file")
         try:
-            self.delimiters = EchoConfig(delimiters=list(self.delimiters)).delimiters
+            self.delimiters = EchoConfig(delimiters=list(self.delimiters or ["\n"])).delimiters
         except ValueError as exc:
             raise AnalysisError(str(exc).replace("echo.delimiters", "--delimiters")) from None
         self.sampling()  # validates top_p and max_new_tokens
@@ -159,126 +130,26 @@ class AnalysisConfig:
         )
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, *, samples_help: str) -> None:
-    """The options of :class:`AnalysisConfig` (the command adds its own)."""
-    from ..eval.__main__ import add_prompt_arguments
+def analysis_main(
+    name: str, config: type[AnalysisConfig], run: Callable[[AnalysisConfig], Any], argv, *, description: str
+) -> int:
+    """``python -m echovl.analysis.<name>``: ``run`` the analysis of the command line's ``config``; a bad input is one
+    line on stderr and exit status 1."""
+    parser = command_parser(
+        config, TrainingConfigFile, prog=f"python -m echovl.analysis.{name}", description=description
+    )
 
-    parser.add_argument("--model", required=True, help="a model folder, an EasyR1 checkpoint (merged) or a hub name")
-    parser.add_argument(
-        "--data",
-        required=True,
-        help="parquet file with problem and answer columns (images for a vision-language task), e.g. "
-        "data/openr1_math/train.parquet or data/geometry3k/test.parquet",
-    )
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N problems of the file")
-    parser.add_argument("--samples", type=int, default=8, help=f"{samples_help} (default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.6, help="sampling and entropy (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="default: %(default)s")
-    parser.add_argument("--max-new-tokens", type=int, default=8192, help="per rollout (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    parser.add_argument(
-        "--backend", choices=("auto", "vllm", "transformers"), default="auto", help="generation (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--rollouts",
-        default=None,
-        metavar="FILE",
-        help="read the rollouts from a rollouts.jsonl of an earlier run (same --data and prompt) instead of "
-        "generating them",
-    )
-    parser.add_argument(
-        "--delimiters",
-        nargs="+",
-        default=None,
-        help="step delimiters as echo.delimiters in training, '\\n' for a newline (default: the --config's "
-        "echo.delimiters, else a newline)",
-    )
-    parser.add_argument("--batch-size", type=int, default=16, help="transformers: sequences per batch")
-    add_prompt_arguments(
+    def analyse(settings: AnalysisConfig, _: TrainingConfigFile) -> None:
+        run(settings)
+
+    return run_command(
         parser,
-        "the training YAML: its data.format_prompt, min_pixels, max_pixels, prompt/answer/image keys and "
-        "echo.delimiters",
+        analyse,
+        argv,
+        errors=(EvalError,),
+        prefix=f"{name}: error: ",
+        interrupted=f"{name}: interrupted; nothing was written",
     )
-    stats = parser.add_argument_group("intervals")
-    stats.add_argument("--bootstrap", type=int, default=10000, help="resamples over problems (default: %(default)s)")
-    stats.add_argument("--confidence", type=float, default=0.95, help="default: %(default)s")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bars (default: when stderr is a terminal)",
-    )
-    hardware = parser.add_argument_group("hardware")
-    hardware.add_argument("--device", default=None, help="transformers model: cuda or cpu (default: cuda if visible)")
-    hardware.add_argument("--tensor-parallel-size", type=int, default=None, help="vLLM: GPUs (default: all)")
-    hardware.add_argument(
-        "--gpu-memory-utilization",
-        type=float,
-        default=0.6,
-        help="vLLM's share of GPU memory; the rest holds the transformers model for the entropy (default: "
-        "%(default)s)",
-    )
-
-
-def _training_delimiters(path: str) -> list[str] | None:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            echo = (yaml.safe_load(handle) or {}).get("echo") or {}
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise AnalysisError(f"cannot read the training config {path}: {exc}") from exc
-    return echo.get("delimiters") if isinstance(echo, dict) else None
-
-
-def common_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """:class:`AnalysisConfig` fields from parsed :func:`add_common_arguments` options."""
-    from ..eval.__main__ import prompt_settings
-
-    prompt = prompt_settings(args)
-    delimiters = args.delimiters or (_training_delimiters(args.config) if args.config else None) or ["\n"]
-    return dict(
-        model=args.model,
-        data=args.data,
-        out=args.out,
-        limit=args.limit,
-        samples=args.samples,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        backend=args.backend,
-        rollouts=args.rollouts,
-        delimiters=delimiters,
-        batch_size=args.batch_size,
-        bootstrap=args.bootstrap,
-        confidence=args.confidence,
-        show_progress=args.progress,
-        device=args.device,
-        tensor_parallel_size=args.tensor_parallel_size,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        **prompt,
-    )
-
-
-def main_wrapper(prog: str, run: Callable[[], Any]) -> int:
-    """Run ``run()``; a bad input is one line on stderr and exit status 1."""
-    try:
-        run()
-    except EvalError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    return 0
-
-
-def progress_bar(total: int, desc: str, enable: bool | None, unit: str = "samples"):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if enable is None else not enable, leave=False)
 
 
 # ------------------------------------------------------------------------------------------------------- problems
@@ -439,7 +310,7 @@ def obtain_rollouts(
     if config.rollouts is not None:
         return _read_rollouts(Path(config.rollouts), problems, prompts)
     sampling = config.sampling()
-    bar = progress_bar(len(problems) * sampling.n, "rollouts", config.show_progress)
+    bar = progress_bar(total=len(problems) * sampling.n, desc="rollouts", unit="samples", enable=config.show_progress)
     seeds = [mix_seed("rollouts", p.row) for p in problems]
     texts = generate(backend(), prompts, sampling, seeds, bar)
     bar.close()
@@ -766,9 +637,3 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
-
-
-def write_outputs(out: Path, files: dict[str, str | bytes]) -> None:
-    """Write every file (each through a temporary file and a rename), once all of them are made."""
-    for name, content in files.items():
-        atomic_write(out / name, content)

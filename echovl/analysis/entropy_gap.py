@@ -12,7 +12,7 @@ against the mean of the same statistic over that problem's verified rollouts, av
 paired bootstrap interval over problems (:func:`echovl.eval.paired_bootstrap`). Statistics of a trace: its mean
 token entropy (over text tokens), its mean step entropy, its largest step entropy (what EchoRL's clip picks).
 
-Outputs in ``--out`` (each written atomically, all after the analysis has finished):
+Outputs in ``--out`` (all or none, once the analysis has finished: :mod:`echovl.outputs`):
 
 - ``summary.md`` (also printed) and ``summary.json``: per source (expert traces of the paired problems, verified
   rollouts, expert traces of all problems) traces, text tokens, steps, token entropy (mean over tokens), step
@@ -26,7 +26,6 @@ Outputs in ``--out`` (each written atomically, all after the analysis has finish
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -35,23 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli import option, progress_bar
 from ..eval.backends import Backend
 from ..eval.stats import paired_bootstrap
+from ..outputs import write_files
 from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
     ScoredResponse,
-    add_common_arguments,
-    common_settings,
+    analysis_main,
     csv_text,
-    main_wrapper,
     no_verified_rollout,
     png_bytes,
-    progress_bar,
     pyplot,
     rollouts_jsonl,
     start_analysis,
-    write_outputs,
 )
 
 __all__ = ["STEP_COLUMNS", "EntropyGapConfig", "main", "run", "trace_statistics"]
@@ -78,10 +75,9 @@ PROBLEM_COLUMNS = (
 STATISTICS = ("token_entropy", "step_entropy", "max_step_entropy")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class EntropyGapConfig(AnalysisConfig):
-    solution_key: str = "solution"
-    """Column of the expert traces."""
+    solution_key: str = option("solution", help="expert trace column")
 
 
 def trace_statistics(steps: Sequence[tuple[int, float]]) -> dict[str, float]:
@@ -220,7 +216,8 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
         raise no_verified_rollout(config, rollouts)
 
     scorer = session.scorer()
-    bar = progress_bar(len(problems) + sum(map(len, verified.values())), "entropy", config.show_progress, "traces")
+    total = len(problems) + sum(map(len, verified.values()))
+    bar = progress_bar(total=total, desc="entropy", unit="traces", enable=config.show_progress)
     step_rows, problem_rows = [], []
     expert_traces, expert_all, rollout_traces = [], [], []
     tokens = {"expert": [], "rollout": []}
@@ -312,16 +309,15 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
         f"{session.model_ref.name}: expert traces vs verified rollouts of {len(expert_traces)} problems "
         f"(T = {config.temperature})",
     )
-    write_outputs(
-        config.out,
+    write_files(
         {
-            "steps.csv": csv_text(step_rows, STEP_COLUMNS),
-            "problems.csv": csv_text(problem_rows, PROBLEM_COLUMNS),
-            "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
-            "entropy_hist.png": figure,
-            "summary.md": markdown,
-            "summary.json": json.dumps(summary, indent=2, default=_json_default) + "\n",
-        },
+            config.out / "steps.csv": csv_text(step_rows, STEP_COLUMNS),
+            config.out / "problems.csv": csv_text(problem_rows, PROBLEM_COLUMNS),
+            config.out / "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
+            config.out / "entropy_hist.png": figure,
+            config.out / "summary.md": markdown,
+            config.out / "summary.json": json.dumps(summary, indent=2, default=_json_default) + "\n",
+        }
     )
     print(markdown, end="")
     return summary
@@ -333,23 +329,15 @@ def _json_default(value):
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m echovl.analysis.entropy_gap",
-        description="Token and step entropy of expert traces (the solution column) against the model's own "
-        "verified rollouts of the same problems (the paper's Evidence 1). Writes summary.md/json, steps.csv, "
-        "problems.csv, rollouts.jsonl and entropy_hist.png into --out.",
-    )
-    add_common_arguments(parser, samples_help="rollouts per problem")
-    parser.add_argument("--solution-key", default="solution", help="expert trace column (default: %(default)s)")
-    return parser
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return main_wrapper(
+    return analysis_main(
         "entropy_gap",
-        lambda: run(EntropyGapConfig(**common_settings(args), solution_key=args.solution_key)),
+        EntropyGapConfig,
+        run,
+        argv,
+        description="Token and step entropy of expert traces (the solution column) against the model's own verified "
+        "rollouts of the same problems (the paper's Evidence 1). Writes summary.md/json, steps.csv, problems.csv, "
+        "rollouts.jsonl and entropy_hist.png into --out.",
     )
 
 

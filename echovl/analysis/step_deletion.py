@@ -30,8 +30,8 @@ What is deleted, exactly:
 Accuracy at a fraction and order is the mean over problems of the fraction of the problem's edited rollouts (and
 answers) graded correct, with a bootstrap interval over problems; ``change`` is the paired difference to ``f = 0``.
 
-Outputs in ``--out`` (each written atomically, all once the analysis has finished): ``summary.md`` (also printed),
-``summary.json``, ``accuracy.csv`` (per order and fraction), ``accuracy.png`` (accuracy against the fraction
+Outputs in ``--out`` (all or none, once the analysis has finished: :mod:`echovl.outputs`): ``summary.md`` (also
+printed), ``summary.json``, ``accuracy.csv`` (per order and fraction), ``accuracy.png`` (accuracy against the fraction
 deleted, one line per order), ``deletions.csv`` (per rollout, order, fraction and answer: which steps were deleted,
 the verdict), ``steps.csv`` (every step of the analysed rollouts: kind, text tokens, entropy, rank in each order),
 ``continuations.jsonl`` (each distinct edit: the edited reasoning and the model's continuations), ``rollouts.jsonl``.
@@ -39,37 +39,34 @@ the verdict), ``steps.csv`` (every step of the analysed rollouts: kind, text tok
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import random
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 
 import numpy as np
 
+from ..cli import option, progress_bar
 from ..eval.backends import Backend, mix_seed
 from ..eval.stats import paired_bootstrap
+from ..outputs import write_files
 from ..reward.math import GRADER_VERSION, judge
 from .common import (
     AnalysisConfig,
     AnalysisError,
     Rollout,
     ScoredResponse,
-    add_common_arguments,
-    common_settings,
+    analysis_main,
     csv_text,
     generate,
-    main_wrapper,
     no_verified_rollout,
     png_bytes,
-    progress_bar,
     pyplot,
     rollouts_jsonl,
     start_analysis,
-    write_outputs,
 )
 
 __all__ = [
@@ -133,18 +130,20 @@ STEP_COLUMNS = (
 )
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepDeletionConfig(AnalysisConfig):
-    fractions: list[float] = field(default_factory=lambda: list(DEFAULT_FRACTIONS))
-    """Fractions of each rollout's deletable steps to delete."""
-    orders: list[str] = field(default_factory=lambda: list(ORDERS))
-    """Deletion orders: ``high`` (entropy first), ``low``, ``random``."""
-    answers: int = 1
-    """Continuations sampled per edited rollout."""
-    answer_tokens: int = 1024
-    """Most tokens per continuation."""
-    min_steps: int = 2
-    """Rollouts with fewer deletable steps are left out."""
+    fractions: list[float] = option(
+        default_factory=lambda: list(DEFAULT_FRACTIONS),
+        help="fractions of the reasoning steps to delete (default: 0 0.1 0.2 0.3 0.4 0.5)",
+    )
+    orders: list[str] = option(
+        default_factory=lambda: list(ORDERS),
+        choices=ORDERS,
+        help="deletion orders: high (entropy first), low, random (default: all three)",
+    )
+    answers: int = option(1, help="answers sampled per edited rollout")
+    answer_tokens: int = option(1024, help="most tokens per answer")
+    min_steps: int = option(2, help="leave out rollouts with fewer deletable steps")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -362,7 +361,7 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
     analysed: list[_Analysed] = []
     step_rows = []
     too_few = 0
-    bar = progress_bar(len(verified), "entropy", config.show_progress, "rollouts")
+    bar = progress_bar(total=len(verified), desc="entropy", unit="rollouts", enable=config.show_progress)
     for r in verified:
         scored = scorer.score(prompts[r.problem.index], r.response)
         bar.update(1)
@@ -408,7 +407,7 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
     ]
     seeds = [mix_seed("answer", a.rollout.problem.row, a.rollout.sample, *d) for a, d in edits.values()]
     sampling = config.sampling(config.answers, config.answer_tokens)
-    bar = progress_bar(len(keys) * config.answers, "answers", config.show_progress)
+    bar = progress_bar(total=len(keys) * config.answers, desc="answers", unit="samples", enable=config.show_progress)
     texts = generate(backend, continuations, sampling, seeds, bar)
     bar.close()
     verdicts: dict[tuple, list[bool]] = {}
@@ -479,66 +478,32 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
         f"{session.model_ref.name}: {len(analysed)} verified rollouts of {summary['counts']['problems']} problems, "
         f"T = {config.temperature}",
     )
-    write_outputs(
-        config.out,
+    write_files(
         {
-            "steps.csv": csv_text(step_rows, STEP_COLUMNS),
-            "deletions.csv": csv_text(deletion_rows, DELETION_COLUMNS),
-            "accuracy.csv": csv_text(rows, ACCURACY_COLUMNS),
-            "continuations.jsonl": "".join(continuation_lines),
-            "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
-            "accuracy.png": figure,
-            "summary.md": markdown,
-            "summary.json": json.dumps(summary, indent=2, default=str) + "\n",
-        },
+            config.out / "steps.csv": csv_text(step_rows, STEP_COLUMNS),
+            config.out / "deletions.csv": csv_text(deletion_rows, DELETION_COLUMNS),
+            config.out / "accuracy.csv": csv_text(rows, ACCURACY_COLUMNS),
+            config.out / "continuations.jsonl": "".join(continuation_lines),
+            config.out / "rollouts.jsonl": rollouts_jsonl(rollouts, prompts),
+            config.out / "accuracy.png": figure,
+            config.out / "summary.md": markdown,
+            config.out / "summary.json": json.dumps(summary, indent=2, default=str) + "\n",
+        }
     )
     print(markdown, end="")
     return summary
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m echovl.analysis.step_deletion",
+def main(argv: Sequence[str] | None = None) -> int:
+    return analysis_main(
+        "step_deletion",
+        StepDeletionConfig,
+        run,
+        argv,
         description="Delete 0-50% of the steps of the model's verified rollouts in order of step entropy (high "
         "first, low first, random), let the model answer from the edited reasoning, and measure accuracy (the "
         "paper's Evidence 2). Writes summary.md/json, accuracy.csv/png, deletions.csv, steps.csv, "
         "continuations.jsonl and rollouts.jsonl into --out.",
-    )
-    add_common_arguments(parser, samples_help="rollouts per problem (the verified ones are edited)")
-    parser.add_argument(
-        "--fractions",
-        type=float,
-        nargs="+",
-        default=list(DEFAULT_FRACTIONS),
-        help="fractions of the reasoning steps to delete (default: 0 0.1 0.2 0.3 0.4 0.5)",
-    )
-    parser.add_argument(
-        "--orders", nargs="+", default=list(ORDERS), choices=ORDERS, help="deletion orders (default: all three)"
-    )
-    parser.add_argument("--answers", type=int, default=1, help="answers sampled per edited rollout (default: 1)")
-    parser.add_argument(
-        "--answer-tokens", type=int, default=1024, help="most tokens per answer (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--min-steps", type=int, default=2, help="leave out rollouts with fewer deletable steps (default: 2)"
-    )
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return main_wrapper(
-        "step_deletion",
-        lambda: run(
-            StepDeletionConfig(
-                **common_settings(args),
-                fractions=args.fractions,
-                orders=args.orders,
-                answers=args.answers,
-                answer_tokens=args.answer_tokens,
-                min_steps=args.min_steps,
-            )
-        ),
     )
 
 

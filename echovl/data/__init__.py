@@ -9,6 +9,6 @@
 Heavy dependencies (``datasets``, ``transformers``, PIL) are imported only when a conversion needs them.
 """
 
-from .common import AtomicOutputs, BadRow, DataError, Report
+from .common import BadRow, DataError, ParquetOutputs, Report
 
-__all__ = ["AtomicOutputs", "BadRow", "DataError", "Report"]
+__all__ = ["ParquetOutputs", "BadRow", "DataError", "Report"]

@@ -1,14 +1,22 @@
 """Shared plumbing of the dataset converters: bad-row reports, atomic deterministic parquet output, sources.
 
+- :class:`TableSource` is how both converters read their input, a local parquet file or folder
+  (:func:`parquet_source`, with pyarrow row group by row group) or a hub dataset (:func:`hub_sources`, streamed with
+  ``datasets``): the rows in batches, each with where it came from (``file.parquet row 12``, ``owner/name [train]
+  row 12``) for the bad-row report.
+
 - :class:`Report` counts rows read / written / skipped (by reason) / filtered (by reason) per part (a split or a
   benchmark), keeps the bad rows with where they were and why, and prints the summary table. With ``strict=True``
   the first bad row raises :class:`DataError` instead.
-- :class:`AtomicOutputs` writes every output to a hidden temporary file next to its destination and renames them
-  all into place only when the whole conversion succeeded; on any error the temporaries are removed, so a failed
-  run leaves no partial file (an older output stays untouched). :class:`ParquetSink` buffers rows into fixed-size
-  row groups, so the bytes depend only on the rows, not on how the input was batched: same input, same bytes.
+- :class:`ParquetOutputs` (on :class:`echovl.outputs.Outputs`) streams every output to a hidden temporary file next
+  to its destination and renames them all into place only when the whole conversion succeeded; on any error the
+  temporaries are removed, so a failed run leaves no partial file (an older output stays untouched).
+  :class:`ParquetSink` buffers rows into fixed-size row groups, so the bytes depend only on the rows, not on how the
+  input was batched: same input, same bytes.
 - Schemas carry the Hugging Face ``datasets`` feature metadata, so ``datasets.load_dataset("parquet", ...)``
   decodes the ``images`` column as images, written in the list form that old and new ``datasets`` read.
+- :class:`ConversionSettings` holds the options every converter has (``--strict``, ``--progress``), and
+  :func:`conversion_main` runs a converter's command line (:mod:`echovl.cli`).
 """
 
 from __future__ import annotations
@@ -17,15 +25,17 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from ..cli import command_parser, option, progress_option, run_command
+from ..outputs import Outputs
 
 __all__ = [
     "EMPTY_ANSWER",
@@ -35,20 +45,23 @@ __all__ = [
     "MALFORMED_ROW",
     "MISSING_IMAGE",
     "UNDECODABLE_IMAGE",
-    "AtomicOutputs",
     "BadRow",
+    "ConversionSettings",
     "DataError",
+    "ParquetOutputs",
     "ParquetSink",
     "PartStats",
     "Report",
-    "add_run_options",
+    "SourceRow",
+    "TableSource",
     "cell_text",
+    "conversion_main",
     "find_parquet_files",
-    "hub_error",
+    "hub_sources",
     "is_hub_name",
     "iter_parquet_batches",
-    "progress",
-    "run_conversion",
+    "open_source",
+    "parquet_source",
     "table_schema",
 ]
 
@@ -196,14 +209,14 @@ def table_schema(columns: dict[str, str]) -> pa.Schema:
 
 
 class ParquetSink:
-    """Buffered writer of one parquet file: rows go out in row groups of exactly ``row_group_size`` rows."""
+    """Buffered writer of one parquet file into ``handle``: rows go out in row groups of exactly ``row_group_size``
+    rows."""
 
     def __init__(self, handle, destination: Path, schema: pa.Schema, row_group_size: int):
         self.destination = destination
         self.schema = schema
         self.row_group_size = row_group_size
         self.rows = 0
-        self._handle = handle
         self._buffer: list[dict] = []
         self._writer = pq.ParquetWriter(handle, schema, compression="snappy")
 
@@ -219,93 +232,49 @@ class ParquetSink:
             self._buffer = []
 
     def close(self) -> None:
+        """Write the last row group and the footer (the handle stays open: its :class:`ParquetOutputs` closes it)."""
         if self._writer is not None:
             self._flush()
             self._writer.close()
             self._writer = None
-            self._handle.flush()
-            os.fsync(self._handle.fileno())
-            self._handle.close()
 
     def abort(self) -> None:
-        try:
-            if self._writer is not None:
-                self._writer.close()
-        finally:
-            self._writer = None
-            self._handle.close()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:
+                pass  # the file is discarded anyway
 
 
-class AtomicOutputs:
-    """All-or-nothing output files: ``with AtomicOutputs(report) as out: sink = out.parquet(path, schema)``.
-
-    Rows go to hidden ``.<name>.<random>.parquet`` files in the destination folder; on a clean exit they are closed,
-    synced and renamed over their destinations; on an exception they are deleted (and a destination folder this
-    created, if left empty, too). The hidden name ends in ``.parquet`` and starts with a dot, so a crash that skips
-    the cleanup (a killed process) cannot confuse loaders that look at a folder's first file or its parquet files.
+class ParquetOutputs(Outputs):
+    """All-or-nothing parquet files (:class:`echovl.outputs.Outputs`) streamed row group by row group:
+    ``with ParquetOutputs(report) as out: sink = out.parquet(path, schema)``. The rows go to hidden temporary files
+    next to the destinations (``.<name>.<random>.parquet``); on a clean exit they are completed and renamed into
+    place together (and listed in ``report.outputs``); on an exception nothing is left behind.
     """
 
     def __init__(self, report: Report | None = None):
+        super().__init__()
         self.report = report
-        self._sinks: list[tuple[ParquetSink, str]] = []
-        self._created_dirs: list[Path] = []
-
-    def __enter__(self) -> AtomicOutputs:
-        return self
+        self._sinks: list[ParquetSink] = []
 
     def parquet(self, destination: str | Path, schema: pa.Schema, row_group_size: int = 1024) -> ParquetSink:
-        destination = Path(destination)
-        if any(s.destination == destination for s, _ in self._sinks):
-            raise DataError(f"two outputs would be written to {destination}")
-        self._make_dir(destination.parent)
-        fd, tmp = tempfile.mkstemp(prefix=f".{destination.stem}.", suffix=".parquet", dir=destination.parent)
-        sink = ParquetSink(os.fdopen(fd, "wb"), destination, schema, row_group_size)
-        self._sinks.append((sink, tmp))
+        sink = ParquetSink(self.open(destination), Path(destination), schema, row_group_size)
+        self._sinks.append(sink)
         return sink
 
-    def _make_dir(self, folder: Path) -> None:
-        missing = []
-        for d in (folder, *folder.parents):
-            if d.exists():
-                break
-            missing.append(d)
-        folder.mkdir(parents=True, exist_ok=True)
-        self._created_dirs.extend(missing)  # deepest first
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self._commit()
-                return
-            except BaseException:
-                self._abort()
-                raise
-        self._abort()
-
-    def _commit(self) -> None:
-        for sink, _ in self._sinks:
+    def commit(self) -> None:
+        for sink in self._sinks:
             sink.close()
-        umask = os.umask(0)
-        os.umask(umask)
-        for sink, tmp in self._sinks:
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give them the usual permissions
-            os.replace(tmp, sink.destination)
-            if self.report is not None:
-                self.report.outputs.append(sink.destination)
+        super().commit()
+        if self.report is not None:
+            self.report.outputs += [sink.destination for sink in self._sinks]
 
-    def _abort(self) -> None:
-        for sink, tmp in self._sinks:
-            try:
-                sink.abort()
-            except Exception:
-                pass
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        for d in self._created_dirs:
-            try:
-                d.rmdir()  # only succeeds if empty
-            except OSError:
-                break
+    def discard(self) -> None:
+        for sink in self._sinks:
+            sink.abort()
+        super().discard()
 
 
 # ------------------------------------------------------------------------------------------------------ input
@@ -330,13 +299,6 @@ def is_hub_name(source: str) -> bool:
     if _HUB_NAME.match(source) and not source.endswith(".parquet"):
         return True
     raise DataError(f"source {source!r} does not exist (and is not a hub dataset name like 'owner/name')")
-
-
-def hub_error(name: str, exc: Exception) -> DataError:
-    """The error for a hub dataset that did not load; the name may also be a mistyped local path."""
-    return DataError(
-        f"cannot load hub dataset {name!r} (no local file or folder has that name either): {type(exc).__name__}: {exc}"
-    )
 
 
 def find_parquet_files(path: Path) -> list[Path]:
@@ -377,41 +339,114 @@ def iter_parquet_batches(
             del table
 
 
-def add_run_options(parser, bad_rows: str) -> None:
-    """The options every converter has: ``--strict`` (``bad_rows`` lists what counts as a bad row) and
-    ``--progress``."""
-    import argparse
+class SourceRow(NamedTuple):
+    """One row of a :class:`TableSource`."""
 
-    parser.add_argument(
-        "--strict",
-        action="store_true",
-        help=(
-            f"fail (exit status 1, no file written) at the first bad row: {bad_rows}. Default: skip bad rows, list "
-            "them and count them by reason in the summary"
-        ),
-    )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="show progress bars (default: only when stderr is a terminal)",
-    )
+    where: str
+    """``file.parquet row 12`` (its row in that file) or ``owner/name [split] row 12``."""
+    values: dict[str, Any]
+    folder: Path | None
+    """The folder of a local file (paths in the row are relative to it); None for a hub row."""
 
 
-def run_conversion(convert: Callable[[], Report]) -> int:
-    """Run a conversion for a command line: print its summary (exit status 0) or the error (exit status 1)."""
+@dataclass
+class TableSource:
+    """The rows of a local parquet file or folder, or of one split of a hub dataset: what both converters read, the
+    one way (:func:`open_source`, :func:`hub_sources`, :func:`parquet_source`)."""
+
+    name: str
+    columns: list[str]
+    """The columns every row has."""
+    total: int | None
+    """Rows, when known."""
+    batches: Callable[[list[str] | None, int], Iterator[list[SourceRow]]]
+    """``batches(columns, batch_size)``: the rows, ``batch_size`` at a time, with the ``columns`` asked for that the
+    source has (None: all)."""
+
+
+def parquet_source(files: Sequence[Path], name: str) -> TableSource:
+    """Local parquet ``files`` read with pyarrow one row group at a time (:func:`iter_parquet_batches`: memory bounded
+    by a row group and a batch, rows named by their file). ``datasets`` would buffer more and lose the file names."""
     try:
-        report = convert()
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
+        schemas = [pq.read_schema(f) for f in files]
+    except Exception as exc:
+        raise DataError(f"cannot read {name} as parquet: {exc}") from exc
+    columns = [c for c in schemas[0].names if all(c in s.names for s in schemas)]
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+    def batches(wanted: list[str] | None, batch_size: int) -> Iterator[list[SourceRow]]:
+        for file, offset, batch in iter_parquet_batches(files, wanted, batch_size):
+            rows = _rows(batch)
+            yield [SourceRow(f"{file.name} row {offset + i}", row, file.parent) for i, row in enumerate(rows)]
+
+    return TableSource(name, columns, total, batches)
 
 
-def progress(iterable=None, *, total=None, desc: str = "", unit: str = "rows", enable: bool | None = None):
-    """A tqdm progress bar on stderr; by default shown only on a terminal."""
-    from tqdm import tqdm
+def hub_sources(name: str, config: str | None = None) -> dict[str, TableSource]:
+    """Every split of the hub dataset ``name`` (``config``), streamed with ``datasets`` (Arrow rows: images stay
+    bytes); nothing is downloaded before the rows are read."""
+    from datasets import load_dataset
 
-    disable = None if enable is None else not enable
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, leave=False)
+    try:
+        dataset = load_dataset(name, config, streaming=True)
+    except Exception as exc:
+        raise DataError(
+            f"cannot load hub dataset {name!r} (no local file or folder has that name either): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return {split: _hub_split(name, split, data) for split, data in dataset.items()}
+
+
+def _hub_split(name: str, split: str, dataset) -> TableSource:
+    columns = dataset.column_names
+    if columns is None:  # no metadata: peek at the first row
+        columns = list(next(iter(dataset), {}).keys())
+    known = dataset.info.splits and split in dataset.info.splits
+    total = dataset.info.splits[split].num_examples if known else None
+
+    def batches(wanted: list[str] | None, batch_size: int) -> Iterator[list[SourceRow]]:
+        data = dataset if wanted is None else dataset.select_columns([c for c in wanted if c in columns])
+        offset = 0
+        for table in data.with_format("arrow").iter(batch_size=batch_size):
+            rows = table.to_pylist()
+            yield [SourceRow(f"{name} [{split}] row {offset + i}", row, None) for i, row in enumerate(rows)]
+            offset += len(rows)
+
+    return TableSource(f"{name} [{split}]", columns, total, batches)
+
+
+def open_source(source: str, *, split: str = "train", config: str | None = None) -> TableSource:
+    """``source`` as one table: a hub dataset's ``split`` (:func:`hub_sources`), or every parquet file of a local
+    file or folder (:func:`parquet_source`)."""
+    if not is_hub_name(source):
+        return parquet_source(find_parquet_files(Path(source)), source)
+    splits = hub_sources(source, config)
+    if split not in splits:
+        raise DataError(f"hub dataset {source!r} has no split {split!r} (its splits: {', '.join(splits)})")
+    return splits[split]
+
+
+def _rows(batch: dict[str, list]) -> list[dict]:
+    names = list(batch)
+    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
+
+
+@dataclass(kw_only=True)
+class ConversionSettings:
+    """The options every converter has (each adds its own)."""
+
+    strict: bool = option(
+        False,
+        help="fail (exit status 1, no file written) at the first bad row (the description says what is one); "
+        "default: skip bad rows, list them and count them by reason in the summary",
+    )
+    show_progress: bool | None = progress_option()
+
+
+def conversion_main(settings: type, convert: Callable[..., Report], argv, *, prog: str, description: str) -> int:
+    """A converter's command line: ``convert(settings)``, then its summary (exit status 0) or the error (status 1)."""
+
+    def run(parsed) -> None:
+        print(convert(parsed).summary())
+
+    return run_command(command_parser(settings, prog=prog, description=description), run, argv, errors=(DataError,))

@@ -17,7 +17,6 @@ removed and put back in front, so there is always exactly one per image), ``answ
 
 from __future__ import annotations
 
-import argparse
 import functools
 import io
 import json
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cli import option, progress_bar
 from .common import (
     EMPTY_ANSWER,
     EMPTY_PROBLEM,
@@ -38,21 +38,30 @@ from .common import (
     MALFORMED_ROW,
     MISSING_IMAGE,
     UNDECODABLE_IMAGE,
-    AtomicOutputs,
+    ConversionSettings,
     DataError,
+    ParquetOutputs,
     PartStats,
     Report,
-    add_run_options,
+    TableSource,
+    conversion_main,
     find_parquet_files,
-    hub_error,
+    hub_sources,
     is_hub_name,
-    iter_parquet_batches,
-    progress,
-    run_conversion,
+    parquet_source,
     table_schema,
 )
 
-__all__ = ["DEFAULT_OUT", "DEFAULT_SOURCE", "OUTPUT_SPLITS", "SCHEMA", "convert_geometry3k", "main", "problem_text"]
+__all__ = [
+    "DEFAULT_OUT",
+    "DEFAULT_SOURCE",
+    "OUTPUT_SPLITS",
+    "SCHEMA",
+    "Geometry3kSettings",
+    "convert_geometry3k",
+    "main",
+    "problem_text",
+]
 
 DEFAULT_SOURCE = "hiyouga/geometry3k"
 DEFAULT_OUT = "data/geometry3k"
@@ -302,52 +311,14 @@ def _parquet_splits(root: Path) -> dict[str, list[Path]]:
     return splits
 
 
-def _parquet_rows(files: list[Path], bar) -> Iterator[tuple[str, dict | _Bad]]:
-    import pyarrow.parquet as pq
-
-    for file in files:
-        _check_columns(pq.read_schema(file).names, str(file))
-    bar.reset(total=sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+def _table_rows(source: TableSource, bar) -> Iterator[tuple[str, dict | _Bad]]:
+    """The rows of a hub-layout table (local parquet or a hub split) as output rows or :class:`_Bad`."""
+    _check_columns(source.columns, source.name)
+    bar.reset(total=source.total)
     index = 0
-    for file, offset, batch in iter_parquet_batches(files, None, _CHUNK):
-        for i, row in enumerate(_rows_of(batch)):
-            yield f"{file.name} row {offset + i}", _layout_row(row, index, file.parent)
-            index += 1
-            bar.update()
-
-
-def _rows_of(batch: dict[str, list]) -> Iterator[dict]:
-    names = list(batch)
-    for values in zip(*(batch[n] for n in names)):
-        yield dict(zip(names, values))
-
-
-def _hub_splits(name: str) -> dict[str, tuple[str, Any]]:
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(name, streaming=True)
-    except Exception as exc:
-        raise hub_error(name, exc) from exc
-    splits = {}
-    for split_name, split in dataset.items():
-        out = _SPLIT_ALIASES.get(split_name.lower())
-        if out is None:
-            print(f"notice: ignoring split {split_name!r} of {name}", file=sys.stderr)
-        elif out not in splits:
-            splits[out] = (split_name, split)
-    return splits
-
-
-def _hub_rows(name: str, split_name: str, split, bar) -> Iterator[tuple[str, dict | _Bad]]:
-    where = f"{name} [{split_name}]"
-    if split.column_names is not None:
-        _check_columns(split.column_names, where)
-    index = 0
-    for table in split.with_format("arrow").iter(batch_size=_CHUNK):
-        _check_columns(table.column_names, where)
-        for row in table.to_pylist():
-            yield f"{where} row {index}", _layout_row(row, index, None)
+    for batch in source.batches(None, _CHUNK):
+        for row in batch:
+            yield row.where, _layout_row(row.values, index, row.folder)
             index += 1
             bar.update()
 
@@ -358,10 +329,14 @@ def _hub_rows(name: str, split_name: str, split, bar) -> Iterator[tuple[str, dic
 def _source_splits(source: str) -> dict[str, Any]:
     """``{output split: function(progress bar) -> iterator of (where, row or _Bad)}`` for the source's splits."""
     if is_hub_name(source):
-        return {
-            split: functools.partial(_hub_rows, source, split_name, data)
-            for split, (split_name, data) in _hub_splits(source).items()
-        }
+        splits = {}
+        for name, table in hub_sources(source).items():
+            split = _SPLIT_ALIASES.get(name.lower())
+            if split is None:
+                print(f"notice: ignoring split {name!r} of {source}", file=sys.stderr)
+            elif split not in splits:
+                splits[split] = functools.partial(_table_rows, table)
+        return splits
     root = Path(source)
     if root.is_dir():
         splits = _release_splits(root)
@@ -369,7 +344,10 @@ def _source_splits(source: str) -> dict[str, Any]:
             return {split: functools.partial(_release_rows, folder) for split, folder in splits.items()}
         if next(root.glob("*/data.json"), None) is not None:
             raise DataError(f"{root} looks like one split of the original release: pass its parent folder")
-    return {split: functools.partial(_parquet_rows, files) for split, files in _parquet_splits(root).items()}
+    return {
+        split: functools.partial(_table_rows, parquet_source(files, ", ".join(map(str, files))))
+        for split, files in _parquet_splits(root).items()
+    }
 
 
 def convert_geometry3k(
@@ -395,13 +373,13 @@ def convert_geometry3k(
         if split not in splits:
             report.notice(f"split {split!r} is absent from {source}: {split}.parquet not written")
     workers = workers or min(8, os.cpu_count() or 1)
-    with AtomicOutputs(report) as outputs, ThreadPoolExecutor(workers) as pool:
+    with ParquetOutputs(report) as outputs, ThreadPoolExecutor(workers) as pool:
         for split in OUTPUT_SPLITS:
             if split not in splits:
                 continue
             part = report.part(split)
             sink = outputs.parquet(out_dir / f"{split}.parquet", SCHEMA, row_group_size=_ROW_GROUP)
-            with progress(desc=f"geometry3k {split}", unit="problems", enable=show_progress) as bar:
+            with progress_bar(desc=f"geometry3k {split}", unit="problems", enable=show_progress) as bar:
                 for row in _validated(splits[split](bar), part, pool):
                     sink.add(row)
                     part.written += 1
@@ -413,47 +391,39 @@ def convert_geometry3k(
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass(kw_only=True)
+class Geometry3kSettings(ConversionSettings):
+    """``python data_prep/geometry3k.py``'s options."""
+
+    source: str = option(
+        DEFAULT_SOURCE,
+        help="what to convert: a hub dataset name (streamed, needs internet); a local parquet file or folder in the "
+        "hub layout (columns images, problem, answer; split taken from the file or folder name: train*, "
+        "validation*/val*, test*); or the original Geometry3K release folder (train/ val/ test/, one folder per "
+        "problem with data.json and img_diagram.png; problem text from annotat_text, answer from the letter and "
+        "choices). A split absent from the source is skipped with a notice",
+    )
+    out: str = option(DEFAULT_OUT, help="output folder, created if needed")
+    workers: int | None = option(
+        None,
+        help="threads that decode (check) the images; default: the CPU count, at most 8. The output is the same",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return conversion_main(
+        Geometry3kSettings,
+        lambda s: convert_geometry3k(
+            s.source, s.out, strict=s.strict, workers=s.workers, show_progress=s.show_progress
+        ),
+        argv,
         prog="python data_prep/geometry3k.py",
         description=(
             "Convert Geometry3K into EasyR1-ready parquet files OUT/train.parquet, OUT/validation.parquet and "
             "OUT/test.parquet, with columns problem ('<image>' + question), answer (text of the correct choice), "
             "images (the diagram's bytes), id and choices. Load them with EasyR1's RLHFDataset "
             "(data.prompt_key=problem data.answer_key=answer data.image_key=images), e.g. "
-            "data.train_files=OUT@train data.val_files=OUT@test."
+            "data.train_files=OUT@train data.val_files=OUT@test. A bad row is a missing or undecodable image, an "
+            "answer letter outside the choices, an empty problem or answer, a malformed data.json or row."
         ),
-    )
-    parser.add_argument(
-        "--source",
-        default=DEFAULT_SOURCE,
-        help=(
-            "what to convert: a hub dataset name (streamed, needs internet); a local parquet file or folder in the "
-            "hub layout (columns images, problem, answer; split taken from the file or folder name: train*, "
-            "validation*/val*, test*); or the original Geometry3K release folder (train/ val/ test/, one folder per "
-            "problem with data.json and img_diagram.png; problem text from annotat_text, answer from the letter "
-            "and choices). A split absent from the source is skipped with a notice. Default: %(default)s"
-        ),
-    )
-    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder, created if needed (default: %(default)s)")
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="threads that decode (check) the images; default: the CPU count, at most 8. The output is the same",
-    )
-    add_run_options(
-        parser,
-        "missing or undecodable image, answer letter outside the choices, empty problem or answer, malformed "
-        "data.json or row",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_conversion(
-        lambda: convert_geometry3k(
-            args.source, args.out, strict=args.strict, workers=args.workers, show_progress=args.progress
-        )
     )

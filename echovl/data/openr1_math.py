@@ -29,29 +29,28 @@ LUFFY scripts appended to the user message (:data:`INSTRUCTION_SUFFIXES`) is cut
 
 from __future__ import annotations
 
-import argparse
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..cli import OptionError, option, progress_bar
 from .common import (
     EMPTY_ANSWER,
     EMPTY_PROBLEM,
     MALFORMED_ROW,
-    AtomicOutputs,
+    ConversionSettings,
     DataError,
+    ParquetOutputs,
     PartStats,
     Report,
-    add_run_options,
+    SourceRow,
+    TableSource,
     cell_text,
-    find_parquet_files,
-    hub_error,
+    conversion_main,
     is_hub_name,
-    iter_parquet_batches,
-    progress,
-    run_conversion,
+    open_source,
     table_schema,
 )
 
@@ -65,6 +64,7 @@ __all__ = [
     "EVAL_SCHEMA",
     "INSTRUCTION_SUFFIXES",
     "LUFFY_EVAL_FILES",
+    "OpenR1Settings",
     "TRAIN_SCHEMA",
     "convert_eval",
     "convert_openr1",
@@ -143,76 +143,16 @@ def _solution(target: Any) -> str:
 # ------------------------------------------------------------------------------------------------------- sources
 
 
-@dataclass
-class _Source:
-    name: str
-    columns: list[str]
-    total: int | None
-    batches: Callable[[list[str], int], Iterator[tuple[str, list[dict]]]]
-    """``batches(columns, batch_size)`` yields ``(where_prefix, rows)``; row i of a batch is ``where_prefix + i``."""
-
-    @property
-    def kind(self) -> str:
-        if all(c in self.columns for c in RAW_COLUMNS):
-            return "raw"
-        if all(c in self.columns for c in ("prompt", "reward_model")):
-            return "verl"
-        raise DataError(
-            f"{self.name}: columns {sorted(self.columns)} are neither the raw OpenR1-Math-220k layout "
-            f"({', '.join(RAW_COLUMNS)}) nor the verl/LUFFY layout (prompt, reward_model[, target, data_source])"
-        )
-
-
-def _rows(batch: dict[str, list]) -> list[dict]:
-    names = list(batch)
-    return [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
-
-
-def _local_source(path: Path) -> _Source:
-    import pyarrow.parquet as pq
-
-    files = find_parquet_files(path)
-    try:
-        schemas = [pq.read_schema(f) for f in files]
-    except Exception as exc:
-        raise DataError(f"cannot read {path} as parquet: {exc}") from exc
-    columns = [c for c in schemas[0].names if all(c in s.names for s in schemas)]
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
-
-    def batches(wanted: list[str], batch_size: int):
-        for file, offset, batch in iter_parquet_batches(files, wanted, batch_size):
-            rows = _rows(batch)
-            yield [(f"{file.name} row {offset + i}", row) for i, row in enumerate(rows)]
-
-    return _Source(str(path), columns, total, batches)
-
-
-def _hub_source(name: str, split: str, config: str | None) -> _Source:
-    from datasets import load_dataset
-
-    try:
-        dataset = load_dataset(name, config, split=split, streaming=True)
-    except Exception as exc:
-        raise hub_error(f"{name} [{split}]", exc) from exc
-    columns = dataset.column_names
-    if columns is None:  # no metadata: peek at the first row
-        columns = list(next(iter(dataset), {}).keys())
-    total = None
-    if dataset.info.splits and split in dataset.info.splits:
-        total = dataset.info.splits[split].num_examples
-
-    def batches(wanted: list[str], batch_size: int):
-        offset = 0
-        for batch in dataset.select_columns([c for c in wanted if c in columns]).iter(batch_size=batch_size):
-            rows = _rows(batch)
-            yield [(f"{name} [{split}] row {offset + i}", row) for i, row in enumerate(rows)]
-            offset += len(rows)
-
-    return _Source(f"{name} [{split}]", columns, total, batches)
-
-
-def _open_source(source: str, split: str, config: str | None) -> _Source:
-    return _hub_source(source, split, config) if is_hub_name(source) else _local_source(Path(source))
+def _kind(source: TableSource) -> str:
+    """``raw`` (OpenR1-Math-220k) or ``verl`` (LUFFY), from the source's columns."""
+    if all(c in source.columns for c in RAW_COLUMNS):
+        return "raw"
+    if all(c in source.columns for c in ("prompt", "reward_model")):
+        return "verl"
+    raise DataError(
+        f"{source.name}: columns {sorted(source.columns)} are neither the raw OpenR1-Math-220k layout "
+        f"({', '.join(RAW_COLUMNS)}) nor the verl/LUFFY layout (prompt, reward_model[, target, data_source])"
+    )
 
 
 # -------------------------------------------------------------------------------------------------- conversions
@@ -227,10 +167,10 @@ def _token_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(x) for x in ids]
 
 
-def _raw_batch(rows: list[tuple[str, dict]], tokenizer, max_tokens: int, part: PartStats) -> list[dict]:
+def _raw_batch(rows: list[SourceRow], tokenizer, max_tokens: int, part: PartStats) -> list[dict]:
     """LUFFY's filter on one batch of raw OpenR1-Math-220k rows; output rows in input order."""
     candidates: dict[int, tuple[str, str, list[str]]] = {}
-    for k, (where, row) in enumerate(rows):
+    for k, (where, row, _) in enumerate(rows):
         part.read += 1
         problem, answer = cell_text(row.get("problem")), cell_text(row.get("answer"))
         generations, verified, complete = (row.get(c) for c in RAW_COLUMNS[2:])
@@ -311,8 +251,8 @@ def convert_openr1(
     """
     if batch_size < 1 or max_tokens < 1:
         raise DataError("batch_size and max_tokens must be positive")
-    src = _open_source(str(source), split, hub_config)
-    kind = src.kind
+    src = open_source(str(source), split=split, config=hub_config)
+    kind = _kind(src)
     report = Report(
         f"openr1_math ({src.name}, {'raw OpenR1-Math-220k: filtered' if kind == 'raw' else 'verl format'})", strict
     )
@@ -322,15 +262,15 @@ def convert_openr1(
     wanted = RAW_COLUMNS if kind == "raw" else VERL_COLUMNS
     if kind == "verl" and "target" not in src.columns:
         raise DataError(f"{src.name} has no 'target' column: the training file needs the expert trace (solution)")
-    with AtomicOutputs(report) as outputs:
+    with ParquetOutputs(report) as outputs:
         sink = outputs.parquet(Path(out_dir) / "train.parquet", TRAIN_SCHEMA, row_group_size=_ROW_GROUP)
-        bar = progress(total=src.total, desc="openr1_math", unit="problems", enable=show_progress)
+        bar = progress_bar(total=src.total, desc="openr1_math", unit="problems", enable=show_progress)
         for rows in src.batches(wanted, batch_size):
             if kind == "raw":
                 out_rows = _raw_batch(rows, tokenizer, max_tokens, part)
             else:
                 out_rows = []
-                for where, row in rows:
+                for where, row, _ in rows:
                     out = _verl_row(where, row, part)
                     if out is None:
                         continue
@@ -400,15 +340,15 @@ def luffy_eval_files(folder: Path, report: Report | None = None) -> list[Path] |
     return files
 
 
-def _eval_sources(sources: Sequence[str], split: str, hub_config: str | None, report: Report) -> list[_Source]:
+def _eval_sources(sources: Sequence[str], split: str, hub_config: str | None, report: Report) -> list[TableSource]:
     opened = []
     for source in sources:
         files = None
         if not is_hub_name(str(source)) and Path(source).is_dir():
             files = luffy_eval_files(Path(source), report)
         for path in files if files is not None else [source]:
-            src = _open_source(str(path), split, hub_config)
-            if src.kind != "verl" or "data_source" not in src.columns:
+            src = open_source(str(path), split=split, config=hub_config)
+            if _kind(src) != "verl" or "data_source" not in src.columns:
                 raise DataError(
                     f"{src.name}: benchmark files need the verl/LUFFY columns prompt, reward_model, data_source"
                 )
@@ -445,14 +385,14 @@ def convert_eval(
     file_names: dict[str, str] = {}  # file stem -> data_source
     origin: dict[str, str] = {}  # data_source -> the source it came from
     relabelled: dict[str, int] = {}  # data_source -> rows whose numbered options became letters
-    with AtomicOutputs(report) as outputs:
+    with ParquetOutputs(report) as outputs:
         sinks = {}
         all_sink = outputs.parquet(out_dir / "all.parquet", EVAL_SCHEMA, row_group_size=_ROW_GROUP)
         total = None if any(src.total is None for src in opened) else sum(src.total for src in opened)
-        bar = progress(total=total, desc="benchmarks", enable=show_progress)
+        bar = progress_bar(total=total, desc="benchmarks", unit="rows", enable=show_progress)
         for src in opened:
             for rows in src.batches(["prompt", "reward_model", "data_source"], batch_size):
-                for where, row in rows:
+                for where, row, _ in rows:
                     data_source = cell_text(row.get("data_source"))
                     part = report.part(data_source or "(none)")
                     out = _verl_row(where, row, part)
@@ -507,8 +447,72 @@ def convert_eval(
 # ----------------------------------------------------------------------------------------------------------- CLI
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+@dataclass(kw_only=True)
+class OpenR1Settings(ConversionSettings):
+    """``python data_prep/openr1_math.py``'s options."""
+
+    source: str | None = option(
+        None,
+        help=f"training data to convert (default {DEFAULT_SOURCE}): a hub dataset name (streamed, needs internet) "
+        "or a local parquet file or folder, in verl/LUFFY format (prompt, reward_model, target) or in the raw "
+        "OpenR1-Math-220k layout (problem, answer, generations, correctness_math_verify, is_reasoning_complete; "
+        "then the LUFFY filter runs with --tokenizer and --max-tokens). The format is detected from the columns",
+    )
+    eval_source: list[str] | None = option(
+        None,
+        metavar="SOURCE",
+        help="convert benchmark files instead (verl/LUFFY format with data_source): one or more local parquet "
+        "files/folders or hub names. LUFFY's data/valid.parquet holds AIME24, AMC, MATH-500, Minerva, "
+        "OlympiadBench (EasyR1's validation during training); LUFFY's data/ folder stands for its whole "
+        f"evaluation set ({', '.join(LUFFY_EVAL_FILES)}: the same plus AIME25, ARC-c, GPQA-diamond, MMLU-Pro), "
+        "for python -m echovl.eval. A data_source found in two sources is an error",
+    )
+    out: str | None = option(
+        None, help=f"output folder (default {DEFAULT_OUT}, or {DEFAULT_EVAL_OUT} with --eval-source)"
+    )
+    tokenizer: str = option(
+        DEFAULT_TOKENIZER,
+        help="raw 220k source only: tokenizer (hub name or local folder) that measures generation length",
+    )
+    max_tokens: int = option(
+        DEFAULT_MAX_TOKENS,
+        help="raw 220k source only: drop generations longer than this many tokens (no special tokens added)",
+    )
+    batch_size: int = option(
+        DEFAULT_BATCH_SIZE, help="rows read and tokenized at a time; memory grows with it, not with the dataset"
+    )
+    split: str = option("train", help="split to read from a hub source")
+    hub_config: str | None = option(None, help="config of a hub source (default: the dataset's default)")
+    dedup: bool = option(
+        False,
+        help="with --eval-source: drop repeated (data_source, problem, answer) rows. LUFFY repeats AIME24 8x and "
+        "AMC 4x on purpose (avg@8 / avg@4), so they are kept by default",
+    )
+
+    def __post_init__(self) -> None:
+        if self.source is not None and self.eval_source is not None:
+            raise OptionError("argument --eval-source: not allowed with argument --source")
+        if self.dedup and self.eval_source is None:
+            raise OptionError("--dedup only applies with --eval-source")
+
+
+def _convert(s: OpenR1Settings) -> Report:
+    common = dict(batch_size=s.batch_size, split=s.split, hub_config=s.hub_config, strict=s.strict)
+    if s.eval_source is not None:
+        out = s.out or DEFAULT_EVAL_OUT
+        return convert_eval(s.eval_source, out, dedup=s.dedup, show_progress=s.show_progress, **common)
+    out = s.out or DEFAULT_OUT
+    source = s.source or DEFAULT_SOURCE
+    return convert_openr1(
+        source, out, tokenizer=s.tokenizer, max_tokens=s.max_tokens, show_progress=s.show_progress, **common
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return conversion_main(
+        OpenR1Settings,
+        _convert,
+        argv,
         prog="python data_prep/openr1_math.py",
         description=(
             "Convert OpenR1-Math 45k (LUFFY's Elliott/Openr1-Math-46k-8192, or the raw open-r1/OpenR1-Math-220k "
@@ -517,101 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
             "OUT/<data_source>.parquet and OUT/all.parquet with problem, answer and data_source. problem is the "
             "question alone (the last user message; LUFFY's system prompt is dropped). Use them with EasyR1's "
             "RLHFDataset: data.prompt_key=problem data.answer_key=answer, data.train_files=OUT/train.parquet, "
-            "data.val_files=OUT/eval/all.parquet (a file: the eval folder holds several files of one split)."
+            "data.val_files=OUT/eval/all.parquet (a file: the eval folder holds several files of one split). A bad "
+            "row is an empty problem, answer, solution or data_source, a malformed prompt or generation lists "
+            "(rows that the 220k filter removes are counted as filtered, never an error)."
         ),
-    )
-    what = parser.add_mutually_exclusive_group()
-    what.add_argument(
-        "--source",
-        default=None,
-        help=(
-            f"training data to convert (default {DEFAULT_SOURCE}): a hub dataset name (streamed, needs internet) "
-            "or a local parquet file or folder, in verl/LUFFY format (prompt, reward_model, target) or in the raw "
-            "OpenR1-Math-220k layout (problem, answer, generations, correctness_math_verify, is_reasoning_complete; "
-            "then the LUFFY filter runs with --tokenizer and --max-tokens). The format is detected from the columns"
-        ),
-    )
-    what.add_argument(
-        "--eval-source",
-        default=None,
-        nargs="+",
-        metavar="SOURCE",
-        help=(
-            "convert benchmark files instead (verl/LUFFY format with data_source): one or more local parquet "
-            "files/folders or hub names. LUFFY's data/valid.parquet holds AIME24, AMC, MATH-500, Minerva, "
-            "OlympiadBench (EasyR1's validation during training); LUFFY's data/ folder stands for its whole "
-            f"evaluation set ({', '.join(LUFFY_EVAL_FILES)}: the same plus AIME25, ARC-c, GPQA-diamond, MMLU-Pro), "
-            "for python -m echovl.eval. A data_source found in two sources is an error"
-        ),
-    )
-    parser.add_argument(
-        "--out",
-        default=None,
-        help=f"output folder (default {DEFAULT_OUT}, or {DEFAULT_EVAL_OUT} with --eval-source)",
-    )
-    parser.add_argument(
-        "--tokenizer",
-        default=DEFAULT_TOKENIZER,
-        help="raw 220k source only: tokenizer (hub name or local folder) that measures generation length (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-tokens",
-        type=int,
-        default=DEFAULT_MAX_TOKENS,
-        help="raw 220k source only: drop generations longer than this many tokens (no special tokens added; default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        help="rows read and tokenized at a time; memory grows with it, not with the dataset (default: %(default)s)",
-    )
-    parser.add_argument("--split", default="train", help="split to read from a hub source (default: %(default)s)")
-    parser.add_argument("--hub-config", default=None, help="config of a hub source (default: the dataset's default)")
-    parser.add_argument(
-        "--dedup",
-        action="store_true",
-        help=(
-            "with --eval-source: drop repeated (data_source, problem, answer) rows. LUFFY repeats AIME24 8x and "
-            "AMC 4x on purpose (avg@8 / avg@4), so they are kept by default"
-        ),
-    )
-    add_run_options(
-        parser,
-        "empty problem, answer, solution or data_source, malformed prompt or generation lists (rows that the 220k "
-        "filter removes are counted as filtered, never an error)",
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.dedup and args.eval_source is None:
-        parser.error("--dedup only applies with --eval-source")
-    if args.eval_source is not None:
-        return run_conversion(
-            lambda: convert_eval(
-                args.eval_source,
-                args.out or DEFAULT_EVAL_OUT,
-                dedup=args.dedup,
-                batch_size=args.batch_size,
-                split=args.split,
-                hub_config=args.hub_config,
-                strict=args.strict,
-                show_progress=args.progress,
-            )
-        )
-    return run_conversion(
-        lambda: convert_openr1(
-            args.source or DEFAULT_SOURCE,
-            args.out or DEFAULT_OUT,
-            tokenizer=args.tokenizer,
-            max_tokens=args.max_tokens,
-            batch_size=args.batch_size,
-            split=args.split,
-            hub_config=args.hub_config,
-            strict=args.strict,
-            show_progress=args.progress,
-        )
     )

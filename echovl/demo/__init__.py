@@ -6,5 +6,6 @@
 - :mod:`echovl.demo.run_logs`: read a run folder's metric log (EasyR1 ``experiment_log.jsonl`` or the CPU
   experiment's ``metrics.csv``) and find its trace folder.
 - :mod:`echovl.demo.overview`: charts of runs over training steps (one run or an A/B), and the traced steps.
+- :mod:`echovl.demo.charts`: the SVG line-chart frame both tabs' charts are drawn in, and the trailing mean.
 - :mod:`echovl.demo.examples`: shipped example problems and the tiny offline default model.
 """

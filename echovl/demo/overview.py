@@ -1,7 +1,7 @@
 """The overview tab's views: charts of training runs over steps (one line per run, so an A/B shares each chart),
 a summary of the opened folders, and the traced steps to open in the traces tab.
 
-Charts are inline SVG like :func:`echovl.demo.render.render_chart` (no JavaScript, nothing downloaded); their
+Charts are inline SVG drawn in :class:`echovl.demo.charts.LineChart` frames, as :func:`echovl.demo.render.render_chart`'s; their
 data comes from :func:`build_charts`, which tests read without a browser. Each chart takes, per run, the first of
 its metric names the run logs (EasyR1's name first, then the CPU experiment's column), and says which one.
 """
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from .render import PALETTE, axis_ticks
+from .charts import PALETTE, LineChart, axis_ticks, trailing_mean
 from .run_logs import RunFolder, RunLogError
 
 __all__ = [
@@ -30,7 +30,6 @@ __all__ = [
     "render_run_summary",
     "trace_choices",
     "trace_target",
-    "trailing_mean",
 ]
 
 
@@ -172,18 +171,6 @@ class Chart:
     missing: list[str]
 
 
-def trailing_mean(values: Sequence[float], window: int) -> list[float]:
-    """Mean of each value and the ``window - 1`` before it (fewer at the start); ``window`` 1 is the identity."""
-    window = max(int(window), 1)
-    out, total = [], 0.0
-    for i, value in enumerate(values):
-        total += value
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
 def build_charts(folders: Sequence[RunFolder], smoothing: int = 1) -> list[Chart]:
     """The charts of :data:`CHARTS` for these runs (all runs of all folders, coloured in order)."""
     runs = [run for folder in folders for run in folder.runs]
@@ -230,44 +217,14 @@ def render_overview_chart(
     if not chart.series:
         keys = ", ".join(spec.keys)
         return head + f'<p class="echo-empty">Not logged by these runs (looked for {_e(keys)}).</p></div>'
-    width, height = 560, 250
-    left, right, top_margin, bottom = 58, 14, 12, 44
-    plot_w, plot_h = width - left - right, height - top_margin - bottom
     x_low, x_high = step_range
     values = [v for s in chart.series for v in (*s.values, *s.smoothed)]
     low, high = min(0.0, min(values)), max(values)
     high = high + 0.08 * (high - low) if high > low else low + 1.0
     ticks = axis_ticks(low, high)
-    y_low, y_high = min(ticks[0], low), max(ticks[-1], high)
-
-    def x(step: float) -> float:
-        return left + (plot_w / 2 if x_high == x_low else plot_w * (step - x_low) / (x_high - x_low))
-
-    def y(value: float) -> float:
-        return top_margin + plot_h * (1 - (value - y_low) / (y_high - y_low))
-
-    parts = [
-        f'<svg viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" role="img" '
-        f'aria-label="{_e(spec.title)} over training steps">'
-    ]
-    for tick in ticks:
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e4e4ea"/>'
-            f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:.4g}</text>'
-        )
-    base = height - bottom
-    for tick in axis_ticks(x_low, x_high) if x_high > x_low else [x_low]:
-        if tick == int(tick):
-            parts.append(
-                f'<text x="{x(tick):.1f}" y="{base + 21}" text-anchor="middle" font-size="11">{int(tick)}</text>'
-            )
-    parts.append(
-        f'<line x1="{left}" x2="{width - right}" y1="{base}" y2="{base}" stroke="#9b9ba6"/>'
-        f'<line x1="{left}" x2="{left}" y1="{top_margin}" y2="{base}" stroke="#9b9ba6"/>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" font-size="12">training step</text>'
-        f'<text transform="translate(13 {top_margin + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" '
-        f'font-size="12">{_e(spec.y_label)}</text>'
-    )
+    frame = LineChart(560, 250, step_range, (min(ticks[0], low), max(ticks[-1], high)))
+    x, y, base = frame.x, frame.y, frame.base
+    parts = []
     for step, note in trace_marks:
         if x_low <= step <= x_high:
             cx = x(step)
@@ -277,14 +234,14 @@ def render_overview_chart(
             )
     smooth = smoothing > 1
     for series in chart.series:
-        raw = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in zip(series.steps, series.values))
+        raw = frame.points(zip(series.steps, series.values))
         group = [f'<g class="echo-run-series" data-run="{_e(series.label)}" data-key="{_e(series.key)}">']
         group.append(
             f'<polyline points="{raw}" fill="none" stroke="{series.color}" '
             + ('stroke-width="1.1" stroke-opacity="0.35"/>' if smooth else 'stroke-width="2"/>')
         )
         if smooth:
-            line = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in zip(series.steps, series.smoothed))
+            line = frame.points(zip(series.steps, series.smoothed))
             group.append(f'<polyline points="{line}" fill="none" stroke="{series.color}" stroke-width="2.2"/>')
         if len(series.steps) <= 400:  # hover values; a long run keeps its lines only
             for s, v in zip(series.steps, series.values):
@@ -295,7 +252,14 @@ def render_overview_chart(
                 )
         group.append("</g>")
         parts.append("".join(group))
-    parts.append("</svg>")
+    svg = frame.svg(
+        parts,
+        x_ticks=[t for t in (axis_ticks(x_low, x_high) if x_high > x_low else [x_low]) if t == int(t)],
+        y_ticks=ticks,
+        x_label="training step",
+        y_label=_e(spec.y_label),
+        label=f"{_e(spec.title)} over training steps",
+    )
     legend = "".join(
         f'<span class="echo-legend-item"><span class="echo-swatch" style="border-top-color: {s.color}"></span>'
         f"{_e(s.label)}</span>"
@@ -310,9 +274,7 @@ def render_overview_chart(
     if trace_marks:
         notes.append("▲ traced step")
     return (
-        head
-        + "".join(parts)
-        + f'<div class="echo-legend">{legend}</div><p class="echo-about">{_e("; ".join(notes))}</p></div>'
+        head + svg + f'<div class="echo-legend">{legend}</div><p class="echo-about">{_e("; ".join(notes))}</p></div>'
     )
 
 

@@ -12,12 +12,12 @@ import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from .charts import PALETTE, LineChart, axis_ticks
+
 __all__ = [
     "CSS",
-    "PALETTE",
     "GroupView",
     "RecordError",
-    "axis_ticks",
     "check_record",
     "entropy_range",
     "render_chart",
@@ -27,20 +27,6 @@ __all__ = [
     "render_summary",
     "step_shade",
 ]
-
-PALETTE = (
-    "#1f77b4",
-    "#ff7f0e",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-)
-"""Series colours (cycled beyond ten rollouts)."""
 
 SHADE_RGB = (255, 112, 67)
 """Colour of the entropy shading; its opacity grows with the step's entropy."""
@@ -253,18 +239,6 @@ def render_summary(record: dict, notes: Sequence[str] = ()) -> str:
     )
 
 
-def axis_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """Round axis ticks (multiples of 1, 2, 2.5 or 5 times a power of ten) from ``low`` up to ``high``, about
-    ``count`` intervals; ``[low]`` when the range is empty."""
-    if not high > low:
-        return [low]
-    raw = (high - low) / count
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.ceil(low / step - 1e-9)
-    return [i * step for i in range(first, int(math.floor(high / step + 1e-9)) + 1)]
-
-
 def render_chart(record: dict) -> str:
     """Step entropy per rollout: steps on x, entropy on y, one line per rollout, the chosen step ringed."""
     rollouts = record["rollouts"]
@@ -276,39 +250,11 @@ def render_chart(record: dict) -> str:
         and not any(_finite(s.get("entropy")) is not None for r in rollouts for s in r["steps"])
     ):
         return '<div class="echo-card echo-chart-card"><h4>Step entropy per rollout</h4><p>No steps to plot.</p></div>'
-    width, height = 760, 300
-    left, right, top_margin, bottom = 56, 18, 30, 44
-    plot_w, plot_h = width - left - right, height - top_margin - bottom
     ticks = axis_ticks(0.0, top * 1.08)
     y_max = max(ticks[-1], top * 1.08) or 1.0
-
-    def x(step: int) -> float:
-        return left + (plot_w / 2 if num_steps == 1 else plot_w * step / (num_steps - 1))
-
-    def y(value: float) -> float:
-        return top_margin + plot_h * (1 - value / y_max)
-
-    parts = [
-        f'<svg class="echo-chart" viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg" role="img" '
-        f'aria-label="step entropy per rollout">'
-    ]
-    for tick in ticks:  # horizontal grid and y labels
-        parts.append(
-            f'<line x1="{left}" x2="{width - right}" y1="{y(tick):.1f}" y2="{y(tick):.1f}" stroke="#e4e4ea"/>'
-            f'<text x="{left - 8}" y="{y(tick) + 4:.1f}" text-anchor="end" font-size="11">{tick:g}</text>'
-        )
-    label_every = max(1, math.ceil(num_steps / 16))
-    for step in range(0, num_steps, label_every):
-        parts.append(
-            f'<text x="{x(step):.1f}" y="{height - bottom + 18}" text-anchor="middle" font-size="11">{step}</text>'
-        )
-    parts.append(
-        f'<line x1="{left}" x2="{width - right}" y1="{y(0):.1f}" y2="{y(0):.1f}" stroke="#9b9ba6"/>'
-        f'<line x1="{left}" x2="{left}" y1="{top_margin}" y2="{y(0):.1f}" stroke="#9b9ba6"/>'
-        f'<text x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle" font-size="12">step</text>'
-        f'<text transform="translate(14 {top_margin + plot_h / 2:.1f}) rotate(-90)" text-anchor="middle" '
-        f'font-size="12">step entropy (nats)</text>'
-    )
+    chart = LineChart(760, 300, (0, num_steps - 1), (0.0, y_max), left=56, right=18, top=30, bottom=44)
+    x, y = chart.x, chart.y
+    parts = []
     clip = record.get("clip")
     for index, rollout in enumerate(rollouts):
         color = PALETTE[index % len(PALETTE)]
@@ -328,9 +274,8 @@ def render_chart(record: dict) -> str:
         mark = "verified" if verified else "not verified"
         series = [f'<g class="echo-series" data-rollout="{index}" data-verified="{str(verified).lower()}">']
         for run in runs:
-            coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in run)
             series.append(
-                f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="2.2"{dash} '
+                f'<polyline points="{chart.points(run)}" fill="none" stroke="{color}" stroke-width="2.2"{dash} '
                 f'stroke-linejoin="round"/>'
             )
         for step, value in points:
@@ -359,19 +304,28 @@ def render_chart(record: dict) -> str:
         if value is None:
             value = _finite(rollouts[clip["rollout"]]["steps"][step].get("entropy")) or 0.0
         cx, cy = x(step), y(value)
-        anchor = "end" if cx > left + plot_w * 0.7 else "start"
+        anchor = "end" if cx > x(0.7 * (num_steps - 1)) else "start"
         dx = -12 if anchor == "end" else 12
         parts.append(
             f'<g class="echo-chosen-step" data-rollout="{clip["rollout"]}" data-step="{step}">'
-            f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{top_margin}" y2="{y(0):.1f}" stroke="{CLIP_COLOR}" '
+            f'<line x1="{cx:.1f}" x2="{cx:.1f}" y1="{chart.top}" y2="{chart.base}" stroke="{CLIP_COLOR}" '
             f'stroke-dasharray="3 3" stroke-width="1.2"/>'
             f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="9" fill="none" stroke="{CLIP_COLOR}" stroke-width="2.6"/>'
-            f'<text x="{cx + dx:.1f}" y="{top_margin - 10}" text-anchor="{anchor}" font-size="12" font-weight="600" '
+            f'<text x="{cx + dx:.1f}" y="{chart.top - 10}" text-anchor="{anchor}" font-size="12" font-weight="600" '
             f'style="fill: {CLIP_COLOR}">EchoClip: rollout {clip["rollout"]}, step {step} ({value:.3f} nats)'
             + (f", weight {_weight(clip):.3f}" if len(clips) > 1 else "")
             + "</text></g>"
         )
-    parts.append("</svg>")
+    label_every = max(1, math.ceil(num_steps / 16))
+    svg = chart.svg(
+        parts,
+        x_ticks=range(0, num_steps, label_every),
+        y_ticks=ticks,
+        x_label="step",
+        y_label="step entropy (nats)",
+        label="step entropy per rollout",
+        css_class="echo-chart",
+    )
     legend = "".join(
         f'<span class="echo-legend-item"><span class="echo-swatch" style="border-top-color: '
         f'{PALETTE[i % len(PALETTE)]}; border-top-style: {"solid" if r.get("verified") else "dashed"}"></span>'
@@ -380,7 +334,7 @@ def render_chart(record: dict) -> str:
     )
     return (
         '<div class="echo-card echo-chart-card"><h4>Step entropy per rollout</h4>'
-        + "".join(parts)
+        + svg
         + f'<div class="echo-legend">{legend}<span class="echo-legend-item">solid = verified, dashed = not; '
         f'<span style="color: {CLIP_COLOR}; font-weight: 600">ring = EchoClip step</span></span></div></div>'
     )

@@ -7,7 +7,7 @@ Two log formats are read:
   "echo": {"loss": ...}, ...}``. EasyR1 nests the metric names at their ``/`` (``unflatten_dict``); they are
   flattened back here (``reward/accuracy``, ``echo/loss``). Lines of the same step (validation is logged on its
   own line before training and after the last step) are merged.
-- The CPU mini-experiment's ``metrics.csv`` (:func:`echovl.experiments.tiny_cpu.write_metrics`): one row per run
+- The CPU mini-experiment's ``metrics.csv`` (:func:`echovl.experiments.tiny_cpu.metrics_csv`): one row per run
   and step, columns ``run``, ``step`` and one per metric (``accuracy``, ``all_correct_groups``, ``echo_loss``,
   ...); each value of ``run`` (``baseline``, ``echo``) becomes one run.
 

@@ -5,7 +5,7 @@
 - :mod:`echovl.eval.backends`: generation, ``backend.generate(prompts, Sampling(n=...)) -> texts per prompt``:
   :class:`VLLMBackend` (GPU, imported lazily) and :class:`TransformersBackend` (batched ``generate``).
 - :mod:`echovl.eval.checkpoints`: model folders, EasyR1 checkpoints (FSDP shards), hub names.
-- :mod:`echovl.eval.store`: the resumable sample cache and atomic output files.
+- :mod:`echovl.eval.store`: the resumable sample cache.
 - :mod:`echovl.eval.stats`: the paired bootstrap over problems.
 - :mod:`echovl.eval.report`: accuracies, averages, differences; ``results.json``, ``results.csv``, the Markdown table.
 - :mod:`echovl.eval.run`: :class:`EvalConfig` and :func:`evaluate`, the whole run.

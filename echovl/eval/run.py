@@ -14,13 +14,14 @@
      with, as vLLM's always may).
    - transformers: per benchmark, calls over a fixed partition of its problems (``batch_size // k`` problems), so a
      resumed run makes the calls an uninterrupted one makes and gives the same samples.
-3. All the outputs at once (:func:`echovl.eval.store.atomic_write_all`): ``OUT/<model>/samples.jsonl`` for every
+3. All the outputs at once (:func:`echovl.outputs.write_files`): ``OUT/<model>/samples.jsonl`` for every
    model, ``OUT/results.csv``, ``OUT/table.md`` and ``OUT/results.json``; then the table on stdout. A run that fails
    or is killed before this step leaves the outputs of the previous run as they were (and its samples in the cache).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
@@ -29,25 +30,18 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..cli import option, progress_bar
+from ..outputs import write_files
 from ..reward.math import GRADER_VERSION, judge
 from .backends import Backend, Sampling, load_backend, mix_seed, token_budget
 from .benchmarks import KNOWN_BENCHMARKS, Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
-from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
+from .prompts import Prompt, PromptBuilder
 from .report import csv_text, markdown_table, summarize
-from .store import SampleStore, atomic_write_all, cache_key
+from .settings import GENERATION, ModelRunConfig
+from .store import SampleStore, cache_key
 
-__all__ = [
-    "DEFAULT_FORMAT_PROMPT",
-    "PAPER_TEXT_BENCHMARKS",
-    "EvalConfig",
-    "evaluate",
-    "paper_set_warnings",
-    "read_training_config",
-]
-
-DEFAULT_FORMAT_PROMPT = Path(__file__).resolve().parents[2] / "configs" / "format_prompt" / "math_think.jinja"
-"""The format prompt of the repository's training configs (``data.format_prompt``)."""
+__all__ = ["PAPER_TEXT_BENCHMARKS", "EvalConfig", "evaluate", "paper_set_warnings"]
 
 _VLLM_CALL_SEQUENCES = 16384
 """Most sequences (problems x samples) per vLLM call, all benchmarks together. vLLM schedules a call's requests
@@ -60,70 +54,69 @@ PAPER_TEXT_BENCHMARKS = [info for info in KNOWN_BENCHMARKS.values() if info.name
 """The paper's text table: LUFFY's six in-distribution and three out-of-distribution benchmarks."""
 
 
+def _k_spec(value: str) -> tuple[str | None, int]:
+    """``--k``: ``K`` (every benchmark) or ``NAME=K`` -> ``(NAME or None, K)``."""
+    name, _, number = value.rpartition("=")
+    try:
+        return (name or None), int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K or NAME=K with an integer K, got {value!r}") from None
+
+
+class _SetK(argparse.Action):
+    """``--k K`` sets ``k``, ``--k NAME=K`` one entry of ``k_per_benchmark`` (the last one given wins)."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        name, k = value
+        if name is None:
+            namespace.k = k
+        else:
+            namespace.k_per_benchmark = {**namespace.k_per_benchmark, name: k}
+
+
 @dataclass
-class EvalConfig:
-    models: list[str]
-    """Model folders, EasyR1 checkpoints or hub names, each optionally ``NAME=PATH``; the first is the baseline."""
-    benchmarks: list[str]
-    """Benchmark parquet files or folders, each file optionally ``NAME=FILE``."""
-    out: Path
-    """Output folder (samples, results, table; the resume cache in ``OUT/.cache``)."""
-    backend: str = "auto"
-    """``auto`` (vLLM when installed and a GPU is visible, else transformers), ``vllm`` or ``transformers``."""
-    k: int | None = None
-    """Samples per problem for every benchmark (default: per benchmark, 32 for AIME24/AIME25/AMC, else 1)."""
-    k_per_benchmark: dict[str, int] = field(default_factory=dict)
-    """Samples per problem for named benchmarks (over ``k``)."""
-    temperature: float = 0.6
-    top_p: float = 1.0
-    max_new_tokens: int = 8192
-    greedy: bool = False
-    """Greedy decoding (temperature 0, one sample per problem)."""
-    seed: int = 0
-    limit: int | None = None
-    """Only the first ``limit`` problems of each benchmark."""
-    batch_size: int = 16
-    """transformers: sequences per ``generate`` batch."""
-    format_prompt: str | None = str(DEFAULT_FORMAT_PROMPT)
-    """Jinja file applied to each problem (training's ``data.format_prompt``); None: the bare problem."""
-    min_pixels: int | None = DEFAULT_MIN_PIXELS
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    prompt_key: str = "problem"
-    answer_key: str = "answer"
-    image_key: str = "images"
-    ood: list[str] | None = None
-    """Out-of-distribution benchmarks (default: ARC-c, GPQA-diamond, MMLU-Pro)."""
-    bootstrap: int = 10000
-    """Bootstrap resamples for the intervals."""
-    confidence: float = 0.95
-    show_progress: bool | None = None
-    """Progress bars (default: when stderr is a terminal)."""
-    device: str | None = None
-    """transformers: ``cuda`` / ``cpu`` (default: CUDA when visible)."""
-    tensor_parallel_size: int | None = None
-    """vLLM: GPUs per model (default: all visible)."""
-    gpu_memory_utilization: float = 0.85
-    """vLLM: fraction of GPU memory for weights and KV cache."""
+class EvalConfig(ModelRunConfig):
+    """The evaluation's settings: ``python -m echovl.eval``'s options (with those of :class:`ModelRunConfig`)."""
+
+    models: list[str] = option(
+        flags=["--model"],
+        action="append",
+        metavar="[NAME=]PATH",
+        help="a Hugging Face model folder, an EasyR1 checkpoint (global_step_N or its actor folder) or a hub name; "
+        "repeat for an A/B (the first is the baseline)",
+    )
+    benchmarks: list[str] = option(
+        action="extend",
+        nargs="+",
+        metavar="[NAME=]FILE_OR_FOLDER",
+        help="benchmark parquet files or folders (data_prep's outputs: data/openr1_math/benchmarks, "
+        "data/geometry3k/test.parquet); a file's data_source values are its benchmarks",
+    )
+    k: int | None = option(
+        None,
+        type=_k_spec,
+        action=_SetK,
+        metavar="[NAME=]K",
+        group=GENERATION,
+        help="samples per problem (avg@K), for all benchmarks or NAME=K for one (repeatable); default 32 for AIME24, "
+        "AIME25 and AMC, 1 for the others",
+    )
+    k_per_benchmark: dict[str, int] = field(default_factory=dict, metadata={"option": False})
+    """Samples per problem for named benchmarks (over ``k``): ``--k NAME=K``."""
+    greedy: bool = option(False, group=GENERATION, help="greedy decoding, one sample per problem")
+    ood: list[str] | None = option(
+        None,
+        metavar="NAME",
+        help="the out-of-distribution benchmarks (default: arc_c, gpqa, mmlu_pro); the others are ID",
+    )
 
     def __post_init__(self) -> None:
-        self.out = Path(self.out)
         if not self.models:
             raise EvalError("no --model given")
-        if self.backend not in ("auto", "vllm", "transformers"):
-            raise EvalError(f"unknown backend {self.backend!r} (auto, vllm or transformers)")
         for what, value in [("k", self.k), *((f"k for {n}", v) for n, v in self.k_per_benchmark.items())]:
             if value is not None and value < 1:
                 raise EvalError(f"{what} must be >= 1, got {value}")
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"--limit must be >= 1, got {self.limit}")
-        if self.batch_size < 1:
-            raise EvalError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if self.bootstrap < 100:
-            raise EvalError(f"--bootstrap must be >= 100 resamples, got {self.bootstrap}")
-        if not 0 < self.confidence < 1:
-            raise EvalError(f"--confidence must be in (0, 1), got {self.confidence}")
-        if self.format_prompt is not None and not Path(self.format_prompt).is_file():
-            raise EvalError(f"format prompt {self.format_prompt} not found (pass --format-prompt FILE or none)")
+        super().__post_init__()
         self.sampling()  # validates temperature, top_p, max_new_tokens
 
     def sampling(self, n: int = 1) -> Sampling:
@@ -136,35 +129,11 @@ class EvalConfig:
         return self.k_per_benchmark.get(benchmark.name, self.k or benchmark.default_k)
 
 
-def read_training_config(path: str | Path) -> dict[str, Any]:
-    """The prompt settings of an EasyR1 training YAML (``data.format_prompt``, ``min_pixels``, ``max_pixels``,
-    ``prompt_key``, ``answer_key``, ``image_key``) as :class:`EvalConfig` fields; relative paths stay relative to
-    the working directory, as EasyR1 reads them."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = (yaml.safe_load(handle) or {}).get("data") or {}
-    except (OSError, yaml.YAMLError, AttributeError) as exc:
-        raise EvalError(f"cannot read the training config {path}: {exc}") from exc
-    fields = {}
-    for key in ("format_prompt", "min_pixels", "max_pixels", "prompt_key", "answer_key", "image_key"):
-        if key in data:
-            fields[key] = data[key]
-    return fields
-
-
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def _slug(name: str) -> str:
     return _UNSAFE.sub("_", name).strip("_") or "model"
-
-
-def _progress(total: int, desc: str, enable: bool | None):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="samples", disable=None if enable is None else not enable, leave=False)
 
 
 @dataclass(eq=False)
@@ -419,7 +388,7 @@ class _Evaluation:
             try:
                 requests = self.requests(backend, builder, parts)
                 by_name = {part.bench.name: part for part in parts}
-                bar = _progress(todo, model.name, self.config.show_progress)
+                bar = progress_bar(total=todo, desc=model.name, unit="samples", enable=self.config.show_progress)
                 if hasattr(backend, "on_batch"):
                     backend.on_batch = bar.update
                 for call in self.calls(requests, backend_name):
@@ -503,6 +472,6 @@ def evaluate(config: EvalConfig, *, backend_factory: Callable[..., Backend] | No
     files[config.out / "results.csv"] = csv_text(results)
     files[config.out / "table.md"] = table
     files[config.out / "results.json"] = json.dumps(results, indent=2) + "\n"
-    atomic_write_all(files)
+    write_files(files)
     print(table, end="", file=sys.stdout)
     return results

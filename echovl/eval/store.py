@@ -1,13 +1,9 @@
-"""Resumable sample storage, and atomic output files.
+"""Resumable sample storage.
 
 Generated samples are appended to ``OUT/.cache/<model>/<benchmark>.<key>.jsonl`` as soon as a generation call
 returns (flushed and fsynced), where ``key`` hashes the model's files, the benchmark's content, the sampling settings
 and the prompt settings (:func:`cache_key`). A killed run loses at most the call in flight; the next run with the
 same settings reads the file back and generates only what is missing. A line cut short by the kill is ignored.
-
-The outputs a run ends with (every model's ``samples.jsonl``, ``results.json``, ``results.csv``, ``table.md``) are
-written together once everything is generated (:func:`atomic_write_all`): each to a temporary file first, then all
-renamed into place, so a run that fails or is killed before its end leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
@@ -15,63 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SampleStore", "atomic_write", "atomic_write_all", "cache_key"]
+from ..outputs import write_files
+
+__all__ = ["SampleStore", "cache_key"]
 
 
 def cache_key(**parts: Any) -> str:
     """A short stable hash of JSON-serialisable ``parts``."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _write_temporary(path: Path, text: str | bytes) -> str:
-    """``text`` (UTF-8) or bytes in a hidden temporary file next to ``path``, flushed and synced: its name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return tmp
-
-
-def _remove(tmp: str) -> None:
-    if os.path.exists(tmp):
-        os.unlink(tmp)
-
-
-def atomic_write(path: str | Path, text: str | bytes) -> None:
-    """Write ``text`` (UTF-8) or bytes to ``path`` through a hidden temporary file in the same folder, then rename it
-    into place."""
-    atomic_write_all({Path(path): text})
-
-
-def atomic_write_all(files: Mapping[str | Path, str | bytes]) -> None:
-    """Write several files as one: every file goes to a temporary file first (complete and synced), and only when
-    all are written are they renamed into place, in the order given (put the file readers look for first, e.g.
-    ``results.json``, last). A failure while writing leaves every destination as it was, and no temporary file."""
-    temporaries: list[tuple[str, Path]] = []
-    try:
-        for path, text in files.items():
-            temporaries.append((_write_temporary(Path(path), text), Path(path)))
-        while temporaries:
-            tmp, path = temporaries[0]
-            os.replace(tmp, path)
-            temporaries.pop(0)
-    finally:
-        for tmp, _ in temporaries:
-            _remove(tmp)
 
 
 class SampleStore:
@@ -110,7 +61,7 @@ class SampleStore:
         if self.describe is not None:
             meta = self.path.with_suffix(".json")
             if not meta.exists():
-                atomic_write(meta, json.dumps(self.describe, indent=2, sort_keys=True, default=str) + "\n")
+                write_files({meta: json.dumps(self.describe, indent=2, sort_keys=True, default=str) + "\n"})
         with open(self.path, "a", encoding="utf-8") as handle:
             if handle.tell() > 0 and not self._ends_with_newline():
                 handle.write("\n")  # after a torn last line, start a fresh one

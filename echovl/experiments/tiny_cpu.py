@@ -21,8 +21,8 @@ paired difference to the baseline in held-out accuracy over the seeds with a 95%
 
 from __future__ import annotations
 
-import argparse
 import csv
+import functools
 import io
 import json
 import math
@@ -36,9 +36,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..traces import _atomic_write  # the trace files' atomic writer: no partial output files
+from ..cli import OptionError, command_parser, option, progress_bar, run_command
+from ..outputs import write_files
 
-__all__ = ["ExperimentSettings", "main", "parse_seeds", "parse_variant", "run_experiment", "run_seeds"]
+__all__ = [
+    "ExperimentOptions",
+    "ExperimentSettings",
+    "main",
+    "parse_seeds",
+    "parse_variant",
+    "run_experiment",
+    "run_seeds",
+]
+
+stage_progress = functools.partial(progress_bar, enable=True, leave=True)
+"""The experiment's progress bars, one per stage: always shown, and kept when done."""
 
 RUNS = ("baseline", "echo")
 """The two runs every experiment makes; ``ExperimentSettings.variants`` adds more echo runs."""
@@ -365,34 +377,29 @@ def run_grpo(run: str, start: Path, processor, dataset, settings: ExperimentSett
 
 
 # ------------------------------------------------------------------------------------------------ outputs
-def write_metrics(path: Path, rows: Sequence[dict]) -> None:
+def metrics_csv(rows: Sequence[dict]) -> str:
+    """``metrics.csv``: one row per run and step, the columns of :data:`COLUMNS`."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    _atomic_write(path, buffer.getvalue().encode())
+    return buffer.getvalue()
 
 
 SMOOTHING = 5
 """Steps of the trailing mean drawn over the noisy per-step curves."""
 
 
-def _moving_average(values: Sequence[float], window: int) -> list[float]:
-    out = []
-    for i in range(len(values)):
-        recent = [v for v in values[max(0, i - window + 1) : i + 1] if not math.isnan(v)]
-        out.append(sum(recent) / len(recent) if recent else math.nan)
-    return out
-
-
-def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
-    """Six panels, both runs: accuracy, all-correct groups, gradient norms, gradient on all-correct groups'
+def plot_metrics(rows: Sequence[dict], summary: dict) -> bytes:
+    """``plot.png``: six panels, both runs: accuracy, all-correct groups, gradient norms, gradient on all-correct groups'
     tokens, echo loss, clips."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from ..demo.charts import trailing_mean
 
     def series(run: str, column: str):
         picked = [r for r in rows if r["run"] == run]
@@ -409,7 +416,7 @@ def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
         for ax, column in ((acc, "accuracy"), (deg, "all_correct_groups")):
             steps, values = series(run, column)
             ax.plot(steps, values, color=colors[run], alpha=0.3, lw=1)
-            ax.plot(steps, _moving_average(values, SMOOTHING), color=colors[run], lw=2, label=label)
+            ax.plot(steps, trailing_mean(values, SMOOTHING), color=colors[run], lw=2, label=label)
     acc.set_title(f"accuracy of the training rollouts ({SMOOTHING}-step mean)")
     deg.set_title(f"all-correct groups: zero advantages ({SMOOTHING}-step mean)")
     for ax in (acc, deg):
@@ -450,7 +457,7 @@ def plot_metrics(path: Path, rows: Sequence[dict], summary: dict) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    _atomic_write(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _mean_where(rows, run, column, lo=None, hi=None) -> float:
@@ -547,8 +554,7 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
 
     from .digits import make_problems
 
-    if progress is None:
-        from tqdm.auto import tqdm as progress
+    progress = progress or stage_progress
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
     _prepare_out(out)
@@ -636,10 +642,15 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
             "summary": str(out / "summary.json"),
         },
     }
-    write_metrics(out / "metrics.csv", rows)
-    plot_metrics(out / "plot.png", rows, summary)
+    plot = plot_metrics(rows, summary)
     summary["runtime_s"] = round(time.perf_counter() - started, 1)
-    _atomic_write(out / "summary.json", (json.dumps(summary, indent=2, default=float) + "\n").encode())
+    write_files(
+        {
+            out / "metrics.csv": metrics_csv(rows),
+            out / "plot.png": plot,
+            out / "summary.json": json.dumps(summary, indent=2, default=float) + "\n",
+        }
+    )
     return summary
 
 
@@ -778,8 +789,12 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
     writer = csv.DictWriter(buffer, fieldnames=("seed", "run", "greedy", "sampled"), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _atomic_write(out / "seeds.csv", buffer.getvalue().encode())
-    _atomic_write(out / "seeds.json", (json.dumps(comparison, indent=2, default=float) + "\n").encode())
+    write_files(
+        {
+            out / "seeds.csv": buffer.getvalue(),
+            out / "seeds.json": json.dumps(comparison, indent=2, default=float) + "\n",
+        }
+    )
     return comparison
 
 
@@ -830,61 +845,68 @@ def _seeds_report(comparison: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m echovl.experiments.tiny_cpu",
-        description="EchoRL CPU mini-experiment: GRPO with and without echo on a tiny Qwen2.5-VL (digit sums).",
+@dataclass
+class ExperimentOptions:
+    """``python -m echovl.experiments.tiny_cpu``'s options: :class:`ExperimentSettings` (``--quick``'s or the
+    default ones) with the options given, the seeds, the variants."""
+
+    out: str = option("runs/tiny_cpu_echo", help="output folder")
+    seed: int = option(0, help="seed of data, model, warm-up and both GRPO runs")
+    steps: int | None = option(None, help="GRPO steps per run (default 40; quick: 2)")
+    coef: float | None = option(None, help="lambda of the echo run (default 0.001)")
+    quick: bool = option(False, help="a few steps at tiny sizes (a pipeline check)")
+    threads: int | None = option(None, help="torch CPU threads (default 2, on every machine: see README)")
+    seeds: str | None = option(
+        None, help="run the whole experiment for each seed (e.g. 0-4 or 0,3,7) and report the paired differences"
     )
-    parser.add_argument("--out", default="runs/tiny_cpu_echo", help="output folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of data, model, warm-up and both GRPO runs")
-    parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run (default 40; quick: 2)")
-    parser.add_argument("--coef", type=float, default=None, help="lambda of the echo run (default 0.001)")
-    parser.add_argument("--quick", action="store_true", help="a few steps at tiny sizes (a pipeline check)")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="torch CPU threads (default 2, on every machine: see README)"
-    )
-    parser.add_argument(
-        "--seeds",
-        default=None,
-        help="run the whole experiment for each seed (e.g. 0-4 or 0,3,7) and report the paired differences",
-    )
-    parser.add_argument(
-        "--variant",
+    variant: list[str] = option(
+        default_factory=list,
         action="append",
-        default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="one more echo run with other echo: settings, e.g. soft:selection=soft,soft_temperature=0.5 (repeatable)",
     )
-    args = parser.parse_args(argv)
-    settings = ExperimentSettings.quick(args.seed) if args.quick else ExperimentSettings(seed=args.seed)
-    if args.steps is not None:
-        if args.steps < 1:
-            parser.error("--steps must be >= 1")
-        settings.steps = args.steps
-    if args.coef is not None:
-        if not (math.isfinite(args.coef) and args.coef >= 0):
-            parser.error("--coef must be a finite number >= 0")
-        settings.coef = args.coef
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        settings.threads = args.threads
-    if args.seeds is not None and args.seed != 0:
-        parser.error("give --seed or --seeds, not both")
-    try:
-        for spec in args.variant:
-            name, overrides = parse_variant(spec)
-            if name in settings.variants:
-                raise ValueError(f"--variant {name} is given twice")
-            settings.variants[name] = overrides
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else None
-    except ValueError as error:
-        parser.error(str(error))
-    if seeds is None:
-        print(_report(run_experiment(args.out, settings)))
+    settings: ExperimentSettings = field(init=False)
+    """What the options make (checked)."""
+    seed_list: list[int] | None = field(init=False)
+    """``--seeds`` as a list (None without it)."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.steps < 1:
+            raise OptionError("--steps must be >= 1")
+        if self.coef is not None and not (math.isfinite(self.coef) and self.coef >= 0):
+            raise OptionError("--coef must be a finite number >= 0")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError("--threads must be >= 1")
+        if self.seeds is not None and self.seed != 0:
+            raise OptionError("give --seed or --seeds, not both")
+        settings = ExperimentSettings.quick(self.seed) if self.quick else ExperimentSettings(seed=self.seed)
+        given = {name: getattr(self, name) for name in ("steps", "coef", "threads") if getattr(self, name) is not None}
+        self.settings = replace(settings, **given)
+        try:
+            for spec in self.variant:
+                name, overrides = parse_variant(spec)
+                if name in self.settings.variants:
+                    raise ValueError(f"--variant {name} is given twice")
+                self.settings.variants[name] = overrides
+            self.seed_list = parse_seeds(self.seeds) if self.seeds is not None else None
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+
+
+def _run(options: ExperimentOptions) -> None:
+    if options.seed_list is None:
+        print(_report(run_experiment(options.out, options.settings)))
     else:
-        print(_seeds_report(run_seeds(args.out, settings, seeds), Path(args.out)))
-    return 0
+        print(_seeds_report(run_seeds(options.out, options.settings, options.seed_list), Path(options.out)))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = command_parser(
+        ExperimentOptions,
+        prog="python -m echovl.experiments.tiny_cpu",
+        description="EchoRL CPU mini-experiment: GRPO with and without echo on a tiny Qwen2.5-VL (digit sums).",
+    )
+    return run_command(parser, _run, argv)
 
 
 if __name__ == "__main__":

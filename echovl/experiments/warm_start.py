@@ -15,16 +15,17 @@ so the analyses run with ``--format-prompt none --min-pixels 784 --max-pixels 31
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
-import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["main", "problems_table", "write_warm_start"]
+from ..cli import OptionError, command_parser, option, run_command
+from ..outputs import Outputs
+
+__all__ = ["WarmStartOptions", "main", "problems_table", "write_warm_start"]
 
 
 def problems_table(problems):
@@ -55,16 +56,13 @@ def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, pro
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .digits import make_problems
-    from .tiny_cpu import ExperimentSettings, _Reproducible, build_model, warm_up
+    from .tiny_cpu import ExperimentSettings, _Reproducible, build_model, stage_progress, warm_up
 
-    if progress is None:
-        from tqdm.auto import tqdm as progress
+    progress = progress or stage_progress
     settings = settings or ExperimentSettings()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out, prefix=".building-"))
-    try:
-        base = build_model(work / "model", settings)
+    with Outputs() as outputs:  # both or neither, replacing an earlier run's
+        base = build_model(outputs.folder(out / "model"), settings)
         processor = AutoProcessor.from_pretrained(base, padding_side="left")
         train = make_problems(settings.train_problems, seed=settings.seed)  # as run_experiment draws them
         probe = make_problems(settings.probe_problems, seed=settings.seed + 1)
@@ -74,44 +72,48 @@ def write_warm_start(out: str | Path, settings=None, *, problems: int = 100, pro
             model = AutoModelForImageTextToText.from_pretrained(base)
             summary = warm_up(model, processor, train, probe, settings, progress)
         model.save_pretrained(base, safe_serialization=True)  # over the random weights; tokenizer files stay
-        pq.write_table(problems_table(held_out), work / "problems.parquet")
-        for name in ("model", "problems.parquet"):
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            os.replace(work / name, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        pq.write_table(problems_table(held_out), outputs.open(out / "problems.parquet"))
     return summary
 
 
+@dataclass
+class WarmStartOptions:
+    """``python -m echovl.experiments.warm_start``'s options."""
+
+    out: str = option("runs/tiny_warm_start", help="output folder")
+    seed: int = option(0, help="the experiment's seed")
+    problems: int = option(100, help="held-out problems")
+    threads: int | None = option(None, help="torch CPU threads (default: the experiment's, 2)")
+
+    def __post_init__(self) -> None:
+        if self.problems < 1:
+            raise OptionError("--problems must be >= 1")
+        if self.threads is not None and self.threads < 1:
+            raise OptionError("--threads must be >= 1")
+
+
+def _write(options: WarmStartOptions) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .tiny_cpu import ExperimentSettings
+
+    settings = ExperimentSettings(seed=options.seed)
+    if options.threads is not None:
+        settings.threads = options.threads
+    summary = write_warm_start(options.out, settings, problems=options.problems)
+    print(
+        f"warm-up: {summary['steps']} supervised steps, probe accuracy {summary['probe_accuracy']:.2f}\n"
+        f"model:    {Path(options.out) / 'model'}\nproblems: {Path(options.out) / 'problems.parquet'}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = command_parser(
+        WarmStartOptions,
         prog="python -m echovl.experiments.warm_start",
         description="Write the CPU mini-experiment's warm-started tiny Qwen2.5-VL (OUT/model) and its held-out digit "
         "problems with reference solutions (OUT/problems.parquet), for the analyses.",
     )
-    parser.add_argument("--out", default="runs/tiny_warm_start", help="output folder (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=0, help="the experiment's seed (default: %(default)s)")
-    parser.add_argument("--problems", type=int, default=100, help="held-out problems (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the experiment's, 2)")
-    args = parser.parse_args(argv)
-    if args.problems < 1:
-        parser.error("--problems must be >= 1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .tiny_cpu import ExperimentSettings
-
-    settings = ExperimentSettings(seed=args.seed)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        settings.threads = args.threads
-    summary = write_warm_start(args.out, settings, problems=args.problems)
-    print(
-        f"warm-up: {summary['steps']} supervised steps, probe accuracy {summary['probe_accuracy']:.2f}\n"
-        f"model:    {Path(args.out) / 'model'}\nproblems: {Path(args.out) / 'problems.parquet'}"
-    )
-    return 0
+    return run_command(parser, _write, argv)
 
 
 if __name__ == "__main__":
