@@ -35,12 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..eval.backends import Backend
 from ..eval.stats import paired_bootstrap
+from ..inference import Backend, ScoredResponse
 from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
-    ScoredResponse,
     add_common_arguments,
     common_settings,
     csv_text,
@@ -207,7 +206,7 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
     """The analysis of ``config``; returns ``summary.json``'s content (also written to ``config.out``).
 
     ``backend_factory(name, model_path, **options)`` builds the generation backend (default
-    :func:`echovl.eval.load_backend`); tests pass fakes.
+    :func:`echovl.inference.load_backend`); tests pass fakes.
     """
     session, problems, prompts, rollouts = start_analysis(config, backend_factory, solution_key=config.solution_key)
     verified: dict[int, list] = {}

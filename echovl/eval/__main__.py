@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .benchmarks import EvalError
+from ..inference import InferenceError
 from .run import DEFAULT_FORMAT_PROMPT, EvalConfig, evaluate, read_training_config
 
 __all__ = ["add_prompt_arguments", "build_parser", "main", "prompt_settings"]
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         evaluate(config_from_args(args))
-    except EvalError as exc:
+    except InferenceError as exc:  # EvalError is one
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -29,11 +29,21 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..inference import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MIN_PIXELS,
+    Backend,
+    InferenceError,
+    Prompt,
+    PromptBuilder,
+    Sampling,
+    load_backend,
+    mix_seed,
+    token_budget,
+)
 from ..reward.math import GRADER_VERSION, judge
-from .backends import Backend, Sampling, load_backend, mix_seed, token_budget
 from .benchmarks import KNOWN_BENCHMARKS, Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
-from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder
 from .report import csv_text, markdown_table, summarize
 from .store import SampleStore, atomic_write_all, cache_key
 
@@ -303,7 +313,7 @@ class _Evaluation:
         return SampleStore(path, describe)
 
     def backend_name(self) -> str:
-        from .backends import vllm_available
+        from ..inference import vllm_available
 
         if self.config.backend == "auto":
             return "vllm" if vllm_available() else "transformers"
@@ -357,7 +367,7 @@ class _Evaluation:
                 prompt = builder.build(p.problem, p.images, multimodal=part.bench.multimodal)
                 try:
                     token_budget(prompt, sampling, context)
-                except EvalError as exc:
+                except InferenceError as exc:
                     raise EvalError(
                         f"{part.bench.file} row {p.row} (benchmark {part.bench.name}, problem id {p.id}): {exc}; "
                         "shorten the format prompt (--format-prompt) or leave the problem out"
@@ -468,7 +478,7 @@ def evaluate(config: EvalConfig, *, backend_factory: Callable[..., Backend] | No
     """Run the evaluation of ``config``; returns ``results.json``'s content (also written to ``config.out``).
 
     ``backend_factory(name, model_path, **options)`` builds a generation backend (default
-    :func:`echovl.eval.backends.load_backend`); tests pass fakes.
+    :func:`echovl.inference.load_backend`); tests pass fakes.
     """
     run = _Evaluation(config, backend_factory)
     backend_name = run.backend_name()

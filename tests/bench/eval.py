@@ -52,15 +52,14 @@ def questions(count: int, source: Path = LUFFY_VALID) -> list[str]:
 def bench_generation(args) -> None:
     import torch
 
-    from echovl.eval.backends import Sampling, TransformersBackend
-    from echovl.eval.prompts import PromptBuilder
+    from echovl.inference import PromptBuilder, Sampling, TransformersBackend, load_model
     from echovl.testing import build_tiny_qwen2
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_qwen2(Path(tmp) / "tiny")
-        batched = TransformersBackend(model, batch_size=args.batch_size, device="cpu")
-        single = TransformersBackend(model, batch_size=1, device="cpu")
+        model = load_model(build_tiny_qwen2(Path(tmp) / "tiny"), device="cpu")
+        batched = TransformersBackend(model, batch_size=args.batch_size)
+        single = TransformersBackend(model, batch_size=1)
         builder = PromptBuilder(batched.tokenizer, format_prompt=FORMAT_PROMPT.read_text())
         prompts = [builder.build(q) for q in questions(args.prompts, args.luffy)]
         sampling = Sampling(temperature=0, max_new_tokens=args.max_new_tokens)
@@ -138,8 +137,7 @@ def bench_grading(args) -> None:
 def bench_vllm(args) -> None:
     from transformers import Qwen2Config
 
-    from echovl.eval.backends import Sampling, VLLMBackend
-    from echovl.eval.prompts import PromptBuilder
+    from echovl.inference import PromptBuilder, Sampling, VLLMBackend
     from echovl.testing import build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
