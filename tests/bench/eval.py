@@ -6,7 +6,7 @@
 1. Generation, transformers backend: the same prompts (LUFFY's MATH-500 questions under the training prompt when
    ``--luffy`` (default ``../shared/data/luffy/valid.parquet``) is there, else synthetic ones), greedy, on the tiny offline Qwen2, in
    batches of ``--batch-size`` left-padded sequences against one prompt at a time (the baseline, same run). Both
-   must give the same texts; the ratio of their times is printed. Target: >= 3x on 2 CPU cores.
+   must give the same texts; the ratio of their times is printed.
 2. Grading: ``echovl.reward.judge`` on 1000 responses (a think block of about 1500 characters, then a boxed answer:
    right, wrong or missing; fractions, intervals, roots, degrees, sets, letters), every (answer, reference) pair a
    new one so that no verdict comes from the grader's caches, against the old reward's mathruler-only check on the
@@ -79,7 +79,7 @@ def bench_generation(args) -> None:
         same = outputs["batched"] == outputs["one at a time"]
         print(f"  batched (batch {args.batch_size}): {best['batched']:.2f} s")
         print(f"  one prompt at a time:        {best['one at a time']:.2f} s")
-        print(f"  ratio {best['one at a time'] / best['batched']:.1f}x (target >= 3x); same outputs: {same}")
+        print(f"  ratio {best['one at a time'] / best['batched']:.1f}x; same outputs: {same}")
         if not same:
             raise SystemExit("batched and one-at-a-time generation differ")
 
