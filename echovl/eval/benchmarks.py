@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.common import cell_text
-from ..inference.loading import InferenceError
+from ..inference import InferenceError
 
 __all__ = [
     "KNOWN_BENCHMARKS",
