@@ -122,7 +122,7 @@ def fit_tiny_lm(source: Path, target: Path, problems: int = 2, sharpen: float = 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from echovl.eval.prompts import PromptBuilder, load_processing
+    from echovl.inference import PromptBuilder, load_processing
 
     shutil.copytree(source, target)
     tokenizer, processor = load_processing(target)

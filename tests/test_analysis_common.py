@@ -1,85 +1,22 @@
-"""What both analyses share: the teacher-forced entropy against a plain full-logits reference (text and vision-language
-tiny models), steps of a response, which steps may be deleted, and reading problem files."""
-
-import math
+"""What both analyses share: which steps of a response may be deleted, and reading problem files."""
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
-from echovl.analysis.common import AnalysisError, EntropyScorer, load_problems, load_scoring_model
+from echovl.analysis.common import AnalysisError, load_problems
 from echovl.analysis.step_deletion import classify_steps
-from echovl.eval.prompts import PromptBuilder, load_processing
-from echovl.testing import tiny_image
+from echovl.inference import EntropyScorer, PromptBuilder, load_model
 from tests.analysis_helpers import write_problems
 from tests.eval_helpers import one_torch_thread  # noqa: F401 (autouse fixture)
 
 RESPONSE = "<think>\nso x = 2.\nthen y = x + 1.\n</think>\n\\boxed{3}"
-PIXELS = dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16)
-
-
-def scorer_for(folder, temperature=0.7, chunk_size=3):
-    tokenizer, processor = load_processing(folder)
-    builder = PromptBuilder(tokenizer, processor, **PIXELS)
-    model = load_scoring_model(str(folder), "cpu")
-    return EntropyScorer(model, builder, temperature=temperature, delimiters=["\n"], chunk_size=chunk_size), builder
-
-
-def reference_entropy(model, builder, prompt, ids, temperature, suppress):
-    """-sum p log p of softmax(logits / T) in float64 from the model's own full forward."""
-    inputs = builder.model_inputs([builder.continuation(prompt, ids)])
-    with torch.no_grad():
-        logits = model(**inputs).logits[0, -(len(ids) + 1) : -1].double() / temperature
-    logits[:, suppress] = -math.inf
-    p = torch.softmax(logits, dim=-1)
-    return -(p * torch.log(p.clamp_min(1e-300))).sum(-1)
-
-
-@pytest.mark.parametrize("kind", ["text", "vision"])
-def test_entropy_matches_a_full_logits_reference(kind, tiny_lm_dir, tiny_vl_dir):
-    folder = tiny_lm_dir if kind == "text" else tiny_vl_dir
-    scorer, builder = scorer_for(folder)
-    prompt = builder.build(
-        "<image>Find y." if kind == "vision" else "Find y.", [tiny_image(1)] if kind == "vision" else None
-    )
-    ids = builder.tokenizer.encode(RESPONSE, add_special_tokens=False)
-    suppress = [builder.tokenizer.convert_tokens_to_ids(t) for t in ("<|image_pad|>", "<|video_pad|>")]
-    suppress = suppress if kind == "vision" else []  # the backends suppress image tokens only for a VLM
-    assert bool(scorer.suppress) == (kind == "vision") and scorer._split
-    expected = reference_entropy(scorer.model, builder, prompt, ids, 0.7, suppress)
-    got = scorer.token_entropy(prompt, ids)
-    assert got.dtype == torch.float32 and got.shape == (len(ids),)
-    torch.testing.assert_close(got.double(), expected, atol=2e-5, rtol=1e-5)
-    scorer._split = False  # the fallback through the model's own forward gives the same
-    torch.testing.assert_close(scorer.token_entropy(prompt, ids).double(), expected, atol=2e-5, rtol=1e-5)
-
-
-def test_steps_and_their_entropy(tiny_vl_dir):
-    scorer, builder = scorer_for(tiny_vl_dir)
-    prompt = builder.build("<image>Find y.", [tiny_image(1)])
-    scored = scorer.score(prompt, RESPONSE)
-    assert [s.text for s in scored.steps] == [
-        "<think>\n",
-        "so x = 2.\n",
-        "then y = x + 1.\n",
-        "</think>\n",
-        "\\boxed{3}",
-    ]
-    assert scored.steps[-1].end == len(scored.ids) and scored.truncated == 0
-    for step in scored.steps:  # the mean over the step's text tokens, recomputed by hand
-        values = [float(scored.entropy[t]) for t in range(step.start, step.end) if scored.text_mask[t]]
-        assert step.tokens == len(values) > 0
-        assert step.entropy == pytest.approx(sum(values) / len(values), rel=1e-6)
-    assert scored.text_entropies().shape == (int(scored.text_mask.sum()),)
-    scorer.context = prompt.input_length + 5  # a response longer than the context is cut to it
-    cut = scorer.score(prompt, RESPONSE)
-    assert len(cut.ids) == 5 and cut.truncated == len(scored.ids) - 5
 
 
 def test_classify_steps_hand_worked(tiny_lm_dir):
-    scorer, builder = scorer_for(tiny_lm_dir)
-    prompt = builder.build("Find y.")
+    loaded = load_model(tiny_lm_dir, device="cpu")
+    scorer = EntropyScorer(loaded, temperature=0.7)
+    prompt = PromptBuilder(loaded.tokenizer).build("Find y.")
 
     def kinds(response):
         found, answer = classify_steps(scorer.score(prompt, response))

@@ -16,6 +16,7 @@ from echovl.demo.live import (
     run_live,
     sample_group,
 )
+from echovl.inference import PromptBuilder
 from echovl.reward.math import grade
 from echovl.steps import vision_table
 from echovl.testing import tiny_image
@@ -93,24 +94,25 @@ def test_open_image(tmp_path):
         open_image(3)
 
 
-def test_load_model_errors_and_kinds(tmp_path, tiny_vl, tiny_lm_dir):
+def test_load_model_errors_and_kinds(tmp_path, tiny_vl, tiny_vl_dir, tiny_lm_dir):
     with pytest.raises(DemoError, match="no model path"):
         load_model("  ")
     with pytest.raises(DemoError, match="does not exist"):
         load_model(str(tmp_path / "missing"))
-    with pytest.raises(DemoError, match="cannot load a model config"):
+    with pytest.raises(DemoError, match=f"cannot load the tokenizer/processor of {tmp_path}"):
         load_model(str(tmp_path))
-    assert tiny_vl.is_vlm and tiny_vl.processor is not tiny_vl.tokenizer
+    assert tiny_vl.is_vlm and tiny_vl.processor is not None and tiny_vl.path == str(tiny_vl_dir)
     text_only = load_model(str(tiny_lm_dir))
-    assert not text_only.is_vlm and text_only.processor is text_only.tokenizer
+    assert not text_only.is_vlm and text_only.processor is None
 
 
 def _reference_entropy(loaded, sampled, image, request):
     """Entropy of the policy for each response token from a plain full forward over prompt + response."""
     from echovl.demo.examples import format_question
-    from echovl.demo.live import _prompt_inputs
+    from echovl.demo.live import _prompt
 
-    inputs = _prompt_inputs(loaded, format_question(request.question, request.instruction), image)
+    prompt = _prompt(loaded, format_question(request.question, request.instruction), image)
+    inputs = PromptBuilder(loaded.tokenizer, loaded.processor).model_inputs([prompt])
     prompt = inputs["input_ids"][0]
     extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
     out = torch.zeros_like(sampled.entropy)
@@ -119,7 +121,8 @@ def _reference_entropy(loaded, sampled, image, request):
         ids = torch.cat([prompt, sampled.response[row, :length]]).unsqueeze(0)
         with torch.no_grad():
             logits = loaded.model(input_ids=ids, **extra).logits[0].double() / request.temperature
-        logits[:, vision_table(loaded.tokenizer).nonzero().flatten()] = -torch.inf  # never sampled
+        if loaded.is_vlm:  # a VLM's vision tokens are never sampled
+            logits[:, vision_table(loaded.tokenizer).nonzero().flatten()] = -torch.inf
         # the token at position p is predicted by the logits at p - 1
         predicting = logits[len(prompt) - 1 : len(prompt) - 1 + length]
         p = predicting.softmax(-1)

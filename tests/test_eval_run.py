@@ -16,10 +16,9 @@ from transformers import AutoTokenizer
 from echovl.data.geometry3k import SCHEMA as GEO3K_SCHEMA
 from echovl.eval import run as run_module
 from echovl.eval.__main__ import main
-from echovl.eval.backends import load_backend
 from echovl.eval.benchmarks import Benchmark, EvalError, Problem
-from echovl.eval.prompts import PromptBuilder
 from echovl.eval.run import EvalConfig, evaluate, paper_set_warnings
+from echovl.inference import PromptBuilder, load_backend
 from echovl.testing import tiny_image
 from tests.eval_helpers import FakeLLM, fake_vllm, one_torch_thread  # noqa: F401 (fixtures)
 

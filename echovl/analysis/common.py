@@ -4,17 +4,14 @@ back), the teacher-forced entropy of a response split into steps, the command-li
 - Problems: a parquet file with ``problem`` and ``answer`` (and ``images``, ``solution`` where needed), read by the
   evaluation's benchmark loader (:func:`echovl.eval.load_benchmarks`: same checks, repeated rows merged), in file
   order; ``--limit N`` keeps the first N.
-- Prompts: :class:`echovl.eval.PromptBuilder`, exactly as in training (format prompt, chat template, image sizes).
-- Rollouts: ``--samples`` per problem from :func:`echovl.eval.load_backend` (vLLM or transformers), graded by
+- Prompts: :class:`echovl.inference.PromptBuilder`, exactly as in training (format prompt, chat template, image
+  sizes).
+- Rollouts: ``--samples`` per problem from :func:`echovl.inference.load_backend` (vLLM or transformers), graded by
   :func:`echovl.reward.judge`, the training reward's verdict. ``rollouts.jsonl`` keeps them; ``--rollouts FILE``
   reads such a file back instead of generating (matched to the problems by file row and problem text, re-graded).
-- Entropy (:class:`EntropyScorer`): one teacher-forced transformers forward over prompt + response (also when vLLM
-  generates: vLLM gives no full-vocabulary logits), token entropy of ``softmax(logits / temperature)`` with the
-  image placeholders masked out as the backends never sample them, the output layer applied ``chunk_size``
-  positions at a time so that no [tokens, vocab] tensor is ever made. The response is tokenised on its own
-  (``tokenizer.encode(response)``) after the prompt's ids, as EasyR1 holds prompt and response; steps come from
-  :func:`echovl.steps.step_index` with the training delimiters, step entropy from :func:`echovl.clip.step_entropies`
-  over text tokens only (:func:`echovl.steps.special_table`).
+- Entropy: :class:`echovl.inference.EntropyScorer` on the transformers backend's model, or on one loaded for it when
+  vLLM generates (vLLM gives no full-vocabulary logits): token and step entropy, teacher-forced, vision tokens
+  masked, the output layer applied ``chunk_size`` positions at a time.
 """
 
 from __future__ import annotations
@@ -30,21 +27,28 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..cli import command_parser, option, progress_bar, run_command
-from ..eval.backends import Backend, Sampling, image_token_ids, load_backend, mix_seed
 from ..eval.benchmarks import EvalError, load_benchmarks
 from ..eval.checkpoints import resolve_model
-from ..eval.prompts import Prompt, PromptBuilder
 from ..eval.settings import GENERATION, HARDWARE, ModelRunConfig, TrainingConfigFile
+from ..inference import (
+    Backend,
+    EntropyScorer,
+    InferenceError,
+    Prompt,
+    PromptBuilder,
+    Sampling,
+    load_backend,
+    load_model,
+    load_processing,
+    mix_seed,
+)
 from ..reward.math import judge
 
 __all__ = [
     "AnalysisConfig",
     "AnalysisError",
     "AnalysisProblem",
-    "EntropyScorer",
     "Rollout",
-    "ScoredResponse",
-    "Step",
     "analysis_main",
     "csv_text",
     "load_problems",
@@ -146,7 +150,7 @@ def analysis_main(
         parser,
         analyse,
         argv,
-        errors=(EvalError,),
+        errors=(InferenceError,),  # AnalysisError and EvalError are ones
         prefix=f"{name}: error: ",
         interrupted=f"{name}: interrupted; nothing was written",
     )
@@ -366,176 +370,6 @@ def no_verified_rollout(config: AnalysisConfig, rollouts: Sequence[Rollout]) -> 
     )
 
 
-# ------------------------------------------------------------------------------------------------------- entropy
-
-
-@dataclass
-class Step:
-    """One reasoning step of a response."""
-
-    index: int
-    start: int
-    """First token (of the response)."""
-    end: int
-    """One past the last token."""
-    text: str
-    """Its tokens decoded (special tokens skipped)."""
-    tokens: int
-    """Text tokens (what the step entropy averages over)."""
-    entropy: float
-    """Mean token entropy over its text tokens (NaN without any)."""
-
-
-@dataclass
-class ScoredResponse:
-    ids: list[int]
-    """The response's token ids (cut to the model's context when ``truncated``)."""
-    entropy: Any
-    """[len(ids)] fp32 tensor: the entropy of the distribution each token was drawn from."""
-    text_mask: Any
-    """[len(ids)] bool tensor: text tokens (not special or vision tokens)."""
-    steps: list[Step]
-    truncated: int = 0
-    """Tokens of the response cut off because prompt + response exceed the model's context."""
-
-    def text_entropies(self):
-        """The entropies of the text tokens (a numpy array)."""
-        return self.entropy[self.text_mask].numpy()
-
-
-def load_scoring_model(model_path: str, device: str | None):
-    """The transformers model of ``model_path`` in eval mode (bfloat16 on CUDA, float32 on CPU)."""
-    import torch
-    from transformers import AutoConfig
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    try:
-        config = AutoConfig.from_pretrained(model_path)
-        if hasattr(config, "vision_config"):
-            from transformers import AutoModelForImageTextToText as auto_class
-        else:
-            from transformers import AutoModelForCausalLM as auto_class
-        return auto_class.from_pretrained(model_path, dtype=dtype).to(device).eval()
-    except (OSError, ValueError, KeyError) as exc:
-        raise AnalysisError(f"cannot load the model from {model_path}: {exc}") from exc
-
-
-class EntropyScorer:
-    """Token and step entropy of responses under ``model``, teacher-forced after their prompt (module docstring).
-
-    The output layer is applied to ``chunk_size`` positions at a time (for the Hugging Face models whose forward
-    is ``lm_head(self.model(...)[0])``: Qwen2, Qwen2.5-VL, Llama, ...; other models fall back to their own
-    forward, which makes the logits of the whole response at once).
-    """
-
-    def __init__(
-        self,
-        model,
-        builder: PromptBuilder,
-        *,
-        temperature: float,
-        delimiters: Sequence[str],
-        chunk_size: int = 128,
-        context: int | None = None,
-    ):
-        from ..steps import delimiter_table, special_table
-
-        self.model = model
-        self.builder = builder
-        self.tokenizer = builder.tokenizer
-        self.temperature = temperature
-        self.chunk_size = chunk_size
-        self.context = context
-        self.is_delimiter = delimiter_table(self.tokenizer, tuple(delimiters))
-        self.non_text = special_table(self.tokenizer)
-        self.suppress = image_token_ids(self.tokenizer, builder.processor)
-        body = getattr(model, "model", None)
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-        config = getattr(model, "config", None)
-        softcap = getattr(getattr(config, "text_config", config), "final_logit_softcapping", None)
-        self._split = body is not None and head is not None and not softcap
-        self._body, self._head = body, head
-
-    @property
-    def device(self):
-        return next(self.model.parameters()).device
-
-    def _entropy(self, hidden_or_logits, project: bool):
-        import torch
-
-        from ..entropy import token_entropy
-
-        out = []
-        for start in range(0, hidden_or_logits.shape[0], self.chunk_size):
-            chunk = hidden_or_logits[start : start + self.chunk_size]
-            logits = (self._head(chunk) if project else chunk).float() / self.temperature
-            if self.suppress:
-                logits[:, [i for i in self.suppress if i < logits.shape[-1]]] = -torch.inf  # never sampled
-            out.append(token_entropy(logits, self.chunk_size).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
-
-    def token_entropy(self, prompt: Prompt, ids: Sequence[int]):
-        """[len(ids)] fp32 entropy of each response token's distribution, given the prompt and the tokens before."""
-        import torch
-
-        n = len(ids)
-        if n == 0:
-            return torch.zeros(0)
-        inputs = self.builder.model_inputs([self.builder.continuation(prompt, ids)])
-        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-        with torch.inference_mode():
-            if self._split:
-                hidden = self._body(**inputs, use_cache=False)[0][0]
-                # the output at position p predicts token p + 1: the response's tokens from the last prompt position
-                return self._entropy(hidden[-(n + 1) : -1], project=True)
-            logits = self.model(**inputs, use_cache=False, logits_to_keep=n + 1).logits[0]
-            return self._entropy(logits[:-1], project=False)
-
-    def score(self, prompt: Prompt, response: str) -> ScoredResponse:
-        """The response's tokens, their entropy, and its steps with their entropy."""
-        import torch
-
-        from ..clip import step_entropies
-        from ..steps import step_index, text_mask
-
-        ids = self.tokenizer.encode(response, add_special_tokens=False)
-        truncated = 0
-        if self.context is not None and prompt.input_length + len(ids) > self.context:
-            keep = max(0, self.context - prompt.input_length)
-            truncated, ids = len(ids) - keep, ids[:keep]
-        entropy = self.token_entropy(prompt, ids)
-        tensor = torch.tensor([ids], dtype=torch.long)
-        mask = torch.ones_like(tensor)
-        steps = step_index(tensor, mask, self.is_delimiter)
-        text = text_mask(tensor, mask, self.non_text)
-        means, counts = step_entropies(entropy.unsqueeze(0), steps, text)
-        spans: dict[int, list[int]] = {}
-        for position, step in enumerate(steps[0].tolist()):
-            spans.setdefault(step, [position, position])[1] = position + 1
-        records = []
-        for index in sorted(spans):
-            start, end = spans[index]
-            piece = self.tokenizer.decode(ids[start:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-            count = int(counts[0, index])
-            records.append(Step(index, start, end, piece, count, float(means[0, index]) if count else math.nan))
-        return ScoredResponse(list(ids), entropy, text[0], records, truncated)
-
-
-def scoring_model(config: AnalysisConfig, model_path: str, backend: Backend | None):
-    """The transformers model for the entropy: the transformers backend's own, else a fresh one."""
-    model = getattr(backend, "model", None) if backend is not None else None
-    if model is not None and hasattr(model, "get_output_embeddings"):
-        return model
-    return load_scoring_model(model_path, config.device)
-
-
-def model_context(model) -> int | None:
-    from ..eval.backends import context_length
-
-    return context_length(model.config)
-
-
 class Session:
     """A run's model, prompts and backend, made when first needed (the backend first: vLLM sizes its memory before the
     transformers model for the entropy is loaded next to it)."""
@@ -570,8 +404,6 @@ class Session:
         if self._backend is not None:
             return self._backend.tokenizer, self._backend.processor
         if self.tokenizer is None:
-            from ..eval.prompts import load_processing
-
             self.tokenizer, self.processor = load_processing(self.model_ref.path)
         return self.tokenizer, self.processor
 
@@ -579,15 +411,16 @@ class Session:
         return self.config.prompt_builder(*self.processing())
 
     def scorer(self) -> EntropyScorer:
+        """The entropy on the transformers backend's model, else on one loaded for it (``--device``)."""
         if self._scorer is None:
-            model = scoring_model(self.config, self.model_ref.path, self._backend)
+            loaded = getattr(self._backend, "loaded", None) or load_model(
+                self.model_ref.path, device=self.config.device
+            )
             self._scorer = EntropyScorer(
-                model,
-                self.builder(),
+                loaded,
                 temperature=self.config.temperature,
                 delimiters=self.config.delimiters,
                 chunk_size=self.config.chunk_size,
-                context=model_context(model),
             )
         return self._scorer
 

@@ -35,13 +35,12 @@ from pathlib import Path
 import numpy as np
 
 from ..cli import option, progress_bar
-from ..eval.backends import Backend
 from ..eval.stats import paired_bootstrap
+from ..inference import Backend, ScoredResponse
 from ..outputs import write_files
 from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
-    ScoredResponse,
     analysis_main,
     csv_text,
     no_verified_rollout,
@@ -203,7 +202,7 @@ def run(config: EntropyGapConfig, *, backend_factory: Callable[..., Backend] | N
     """The analysis of ``config``; returns ``summary.json``'s content (also written to ``config.out``).
 
     ``backend_factory(name, model_path, **options)`` builds the generation backend (default
-    :func:`echovl.eval.load_backend`); tests pass fakes.
+    :func:`echovl.inference.load_backend`); tests pass fakes.
     """
     session, problems, prompts, rollouts = start_analysis(config, backend_factory, solution_key=config.solution_key)
     verified: dict[int, list] = {}

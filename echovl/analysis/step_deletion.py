@@ -50,15 +50,14 @@ from fractions import Fraction
 import numpy as np
 
 from ..cli import option, progress_bar
-from ..eval.backends import Backend, mix_seed
 from ..eval.stats import paired_bootstrap
+from ..inference import Backend, ScoredResponse, mix_seed
 from ..outputs import write_files
 from ..reward.math import GRADER_VERSION, judge
 from .common import (
     AnalysisConfig,
     AnalysisError,
     Rollout,
-    ScoredResponse,
     analysis_main,
     csv_text,
     generate,
@@ -348,7 +347,7 @@ def run(config: StepDeletionConfig, *, backend_factory: Callable[..., Backend] |
     """The analysis of ``config``; returns ``summary.json``'s content (also written to ``config.out``).
 
     ``backend_factory(name, model_path, **options)`` builds the generation backend (default
-    :func:`echovl.eval.load_backend`); tests pass fakes.
+    :func:`echovl.inference.load_backend`); tests pass fakes.
     """
     session, problems, prompts, rollouts = start_analysis(config, backend_factory, generates=True)
     backend, builder = session.backend(), session.builder()

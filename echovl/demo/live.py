@@ -4,28 +4,37 @@ Everything here returns data (a trace record, the same structure training writes
 so the live tab and the traces tab share one renderer. Nothing here imports gradio: progress is reported
 through a plain callable ``progress(fraction, desc=...)`` (``gr.Progress`` is one).
 
-The group is mined exactly as in training: token entropy from one forward pass per rollout at the sampling
-temperature (:func:`echovl.entropy.token_entropy`), steps from :func:`echovl.steps.step_index`, the text mask
-from :func:`echovl.steps.special_table`, "verified" = the reward's ``accuracy`` >= 1, and
-:func:`echovl.clip.mine_echo_clips` over one group.
+Loading, prompts, sampling and entropy are the inference layer's (:mod:`echovl.inference`): the group is one batch
+of :meth:`~echovl.inference.TransformersBackend.sample`, and it is mined exactly as in training: token entropy from
+one forward pass per rollout at the sampling temperature (:class:`echovl.inference.EntropyScorer`), steps from
+:func:`echovl.steps.step_index`, the text mask from :func:`echovl.steps.special_table`, "verified" = the reward's
+``accuracy`` >= 1, and :func:`echovl.clip.mine_echo_clips` over one group.
 """
 
 from __future__ import annotations
 
-import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..clip import mine_echo_clips
-from ..entropy import token_entropy
+from ..inference import (
+    EntropyScorer,
+    InferenceError,
+    LoadedModel,
+    Prompt,
+    PromptBuilder,
+    Sampling,
+    TransformersBackend,
+)
+from ..inference import load_model as load_inference_model
 from ..reward.math import grade
-from ..steps import delimiter_table, special_table, step_index, text_mask, vision_table
+from ..steps import step_index, text_mask
 from ..traces import build_group_records
 from .examples import FORMAT_INSTRUCTION, format_question
 
@@ -33,7 +42,6 @@ __all__ = [
     "DemoError",
     "LiveRequest",
     "LiveResult",
-    "LoadedModel",
     "ModelCache",
     "SampledGroup",
     "load_model",
@@ -171,44 +179,9 @@ def _number(name: str, value, kind: type, low: float, high: float, *, low_open: 
 # ---------------------------------------------------------------------------------------------------- model
 
 
-@dataclass
-class LoadedModel:
-    """A model ready to sample: the processor (VLMs) or tokenizer (causal LMs), and cached lookup tables."""
-
-    path: str
-    model: Any
-    processor: Any
-    tokenizer: Any
-    is_vlm: bool
-    tables: dict = field(default_factory=dict)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def delimiter_table(self, delimiters: Sequence[str]) -> torch.Tensor:
-        key = ("delimiters", tuple(delimiters))
-        if key not in self.tables:
-            self.tables[key] = delimiter_table(self.tokenizer, tuple(delimiters))
-        return self.tables[key]
-
-    def special_table(self) -> torch.Tensor:
-        if "special" not in self.tables:
-            self.tables["special"] = special_table(self.tokenizer)
-        return self.tables["special"]
-
-    def vision_ids(self) -> list[int]:
-        """Vision placeholder tokens (``<|image_pad|>``, ...): never sampled, since a forward over a response
-        holding one would read it as an image slot (and fail: more slots than image features)."""
-        if "vision_ids" not in self.tables:
-            self.tables["vision_ids"] = vision_table(self.tokenizer).nonzero().flatten().tolist()
-        return self.tables["vision_ids"]
-
-
-def load_model(path: str, *, device: str | torch.device | None = None) -> LoadedModel:
-    """Load a Qwen2.5-VL / Qwen2-VL (any ``AutoModelForImageTextToText``) or a causal LM, detected by config."""
-    from transformers import AutoConfig
-
+def load_model(path: str, *, device: str | None = None) -> LoadedModel:
+    """Load a Qwen2.5-VL / Qwen2-VL (any ``AutoModelForImageTextToText``) or a causal LM, detected by config
+    (:func:`echovl.inference.load_model`); a bad path or model folder is a :class:`DemoError`."""
     path = (str(path) if path is not None else "").strip()
     if not path:
         raise DemoError("no model path given")
@@ -218,30 +191,11 @@ def load_model(path: str, *, device: str | torch.device | None = None) -> Loaded
         raise DemoError(f"model path {path} does not exist")
     source = str(local) if local.exists() else path
     try:
-        config = AutoConfig.from_pretrained(source)
-    except (OSError, ValueError) as error:
-        raise DemoError(f"cannot load a model config from {path}: {error}") from None
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    dtype = torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else torch.float32
-    is_vlm = hasattr(config, "vision_config")
-    try:
-        if is_vlm:
-            from transformers import AutoModelForImageTextToText, AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(source)
-            tokenizer = processor.tokenizer
-            model = AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
-        else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            processor = tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-    except (OSError, ValueError, KeyError) as error:
-        raise DemoError(f"cannot load the model from {path}: {error}") from None
-    model.to(device).eval()
-    return LoadedModel(path=path, model=model, processor=processor, tokenizer=tokenizer, is_vlm=is_vlm)
+        loaded = load_inference_model(source, device=device)
+    except InferenceError as error:
+        raise DemoError(str(error)) from None
+    loaded.path = path
+    return loaded
 
 
 class ModelCache:
@@ -272,37 +226,24 @@ class LiveResult:
     notes: list[str]
 
 
-def _prompt_inputs(loaded: LoadedModel, user_text: str, image) -> dict:
-    tokenizer = loaded.tokenizer
-    if loaded.is_vlm:
-        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": user_text}]
-        if not getattr(loaded.processor, "chat_template", None):
+def _prompt(loaded: LoadedModel, user_text: str, image) -> Prompt:
+    """The chat prompt of the question (the image first), as the evaluation builds one; a model without a chat
+    template reads the question as it is."""
+    if loaded.is_vlm or getattr(loaded.tokenizer, "chat_template", None):
+        if loaded.is_vlm and not getattr(loaded.processor, "chat_template", None):
             raise DemoError(f"the processor of {loaded.path} has no chat template")
-        text = loaded.processor.apply_chat_template(
-            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        builder = PromptBuilder(
+            loaded.tokenizer, loaded.processor, format_prompt=None, min_pixels=None, max_pixels=None
         )
-        inputs = loaded.processor(text=[text], images=[image] if image is not None else None, return_tensors="pt")
-    elif getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_text}], add_generation_prompt=True, tokenize=False
-        )
-        inputs = tokenizer([text], return_tensors="pt", add_special_tokens=False)
-    else:
-        inputs = tokenizer([user_text + "\n"], return_tensors="pt")
-    return {k: v.to(loaded.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
-def _eos_ids(loaded: LoadedModel) -> set[int]:
-    eos = loaded.model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    if loaded.tokenizer.eos_token_id is not None:
-        ids.add(loaded.tokenizer.eos_token_id)
-    return ids
+        images = None if image is None else [image]
+        return builder.build(("<image>" if images else "") + user_text, images, multimodal=loaded.is_vlm)
+    text = user_text + "\n"
+    return Prompt(text, tuple(loaded.tokenizer(text)["input_ids"]))
 
 
 def _progress_processor(progress: Progress, total: int):
     """A logits processor that leaves the scores alone and reports how many tokens have been sampled."""
-    from transformers import LogitsProcessor
+    from transformers import LogitsProcessor, LogitsProcessorList
 
     class _Report(LogitsProcessor):
         def __init__(self) -> None:
@@ -313,66 +254,7 @@ def _progress_processor(progress: Progress, total: int):
             progress(0.05 + 0.6 * self.done / total, desc=f"sampling: token {self.done}/{total}")
             return scores
 
-    return _Report()
-
-
-def _sample(loaded: LoadedModel, inputs: dict, request: LiveRequest, progress: Progress) -> tuple:
-    """Response ids [G, T] (pad after the end) and the response mask [G, T] (eos included)."""
-    from transformers import GenerationConfig, LogitsProcessorList
-
-    tokenizer = loaded.tokenizer
-    eos = sorted(_eos_ids(loaded))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
-    # plain softmax(logits / T) sampling, whatever the model's own generation defaults (top-k, top-p, penalties),
-    # over the text vocabulary (vision placeholders suppressed; the entropy below uses the same distribution)
-    config = GenerationConfig(
-        suppress_tokens=loaded.vision_ids() or None,
-        do_sample=True,
-        temperature=request.temperature,
-        top_k=0,
-        top_p=1.0,
-        repetition_penalty=1.0,
-        max_new_tokens=request.max_new_tokens,
-        num_return_sequences=request.num_rollouts,
-        eos_token_id=eos or None,
-        pad_token_id=pad,
-    )
-    torch.manual_seed(request.seed)
-    with torch.inference_mode():
-        out = loaded.model.generate(
-            **inputs,
-            generation_config=config,
-            use_model_defaults=False,  # else the model's own top_p / repetition_penalty would replace ours
-            logits_processor=LogitsProcessorList([_progress_processor(progress, request.max_new_tokens)]),
-        )
-    response = out[:, inputs["input_ids"].shape[1] :].cpu()
-    is_eos = torch.isin(response, torch.tensor(eos, dtype=response.dtype)) if eos else torch.zeros_like(response)
-    positions = torch.arange(response.shape[1]).expand_as(response)
-    first_eos = torch.where(is_eos.bool(), positions, response.shape[1]).min(dim=1).values
-    mask = positions <= first_eos.unsqueeze(1)
-    return response.masked_fill(~mask, pad), mask.long()
-
-
-def _entropy(loaded: LoadedModel, inputs: dict, response, mask, temperature: float, progress: Progress):
-    """Token entropy [G, T] of every response token: one forward pass per rollout, at ``temperature``."""
-    model = loaded.model
-    extra = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask")}
-    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
-    prompt = inputs["input_ids"][0]
-    entropy = torch.zeros(response.shape, dtype=torch.float32)
-    lengths = mask.sum(dim=1).tolist()
-    suppressed = loaded.vision_ids()
-    with torch.inference_mode():
-        for row, length in enumerate(lengths):
-            progress(0.65 + 0.3 * row / len(lengths), desc=f"entropy: rollout {row + 1}/{len(lengths)}")
-            ids = torch.cat([prompt, response[row, :length].to(prompt.device)]).unsqueeze(0)
-            kwargs = {"logits_to_keep": length + 1} if keep else {}
-            logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), **extra, **kwargs).logits[0]
-            # the logits at position p predict token p + 1: the response tokens are predicted from prompt_len - 1
-            logits = logits[-(length + 1) : -1].float()
-            logits[:, [i for i in suppressed if i < logits.shape[-1]]] = -torch.inf  # as sampled
-            entropy[row, :length] = token_entropy(logits / temperature).cpu()
-    return entropy
+    return LogitsProcessorList([_Report()])
 
 
 @dataclass
@@ -394,23 +276,27 @@ class SampledGroup:
 
 
 def sample_group(loaded: LoadedModel, request: LiveRequest, image=None, *, progress: Progress = _no_progress):
-    """Sample ``request.num_rollouts`` responses and their token entropy (one forward pass per rollout)."""
-    inputs = _prompt_inputs(loaded, format_question(request.question, request.instruction), image)
+    """Sample ``request.num_rollouts`` responses in one batch seeded with ``request.seed`` (plain
+    ``softmax(logits / T)``, vision tokens never sampled) and their token entropy (one forward pass per rollout)."""
+    prompt = _prompt(loaded, format_question(request.question, request.instruction), image)
     progress(0.05, desc=f"sampling {request.num_rollouts} rollouts")
     start = time.perf_counter()
-    response, mask = _sample(loaded, inputs, request, progress)
+    backend = TransformersBackend(loaded)
+    sampling = Sampling(request.num_rollouts, request.temperature, max_new_tokens=request.max_new_tokens)
+    response, mask = backend.sample(
+        [prompt], sampling, seed=request.seed, logits_processor=_progress_processor(progress, request.max_new_tokens)
+    )
     sampled = time.perf_counter() - start
     start = time.perf_counter()
-    entropy = _entropy(loaded, inputs, response, mask, request.temperature, progress)
+    scorer = EntropyScorer(loaded, temperature=request.temperature, delimiters=request.delimiters)
+    entropy = torch.zeros(response.shape, dtype=torch.float32)
+    lengths = mask.sum(dim=1).tolist()
+    for row, length in enumerate(lengths):
+        progress(0.65 + 0.3 * row / len(lengths), desc=f"entropy: rollout {row + 1}/{len(lengths)}")
+        entropy[row, :length] = scorer.token_entropy(prompt, response[row, :length].tolist())
     forward = time.perf_counter() - start
-    tokenizer = loaded.tokenizer
-    texts = tokenizer.batch_decode(
-        [row[: int(m.sum())] for row, m in zip(response, mask)],
-        skip_special_tokens=True,
-        clean_up_tokenization_spaces=False,
-    )
-    prompt = tokenizer.decode(inputs["input_ids"][0], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return SampledGroup(prompt, response, mask, entropy, texts, (sampled, forward))
+    text = loaded.tokenizer.decode(prompt.token_ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    return SampledGroup(text, response, mask, entropy, backend.decode(response, mask), (sampled, forward))
 
 
 def mine_group(

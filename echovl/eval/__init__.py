@@ -1,23 +1,21 @@
 """Benchmark evaluation: the paper's results table for any set of checkpoints (``python -m echovl.eval``).
 
 - :mod:`echovl.eval.benchmarks`: benchmark parquet files -> :class:`Benchmark` (problems, ID/OOD group, default k).
-- :mod:`echovl.eval.prompts`: :class:`PromptBuilder`, prompts exactly as EasyR1's ``RLHFDataset`` builds them.
-- :mod:`echovl.eval.backends`: generation, ``backend.generate(prompts, Sampling(n=...)) -> texts per prompt``:
-  :class:`VLLMBackend` (GPU, imported lazily) and :class:`TransformersBackend` (batched ``generate``).
 - :mod:`echovl.eval.checkpoints`: model folders, EasyR1 checkpoints (FSDP shards), hub names.
 - :mod:`echovl.eval.store`: the resumable sample cache.
 - :mod:`echovl.eval.stats`: the paired bootstrap over problems.
 - :mod:`echovl.eval.report`: accuracies, averages, differences; ``results.json``, ``results.csv``, the Markdown table.
 - :mod:`echovl.eval.run`: :class:`EvalConfig` and :func:`evaluate`, the whole run.
 
-Grading is :func:`echovl.reward.judge`, the training reward's own verdict. Nothing here imports EasyR1, vLLM or
+Prompts and generation are the inference layer's (:mod:`echovl.inference`: :class:`PromptBuilder`, prompts exactly as
+EasyR1's ``RLHFDataset`` builds them; :func:`load_backend`, vLLM or batched transformers ``generate``), re-exported
+here. Grading is :func:`echovl.reward.judge`, the training reward's own verdict. Nothing here imports EasyR1, vLLM or
 torch at import time.
 """
 
-from .backends import Backend, Sampling, TransformersBackend, VLLMBackend, load_backend
+from ..inference import Backend, Prompt, PromptBuilder, Sampling, TransformersBackend, VLLMBackend, load_backend
 from .benchmarks import Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
-from .prompts import Prompt, PromptBuilder
 from .run import EvalConfig, evaluate
 from .stats import Interval, paired_bootstrap
 

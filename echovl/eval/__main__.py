@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from ..cli import command_parser, run_command
-from .benchmarks import EvalError
+from ..inference import InferenceError
 from .run import EvalConfig, evaluate
 from .settings import TrainingConfigFile
 
@@ -46,7 +46,7 @@ def _evaluate(config: EvalConfig, _: TrainingConfigFile) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser(), _evaluate, argv, errors=(EvalError,))
+    return run_command(build_parser(), _evaluate, argv, errors=(InferenceError,))  # EvalError is one
 
 
 if __name__ == "__main__":

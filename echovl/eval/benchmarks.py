@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.common import cell_text
+from ..inference import InferenceError
 
 __all__ = [
     "KNOWN_BENCHMARKS",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 
-class EvalError(ValueError):
+class EvalError(InferenceError):
     """Bad input to the evaluation (a file, a row, a model folder, an option): the message says which and why."""
 
 

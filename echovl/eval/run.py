@@ -31,12 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import option, progress_bar
+from ..inference import (
+    Backend,
+    InferenceError,
+    Prompt,
+    PromptBuilder,
+    Sampling,
+    load_backend,
+    mix_seed,
+    token_budget,
+)
 from ..outputs import write_files
 from ..reward.math import GRADER_VERSION, judge
-from .backends import Backend, Sampling, load_backend, mix_seed, token_budget
 from .benchmarks import KNOWN_BENCHMARKS, Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
-from .prompts import Prompt, PromptBuilder
 from .report import csv_text, markdown_table, summarize
 from .settings import GENERATION, ModelRunConfig
 from .store import SampleStore, cache_key
@@ -272,7 +280,7 @@ class _Evaluation:
         return SampleStore(path, describe)
 
     def backend_name(self) -> str:
-        from .backends import vllm_available
+        from ..inference import vllm_available
 
         if self.config.backend == "auto":
             return "vllm" if vllm_available() else "transformers"
@@ -326,7 +334,7 @@ class _Evaluation:
                 prompt = builder.build(p.problem, p.images, multimodal=part.bench.multimodal)
                 try:
                     token_budget(prompt, sampling, context)
-                except EvalError as exc:
+                except InferenceError as exc:
                     raise EvalError(
                         f"{part.bench.file} row {p.row} (benchmark {part.bench.name}, problem id {p.id}): {exc}; "
                         "shorten the format prompt (--format-prompt) or leave the problem out"
@@ -437,7 +445,7 @@ def evaluate(config: EvalConfig, *, backend_factory: Callable[..., Backend] | No
     """Run the evaluation of ``config``; returns ``results.json``'s content (also written to ``config.out``).
 
     ``backend_factory(name, model_path, **options)`` builds a generation backend (default
-    :func:`echovl.eval.backends.load_backend`); tests pass fakes.
+    :func:`echovl.inference.load_backend`); tests pass fakes.
     """
     run = _Evaluation(config, backend_factory)
     backend_name = run.backend_name()

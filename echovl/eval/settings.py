@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from ..cli import option, progress_option
+from ..inference import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from .benchmarks import EvalError
-from .prompts import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 
 __all__ = ["DEFAULT_FORMAT_PROMPT", "GENERATION", "HARDWARE", "ModelRunConfig", "TrainingConfigFile"]
 

@@ -6,7 +6,7 @@
 1. Generation, transformers backend: the same prompts (LUFFY's MATH-500 questions under the training prompt when
    ``--luffy`` (default ``../shared/data/luffy/valid.parquet``) is there, else synthetic ones), greedy, on the tiny offline Qwen2, in
    batches of ``--batch-size`` left-padded sequences against one prompt at a time (the baseline, same run). Both
-   must give the same texts; the ratio of their times is printed. Target: >= 3x on 2 CPU cores.
+   must give the same texts; the ratio of their times is printed.
 2. Grading: ``echovl.reward.judge`` on 1000 responses (a think block of about 1500 characters, then a boxed answer:
    right, wrong or missing; fractions, intervals, roots, degrees, sets, letters), every (answer, reference) pair a
    new one so that no verdict comes from the grader's caches, against the old reward's mathruler-only check on the
@@ -52,15 +52,14 @@ def questions(count: int, source: Path = LUFFY_VALID) -> list[str]:
 def bench_generation(args) -> None:
     import torch
 
-    from echovl.eval.backends import Sampling, TransformersBackend
-    from echovl.eval.prompts import PromptBuilder
+    from echovl.inference import PromptBuilder, Sampling, TransformersBackend, load_model
     from echovl.testing import build_tiny_qwen2
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model = build_tiny_qwen2(Path(tmp) / "tiny")
-        batched = TransformersBackend(model, batch_size=args.batch_size, device="cpu")
-        single = TransformersBackend(model, batch_size=1, device="cpu")
+        model = load_model(build_tiny_qwen2(Path(tmp) / "tiny"), device="cpu")
+        batched = TransformersBackend(model, batch_size=args.batch_size)
+        single = TransformersBackend(model, batch_size=1)
         builder = PromptBuilder(batched.tokenizer, format_prompt=FORMAT_PROMPT.read_text())
         prompts = [builder.build(q) for q in questions(args.prompts, args.luffy)]
         sampling = Sampling(temperature=0, max_new_tokens=args.max_new_tokens)
@@ -80,7 +79,7 @@ def bench_generation(args) -> None:
         same = outputs["batched"] == outputs["one at a time"]
         print(f"  batched (batch {args.batch_size}): {best['batched']:.2f} s")
         print(f"  one prompt at a time:        {best['one at a time']:.2f} s")
-        print(f"  ratio {best['one at a time'] / best['batched']:.1f}x (target >= 3x); same outputs: {same}")
+        print(f"  ratio {best['one at a time'] / best['batched']:.1f}x; same outputs: {same}")
         if not same:
             raise SystemExit("batched and one-at-a-time generation differ")
 
@@ -138,8 +137,7 @@ def bench_grading(args) -> None:
 def bench_vllm(args) -> None:
     from transformers import Qwen2Config
 
-    from echovl.eval.backends import Sampling, VLLMBackend
-    from echovl.eval.prompts import PromptBuilder
+    from echovl.inference import PromptBuilder, Sampling, VLLMBackend
     from echovl.testing import build_tiny_tokenizer
 
     with tempfile.TemporaryDirectory() as tmp:

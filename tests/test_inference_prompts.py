@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from echovl.data.geometry3k import SCHEMA as GEO3K_SCHEMA
-from echovl.eval.prompts import Prompt, PromptBuilder, resize_image
+from echovl.inference import Prompt, PromptBuilder, resize_image
 from echovl.testing import tiny_image
 
 REPO = Path(__file__).resolve().parents[1]

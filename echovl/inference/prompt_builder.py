@@ -18,7 +18,7 @@ A *continuation* (:meth:`PromptBuilder.continuation`) is a prompt followed by th
 given as token ids: the model goes on from there (the analyses let a model answer from edited reasoning this way).
 Its ids are the prompt's ids followed by exactly those ids, for every backend.
 
-EasyR1 is not needed; ``tests/test_eval_prompts.py`` checks the ids against ``RLHFDataset`` when it is installed.
+EasyR1 is not needed; ``tests/test_inference_prompts.py`` checks the ids against ``RLHFDataset`` when it is installed.
 """
 
 from __future__ import annotations
@@ -31,14 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .benchmarks import EvalError
+from .loading import InferenceError
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MIN_PIXELS",
     "Prompt",
     "PromptBuilder",
-    "load_processing",
     "resize_image",
 ]
 
@@ -79,7 +78,7 @@ class Prompt:
     images: tuple | None = None
     """The resized RGB images (PIL), or None for a text prompt."""
     multimodal: bool = False
-    """True when the prompt goes through the processor (its benchmark file has an image column)."""
+    """True when the prompt goes through the processor (e.g. its benchmark file has an image column)."""
     length: int | None = None
     """Tokens the model reads (image placeholders expanded); None: ``len(token_ids)``."""
     prefix_ids: tuple[int, ...] = ()
@@ -102,23 +101,6 @@ class Prompt:
         """True when the prompt itself opens a ``<think>`` block (the response must close it before the answer);
         a continuation's prefix does not count (it is part of the response)."""
         return self.chat_text.rstrip().endswith("<think>")
-
-
-def load_processing(model_path: str | Path):
-    """``(tokenizer, processor)`` of a model folder; ``processor`` is None for a text-only model."""
-    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
-
-    try:
-        config = AutoConfig.from_pretrained(str(model_path))
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        processor = None
-        if hasattr(config, "vision_config"):
-            processor = AutoProcessor.from_pretrained(str(model_path))
-            if not hasattr(processor, "image_processor"):
-                processor = None
-    except (OSError, ValueError, KeyError) as exc:
-        raise EvalError(f"cannot load the tokenizer/processor of {model_path}: {exc}") from exc
-    return tokenizer, processor
 
 
 class PromptBuilder:
@@ -166,7 +148,9 @@ class PromptBuilder:
         messages = self.messages(problem, multimodal)
         if multimodal:
             if self.processor is None:
-                raise EvalError("the benchmark has images but the model has no image processor (a text-only model?)")
+                raise InferenceError(
+                    "the problem has images but the model has no image processor (a text-only model?)"
+                )
             text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             resized = tuple(resize_image(image, self.min_pixels, self.max_pixels) for image in images or ())
         else:
@@ -183,7 +167,7 @@ class PromptBuilder:
         comes after it. The grader then reads ``prefix_text + generated`` as the response (``think_opened`` is the
         prompt's own)."""
         if prompt.prefix_ids:
-            raise EvalError("the prompt is a continuation already; continue the original prompt instead")
+            raise InferenceError("the prompt is a continuation already; continue the original prompt instead")
         ids = tuple(int(i) for i in prefix_ids)
         text = self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False)
         length = None if prompt.length is None else prompt.length + len(ids)
