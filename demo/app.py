@@ -30,6 +30,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline: no teleme
 import gradio as gr  # noqa: E402
 
 from echovl.cli import OptionError, command_parser, option, parse_settings  # noqa: E402
+from echovl.clip import SCOPES  # noqa: E402
 from echovl.demo import overview, render, traces_view  # noqa: E402
 from echovl.demo.examples import EXAMPLE_PROBLEMS, FORMAT_INSTRUCTION, demo_model_dir  # noqa: E402
 from echovl.demo.live import DemoError, LiveRequest, ModelCache, open_image, parse_delimiters, run_live  # noqa: E402
@@ -234,8 +235,10 @@ def build_app(model_path: str, traces: str, runs: Sequence[str] = ()) -> gr.Bloc
                             form["delimiters"] = gr.Textbox(
                                 label="Step delimiters (one per line, \\n = newline)", value="\\n"
                             )
-                            form["min_step_tokens"] = gr.Number(value=2, precision=0, label="Min step tokens")
-                            form["scope"] = gr.Radio(["all", "degenerate"], value="all", label="Mining scope")
+                            form["min_step_tokens"] = gr.Number(
+                                value=LiveRequest.min_step_tokens, precision=0, label="Min step tokens"
+                            )
+                            form["scope"] = gr.Radio(list(SCOPES), value=LiveRequest.scope, label="Mining scope")
                         run = gr.Button("Sample and mine", variant="primary", elem_id="live-run")
                     with gr.Column(scale=2, min_width=480):
                         live_summary = gr.HTML(PLACEHOLDER, elem_id="live-summary")

@@ -107,11 +107,14 @@ class MinedBatch:
 
 class EchoStep:
     """Mines the EchoClips of rollout batches of one tokenizer, with the settings of one :class:`EchoConfig` (the
-    lookup tables are built once: it decodes the whole vocabulary)."""
+    lookup tables, :func:`~echovl.steps.delimiter_table` for ``config.delimiters`` and
+    :func:`~echovl.steps.special_table`, are built once: it decodes the whole vocabulary)."""
 
-    def __init__(self, tokenizer, config: EchoConfig):
+    def __init__(self, tokenizer, config: EchoConfig, *, tables: tuple[torch.Tensor, torch.Tensor] | None = None):
         self.config = config
-        self._tables = (delimiter_table(tokenizer, config.delimiters), special_table(tokenizer))
+        if tables is None:  # (a caller that keeps them per tokenizer, as the demo's loaded model, passes them)
+            tables = delimiter_table(tokenizer, config.delimiters), special_table(tokenizer)
+        self._tables = tables
 
     def tables(self, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
         """The delimiter and non-text (special + vision) lookup tables, on ``device`` (moved once)."""

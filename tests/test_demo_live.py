@@ -52,8 +52,8 @@ def test_parse_delimiters():
         ("temperature", "hot", "temperature must be a number"),
         ("max_new_tokens", 10**6, "max new tokens must be >= 1 and <= 8192"),
         ("min_step_tokens", 0, "min step tokens must be >= 1"),
-        ("scope", "some", "scope must be 'all' or 'degenerate'"),
-        ("delimiters", ("",), "delimiters must be non-empty"),
+        ("scope", "some", "scope must be one of all, degenerate"),
+        ("delimiters", ("",), "delimiters must be a non-empty list of non-empty strings"),
     ],
 )
 def test_request_validation(field, value, message):
@@ -61,6 +61,24 @@ def test_request_validation(field, value, message):
     setattr(request, field, value)
     with pytest.raises(DemoError, match=message):
         request.validate()
+
+
+def test_request_mines_with_trainings_echo_settings():
+    """The demo takes EchoConfig's defaults (not its own copy of them) and checks its settings as EchoConfig does."""
+    from echovl.config import EchoConfig
+
+    config, request = EchoConfig(), LiveRequest("Find x.", "5")
+    assert (list(request.delimiters), request.min_step_tokens, request.scope) == (
+        config.delimiters,
+        config.min_step_tokens,
+        config.scope,
+    )
+    request.min_step_tokens, request.scope = 3, "degenerate"
+    assert request.echo_config().mining_kwargs() == {
+        **config.mining_kwargs(),
+        "min_step_tokens": 3,
+        "scope": "degenerate",
+    }
 
 
 def test_request_normalises_form_numbers():

@@ -6,9 +6,9 @@ through a plain callable ``progress(fraction, desc=...)`` (``gr.Progress`` is on
 
 Loading, prompts, sampling and entropy are the inference layer's (:mod:`echovl.inference`): the group is one batch
 of :meth:`~echovl.inference.TransformersBackend.sample`, and it is mined exactly as in training: token entropy from
-one forward pass per rollout at the sampling temperature (:class:`echovl.inference.EntropyScorer`), steps from
-:func:`echovl.steps.step_index`, the text mask from :func:`echovl.steps.special_table`, "verified" = the reward's
-``accuracy`` >= 1, and :func:`echovl.clip.mine_echo_clips` over one group.
+one forward pass per rollout at the sampling temperature (:class:`echovl.inference.EntropyScorer`), "verified" = the
+reward's ``accuracy`` >= 1, and the echo step (:class:`echovl.echo.EchoStep`) over one group with the request's
+``echo:`` settings (:meth:`LiveRequest.echo_config`; the defaults are training's).
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from typing import Any
 
 import torch
 
-from ..clip import mine_echo_clips
+from ..config import EchoConfig
+from ..echo import EchoStep, verified_flags
 from ..inference import (
     EntropyScorer,
     InferenceError,
@@ -34,8 +35,6 @@ from ..inference import (
 )
 from ..inference import load_model as load_inference_model
 from ..reward.math import grade
-from ..steps import step_index, text_mask
-from ..traces import build_group_records
 from .examples import FORMAT_INSTRUCTION, format_question
 
 __all__ = [
@@ -136,12 +135,12 @@ class LiveRequest:
     """Random seed of the sampling."""
     instruction: str = FORMAT_INSTRUCTION
     """Appended to the question (empty for none)."""
-    delimiters: tuple[str, ...] = ("\n",)
-    """A token whose text contains one of these ends a step."""
-    min_step_tokens: int = 2  # echo.min_step_tokens' default
-    """Fewest text tokens of an eligible step."""
-    scope: str = "all"
-    """``all`` mines every group with a verified rollout; ``degenerate`` only all-correct groups."""
+    delimiters: tuple[str, ...] = tuple(EchoConfig().delimiters)
+    """A token whose text contains one of these ends a step (``echo.delimiters``)."""
+    min_step_tokens: int = EchoConfig.min_step_tokens
+    """Fewest text tokens of an eligible step (``echo.min_step_tokens``; its default is training's)."""
+    scope: str = EchoConfig.scope
+    """``all`` mines every group with a verified rollout; ``degenerate`` only all-correct groups (``echo.scope``)."""
 
     def validate(self) -> None:
         """Check and normalise the fields (numbers typed in a form may arrive as floats or None).
@@ -157,10 +156,15 @@ class LiveRequest:
         self.max_new_tokens = _number("max new tokens", self.max_new_tokens, int, 1, MAX_NEW_TOKENS)
         self.seed = _number("seed", self.seed, int, 0, 2**63 - 1)
         self.min_step_tokens = _number("min step tokens", self.min_step_tokens, int, 1, MAX_NEW_TOKENS)
-        if self.scope not in ("all", "degenerate"):
-            raise DemoError(f"scope must be 'all' or 'degenerate', got {self.scope!r}")
-        if not self.delimiters or any(not isinstance(d, str) or not d for d in self.delimiters):
-            raise DemoError("step delimiters must be non-empty strings")
+        self.echo_config()
+
+    def echo_config(self) -> EchoConfig:
+        """The mining settings as the ``echo:`` section holds them (checked there: a bad one is a :class:`DemoError`
+        naming it)."""
+        try:
+            return EchoConfig(delimiters=list(self.delimiters), min_step_tokens=self.min_step_tokens, scope=self.scope)
+        except ValueError as error:
+            raise DemoError(str(error).replace("echo.", "")) from None
 
 
 def _number(name: str, value, kind: type, low: float, high: float, *, low_open: bool = False):
@@ -302,34 +306,19 @@ def sample_group(loaded: LoadedModel, request: LiveRequest, image=None, *, progr
 def mine_group(
     loaded: LoadedModel, sampled: SampledGroup, request: LiveRequest, *, train_step: int = 0, group_name: str = "live"
 ) -> dict:
-    """Grade the rollouts (verified = accuracy >= 1), split steps, mine the EchoClip: a trace record."""
-    tokenizer = loaded.tokenizer
+    """Grade the rollouts (verified = accuracy >= 1), then the echo step as training runs it, on one group: a trace
+    record."""
     num = sampled.response.shape[0]
     scores = [grade(text, request.answer) for text in sampled.texts]
-    verified = torch.tensor([s["accuracy"] >= 1.0 for s in scores])
-    steps = step_index(sampled.response, sampled.mask, loaded.delimiter_table(request.delimiters))
-    texts_mask = text_mask(sampled.response, sampled.mask, loaded.special_table())
-    group = torch.zeros(num, dtype=torch.long)
-    clips = mine_echo_clips(
-        sampled.entropy,
-        steps,
-        texts_mask,
-        verified,
-        group,
-        min_step_tokens=request.min_step_tokens,
-        scope=request.scope,
-    )
-    [(record, _)] = build_group_records(
-        tokenizer,
+    config = request.echo_config()
+    tables = loaded.delimiter_table(config.delimiters), loaded.special_table()
+    step = EchoStep(loaded.tokenizer, config, tables=tables)
+    verified = verified_flags(torch.tensor([s["accuracy"] for s in scores]), config.success_threshold)
+    mined = step.mine(sampled.response, sampled.mask, sampled.entropy, verified, torch.zeros(num, dtype=torch.long))
+    [(record, _)] = mined.records(
+        loaded.tokenizer,
+        [0],
         train_step=train_step,
-        groups=[0],
-        group=group,
-        response_ids=sampled.response,
-        steps=steps,
-        text_mask=texts_mask,
-        entropy=sampled.entropy,
-        verified=verified,
-        clips=clips,
         prompts=[sampled.prompt] * num,
         answers=[request.answer.strip()] * num,
         rewards=[s["overall"] for s in scores],
