@@ -1,13 +1,9 @@
-"""The inference layer's model loading (kinds, device, dtype, context, vision tokens, errors), and its place in the
-layers: it imports no command."""
-
-import ast
-from pathlib import Path
+"""The inference layer's model loading (kinds, device, dtype, context, vision tokens, errors); its place in the
+layers is checked in tests/test_layers.py."""
 
 import pytest
 import torch
 
-import echovl
 from echovl.inference import InferenceError, load_model
 
 VISION = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
@@ -31,25 +27,3 @@ def test_load_model_errors(tmp_path):
         load_model(tmp_path)
     assert issubclass(InferenceError, ValueError)
 
-
-COMMANDS = ("eval", "analysis", "demo", "experiments", "data", "easyr1", "trl", "train")
-
-
-def test_the_inference_layer_imports_no_command():
-    """DESIGN.md's layers: commands -> frameworks -> inference -> core; a lower layer never imports a higher one
-    (lazy imports inside functions included)."""
-    package = Path(echovl.__file__).parent
-    found = []
-    for path in sorted((package / "inference").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")]
-            elif isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            else:
-                continue
-            for name in names:
-                parts = name.lstrip(".").split(".") if name.startswith("..") else name.split(".")[1:]
-                if (name.startswith("..") or name.startswith("echovl.")) and parts[0] in COMMANDS:
-                    found.append(f"{path.name}: {name}")
-    assert found == []
