@@ -215,14 +215,17 @@ def mine_echo_clips(
 
     # the clip's tokens are the counted tokens of its steps 0..step; clip (r, s) adds weight / length to each of
     # them: summed per step from the last step backwards, then read per token
+    # (only the rows holding a clip are touched)
     length = count.cumsum(dim=1)[row, step]
     token_weight = torch.zeros(text_mask.shape, dtype=torch.float32, device=device)
-    if num_steps:
-        per_step = torch.zeros(batch, num_steps, dtype=torch.float64, device=device)
-        per_step.index_put_((row, step), weight / length.double(), accumulate=True)
-        per_step = per_step.flip(1).cumsum(1).flip(1)
-        counted = text_mask & (steps >= 0)
-        token_weight = torch.where(counted, per_step.gather(1, steps.clamp(min=0)), 0.0).float()
+    clip_rows, clip_row = torch.unique(row, return_inverse=True)
+    per_step = torch.zeros(clip_rows.numel(), num_steps, dtype=torch.float64, device=device)
+    per_step.index_put_((clip_row, step), weight / length.double(), accumulate=True)
+    per_step = per_step.flip(1).cumsum(1).flip(1)
+    if clip_rows.numel():
+        row_steps = steps[clip_rows]
+        counted = text_mask[clip_rows] & (row_steps >= 0)
+        token_weight[clip_rows] = torch.where(counted, per_step.gather(1, row_steps.clamp(min=0)), 0.0).float()
     return EchoClips(
         mask=token_weight > 0,
         group=groups[clip_group],

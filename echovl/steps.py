@@ -157,11 +157,16 @@ def step_index(
         return torch.empty(valid.shape, dtype=torch.long, device=valid.device)
     delim = _lookup(is_delimiter.bool(), response_ids, valid)
     # A token starts a new step when it is not a delimiter and the valid token before it is one; the step of a
-    # token is the number of starts up to it. "Before it" skips masked positions: the last valid position < t.
-    positions = torch.arange(response_ids.shape[1], device=response_ids.device)
-    last_valid = torch.cummax(torch.where(valid, positions, -1), dim=1).values
-    previous = torch.nn.functional.pad(last_valid[:, :-1], (1, 0), value=-1)
-    after_delimiter = delim.gather(1, previous.clamp(min=0)) & (previous >= 0)
+    # token is the number of starts up to it. With right padding (the usual layout) the valid token before t is
+    # t - 1; where a masked position lies inside a response, it is the last valid position before t.
+    after_delimiter = torch.zeros_like(delim)
+    if not bool((valid[:, 1:] & ~valid[:, :-1]).any()):
+        after_delimiter[:, 1:] = delim[:, :-1]
+    else:
+        positions = torch.arange(response_ids.shape[1], device=response_ids.device)
+        last_valid = torch.cummax(torch.where(valid, positions, -1), dim=1).values
+        previous = torch.nn.functional.pad(last_valid[:, :-1], (1, 0), value=-1)
+        after_delimiter = delim.gather(1, previous.clamp(min=0)) & (previous >= 0)
     starts = valid & ~delim & after_delimiter
     return starts.long().cumsum(dim=1).masked_fill_(~valid, -1)
 
