@@ -15,7 +15,7 @@ group (``guidance.adv_std: true`` keeps EasyR1's).
 
 Actor side (:func:`luffy_pg_loss`, for micro-batches holding an expert row): the on-policy tokens keep
 EasyR1's own PPO loss (``compute_policy_loss`` over their mask; or ``-A * ratio`` without clipping with
-``guidance.clip_on_policy: false``), the expert tokens get ``-A * f(p)`` (:func:`echovl.loss.shaped_pg_loss`):
+``guidance.clip_on_policy: false``), the expert tokens get ``-A * f(p)`` (:func:`echovl.luffy.shaped_pg_loss`):
 no ratio, no clipping. Both are averaged together the way ``loss_avg_mode`` averages EasyR1's loss over the
 micro-batch's response tokens, so EasyR1's scaling to the mini-batch applies unchanged. A micro-batch without
 an expert row runs EasyR1's ``compute_policy_loss`` itself.

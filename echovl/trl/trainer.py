@@ -10,19 +10,20 @@ Data flow, per generation batch (``_generate_and_score_completions``, before TRL
    at the sampling temperature, like the RL log-probs.
 2. **Verified flags** from the reward function whose name is ``echo.success_key`` (``accuracy``): a rollout is
    verified when that function's value is ``>= echo.success_threshold``. TRL gathers rewards over processes.
-3. **Mining** over whole groups: response ids, masks and entropies are padded and gathered over processes, every
-   process mines the same clips on the global batch (``echovl.clip.mine_echo_clips``) and keeps its own rows as
-   ``echo_mask``, which TRL's shuffle and split carry along with the other per-row tensors.
+3. **The echo step** over whole groups: response ids, masks and entropies are padded and gathered over processes,
+   every process runs :class:`echovl.echo.EchoStep` on the global batch and keeps its own rows' clip tensors
+   (``echo_weight``, ``echo_clip_weight``) and λ of the batch (``echo_coef``, a 0-dim tensor), which TRL's shuffle
+   and split carry along with the other per-row tensors.
 
-Per micro-batch (``_compute_loss``): ``J_echo`` is ``echovl.loss.echo_nll`` of the log-probs of the loss forward
-(the same tensor TRL's policy loss uses), over ``echo_mask``, and ::
+Per micro-batch (``_compute_loss``): :func:`echovl.loss.echo_term` of the log-probs of the loss forward (the same
+tensor TRL's policy loss uses), with the batch's λ and the denominator ``C_step / num_processes``::
 
-    loss = TRL loss + coef * total * num_processes / C_step
+    loss = TRL loss + λ * total * num_processes / C_step
 
-with ``total`` the micro-batch's sum of per-clip mean NLLs and ``C_step`` the number of clips in the optimizer
-step's micro-batches on all processes (counted once per generation batch, after TRL's shuffle and split, in
-``_prepare_inputs``). DDP averages gradients over processes and the step's micro-batches add up, so every
-optimizer step gets exactly ``coef x`` (mean over its clips of the per-clip mean NLL), whatever
+with ``total`` the micro-batch's weighted sum of per-clip mean NLLs and ``C_step`` the summed clip weight (the clip
+count under ``max`` selection) of the optimizer step's micro-batches on all processes (counted once per generation
+batch, after TRL's shuffle and split, in ``_prepare_inputs``). DDP averages gradients over processes and the step's
+micro-batches add up, so every optimizer step gets exactly ``λ x`` (the weighted mean over its clips of the per-clip mean NLL), whatever
 ``gradient_accumulation_steps``, ``steps_per_generation``, ``num_iterations`` and ``loss_type`` (the RL term keeps
 TRL's own normalisation; see docs/echo_scale.md). Only a step that spans several generation batches
 (``steps_per_generation x num_iterations`` smaller than, or not a multiple of, ``gradient_accumulation_steps``)
