@@ -256,3 +256,28 @@ def test_seeds_resume_reuses_only_finished_seeds_with_the_same_settings(tmp_path
     comparison = tiny_cpu.run_seeds(tmp_path, settings, [0, 1, 2])
     assert ran == [1, 2]
     assert comparison["runtime_s"] == 9.0  # 7 (reused seed 0) + 1 + 1
+
+
+def test_a_failed_run_leaves_the_previous_outputs_as_they_were(quick_run, tmp_path, monkeypatch):
+    """All or nothing: a run that fails at its very end (after its traces are written) changes none of the previous
+    run's outputs, and leaves no half-written file or folder behind."""
+    import shutil
+    from pathlib import Path
+
+    from echovl.experiments import tiny_cpu
+
+    out = tmp_path / "run"
+    shutil.copytree(quick_run[0], out, ignore=shutil.ignore_patterns("work"))
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert Path("traces/step_000001.jsonl") in before and Path("summary.json") in before
+
+    def broken_plot(rows, summary):
+        assert list(out.glob(".traces.*/step_*.jsonl")), "the new traces are staged beside the old ones"
+        raise RuntimeError("the plot failed")
+
+    monkeypatch.setattr(tiny_cpu, "plot_metrics", broken_plot)
+    with pytest.raises(RuntimeError, match="the plot failed"):
+        tiny_cpu.run_experiment(out, tiny_cpu.ExperimentSettings.quick(seed=1))
+    after = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file() and "work" not in p.parts}
+    assert after == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

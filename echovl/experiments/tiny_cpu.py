@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import OptionError, command_parser, option, progress_bar, run_command
-from ..outputs import write_files
+from ..outputs import Outputs, write_files
 
 __all__ = [
     "ExperimentOptions",
@@ -302,9 +302,18 @@ def _metric_recorder(run: str, rows: list[dict], progress, total: int):
     return Recorder()
 
 
-def run_grpo(run: str, start: Path, processor, dataset, settings: ExperimentSettings, out: Path, progress):
-    """GRPO from the checkpoint in ``start``, echo on for every run but ``baseline`` (with a variant's settings);
-    returns the metric rows and the model."""
+def run_grpo(
+    run: str,
+    start: Path,
+    processor,
+    dataset,
+    settings: ExperimentSettings,
+    out: Path,
+    progress,
+    trace_dir: Path | None,
+):
+    """GRPO from the checkpoint in ``start``, echo on for every run but ``baseline`` (with a variant's settings), its
+    traces written to ``trace_dir``; returns the metric rows and the model."""
     from transformers import AutoModelForImageTextToText, PrinterCallback
 
     from ..trl import GRPOConfig, accuracy
@@ -346,7 +355,7 @@ def run_grpo(run: str, start: Path, processor, dataset, settings: ExperimentSett
         "coef": settings.coef,
         "trace_freq": settings.trace_freq if run != "baseline" else 0,
         "trace_groups": settings.prompts_per_step,
-        "trace_dir": str(out / ("traces" if run in RUNS else f"traces_{run}")),
+        "trace_dir": str(trace_dir) if trace_dir else None,
         **settings.variants.get(run, {}),
     }
     rows: list[dict] = []
@@ -518,23 +527,22 @@ class _Reproducible:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-def _prepare_out(out: Path) -> None:
-    """Remove what a previous run of this experiment left in ``out`` (only our own files)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("metrics.csv", "plot.png", "summary.json"):
-        (out / name).unlink(missing_ok=True)
-    for name in ("traces", "work"):
-        if (out / name).exists():
-            shutil.rmtree(out / name)
+def _trace_folder(out: Path, run: str) -> Path:
+    """Where a run's traces go: ``traces/`` for the echo run, ``traces_<variant>/`` for a variant's."""
+    return out / ("traces" if run in RUNS else f"traces_{run}")
 
 
 def run_experiment(out: str | Path, settings: ExperimentSettings, *, progress=None) -> dict:
-    """Run everything; returns the summary (also written to ``out/summary.json``)."""
-    with _Reproducible(settings.threads):
-        return _run_experiment(Path(out), settings, progress)
+    """Run everything; returns the summary (also written to ``out/summary.json``). The outputs (``metrics.csv``,
+    ``plot.png``, ``summary.json`` and the trace folders) are written all or nothing (:mod:`echovl.outputs`): a run
+    that fails leaves those of the previous run as they were; ``work/`` (the models) is scratch, made anew."""
+    out = Path(out)
+    shutil.rmtree(out / "work", ignore_errors=True)
+    with _Reproducible(settings.threads), Outputs() as outputs:
+        return _run_experiment(out, settings, progress, outputs)
 
 
-def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
+def _run_experiment(out: Path, settings: ExperimentSettings, progress, outputs: Outputs) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import torch
@@ -546,7 +554,6 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
     progress = progress or stage_progress
     hf_logging.set_verbosity_error()
     started = time.perf_counter()
-    _prepare_out(out)
     timing: dict[str, float] = {}
 
     def lap(name: str, since: float) -> float:
@@ -590,7 +597,8 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
     dataset = _dataset(train)
     rows: list[dict] = []
     for run in settings.runs:
-        run_rows, trained = run_grpo(run, start, processor, dataset, settings, out, progress)
+        traces = outputs.folder(_trace_folder(out, run)) if run != "baseline" else None
+        run_rows, trained = run_grpo(run, start, processor, dataset, settings, out, progress, traces)
         rows += run_rows
         mark = lap(f"grpo_{run}", mark)
         evals[run] = evaluate(trained)
@@ -633,13 +641,9 @@ def _run_experiment(out: Path, settings: ExperimentSettings, progress) -> dict:
     }
     plot = plot_metrics(rows, summary)
     summary["runtime_s"] = round(time.perf_counter() - started, 1)
-    write_files(
-        {
-            out / "metrics.csv": metrics_csv(rows),
-            out / "plot.png": plot,
-            out / "summary.json": json.dumps(summary, indent=2, default=float) + "\n",
-        }
-    )
+    outputs.write(out / "metrics.csv", metrics_csv(rows))
+    outputs.write(out / "plot.png", plot)
+    outputs.write(out / "summary.json", json.dumps(summary, indent=2, default=float) + "\n")
     return summary
 
 
