@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import math
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,12 +124,6 @@ class AnalysisConfig(ModelRunConfig):
             self.top_p,
             self.max_new_tokens if max_new_tokens is None else max_new_tokens,
             self.seed,
-        )
-
-    def prompt_builder(self, tokenizer, processor) -> PromptBuilder:
-        text = Path(self.format_prompt).read_text(encoding="utf-8") if self.format_prompt else None
-        return PromptBuilder(
-            tokenizer, processor, format_prompt=text, min_pixels=self.min_pixels, max_pixels=self.max_pixels
         )
 
 
@@ -386,17 +379,8 @@ class Session:
 
     def backend(self) -> Backend:
         if self._backend is None:
-            c = self.config
-            self._backend = self.factory(
-                c.backend,
-                self.model_ref.path,
-                batch_size=c.batch_size,
-                device=c.device,
-                tensor_parallel_size=c.tensor_parallel_size,
-                max_images=self.max_images,
-                show_progress=sys.stderr.isatty() if c.show_progress is None else c.show_progress,
-                engine_kwargs={"gpu_memory_utilization": c.gpu_memory_utilization, "seed": c.seed},
-            )
+            options = self.config.backend_options(self.max_images)
+            self._backend = self.factory(self.config.backend, self.model_ref.path, **options)
         return self._backend
 
     def processing(self):

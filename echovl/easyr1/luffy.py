@@ -75,14 +75,12 @@ class ExpertRollout:
 
     Args:
         tokenizer: the run's tokenizer (encodes the traces).
-        n: ``worker.rollout.n``, rows per group (>= 2).
+        n: ``worker.rollout.n``, rows per group (>= 2, checked by the config: ``check_guidance``).
         seed: ``worker.rollout.seed``, vLLM's sampling seed.
         world_size: ranks ``generate_sequences`` splits a batch over (the extra call is padded to it).
     """
 
     def __init__(self, tokenizer, *, n: int, seed: int | None, world_size: int):
-        if n < 2:
-            raise ValueError(f"LUFFY needs worker.rollout.n >= 2 (one expert row per group), got {n}")
         self.tokenizer = tokenizer
         self.n = n
         self.seed = seed

@@ -165,8 +165,6 @@ class EchoTrainer(RayPPOTrainer):
 
         if self.echo.keep_filtered_clips == 0 or self._echo_coef(self._generated_outcomes) == 0:
             return batch
-        if self.use_critic:  # load_config rejects this combination; a trainer built by hand must not drop groups
-            raise ValueError("echo.keep_filtered_clips needs a critic-free adv_estimator; set it to 0 with 'gae'")
         kept, dropped = set(np.asarray(uids).astype(str)), []
         for data, scores in rounds:
             verified = verified_flags(scores, self.echo).numpy()

@@ -84,11 +84,7 @@ class HintMaker:
         self.stats = HintStats()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        key = self.guidance.solution_key
-        if key not in batch:
-            raise KeyError(
-                f"UFT: the training batch has no '{key}' column (guidance.solution_key); it has: {', '.join(sorted(batch))}"
-            )
+        key = self.guidance.solution_key  # (the guide checked that the batch has it)
         step = int(self.step())
         g = self.guidance
         probability = hint_probability(step, low=g.hint_low, high=g.hint_high, total_steps=g.hint_steps)

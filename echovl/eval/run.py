@@ -227,8 +227,6 @@ class _Evaluation:
     def __init__(self, config: EvalConfig, backend_factory: Callable[..., Backend] | None):
         self.config = config
         self.backend_factory = backend_factory or load_backend
-        fp = config.format_prompt
-        self.format_prompt = Path(fp).read_text(encoding="utf-8") if fp else None
         self.benchmarks = load_benchmarks(
             config.benchmarks,
             prompt_key=config.prompt_key,
@@ -250,7 +248,7 @@ class _Evaluation:
             raise EvalError(f"two models would share a name ({', '.join(names)}): name them with --model NAME=PATH")
         self.models = [_pin_hub_revision(m) for m in self.models]
         self.prompt_settings = dict(
-            format_prompt=self.format_prompt,
+            format_prompt=config.format_prompt_text(),
             min_pixels=config.min_pixels,
             max_pixels=config.max_pixels,
             prompt_key=config.prompt_key,
@@ -289,24 +287,9 @@ class _Evaluation:
     def load(self, model: ModelRef, backend_name: str) -> tuple[Backend, PromptBuilder]:
         """The model's backend and the prompt builder on its tokenizer and processor."""
         c = self.config
-        backend = self.backend_factory(
-            backend_name,
-            _model_files(model),
-            batch_size=c.batch_size,
-            device=c.device,
-            tensor_parallel_size=c.tensor_parallel_size,
-            max_images=max((len(p.images or ()) for b in self.benchmarks for p in b.problems), default=1),
-            show_progress=sys.stderr.isatty() if c.show_progress is None else c.show_progress,
-            engine_kwargs={"gpu_memory_utilization": c.gpu_memory_utilization, "seed": c.seed},
-        )
-        builder = PromptBuilder(
-            backend.tokenizer,
-            backend.processor,
-            format_prompt=self.format_prompt,
-            min_pixels=c.min_pixels,
-            max_pixels=c.max_pixels,
-        )
-        return backend, builder
+        max_images = max((len(p.images or ()) for b in self.benchmarks for p in b.problems), default=1)
+        backend = self.backend_factory(backend_name, _model_files(model), **c.backend_options(max_images))
+        return backend, c.prompt_builder(backend.tokenizer, backend.processor)
 
     def parts(self, model: ModelRef, backend_name: str) -> list[_Part]:
         """Per benchmark: its problems, ``k``, cache, the samples cached and those missing."""

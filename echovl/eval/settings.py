@@ -8,12 +8,13 @@ them: its values become the prompt options' defaults, :mod:`echovl.cli`).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..cli import option, progress_option
-from ..inference import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from ..inference import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, PromptBuilder
 from .benchmarks import EvalError
 
 __all__ = ["DEFAULT_FORMAT_PROMPT", "GENERATION", "HARDWARE", "ModelRunConfig", "TrainingConfigFile"]
@@ -104,3 +105,29 @@ class ModelRunConfig:
             raise self.error(f"--confidence must be in (0, 1), got {self.confidence}")
         if self.format_prompt is not None and not Path(self.format_prompt).is_file():
             raise self.error(f"format prompt {self.format_prompt} not found (pass --format-prompt FILE or none)")
+
+    def format_prompt_text(self) -> str | None:
+        """The format prompt's Jinja text (None: the bare problem)."""
+        return Path(self.format_prompt).read_text(encoding="utf-8") if self.format_prompt else None
+
+    def prompt_builder(self, tokenizer, processor) -> PromptBuilder:
+        """Prompts as training builds them, with these settings' format prompt and image sizes."""
+        return PromptBuilder(
+            tokenizer,
+            processor,
+            format_prompt=self.format_prompt_text(),
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+        )
+
+    def backend_options(self, max_images: int) -> dict[str, Any]:
+        """The keyword arguments of :func:`echovl.inference.load_backend` these settings give; ``max_images``: the
+        most images of one prompt (vLLM's ``limit_mm_per_prompt``)."""
+        return dict(
+            batch_size=self.batch_size,
+            device=self.device,
+            tensor_parallel_size=self.tensor_parallel_size,
+            max_images=max_images,
+            show_progress=sys.stderr.isatty() if self.show_progress is None else self.show_progress,
+            engine_kwargs={"gpu_memory_utilization": self.gpu_memory_utilization, "seed": self.seed},
+        )
