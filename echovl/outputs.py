@@ -9,6 +9,7 @@ and no folder the set created. Files get the usual permissions (``0o666`` less t
 umask), not the private ones of :mod:`tempfile`.
 
 - :func:`write_files`: whole files (text, written as UTF-8, or bytes) at once.
+- :func:`csv_text` and :func:`figure_png`: the content of the commands' tables and figures.
 - :class:`Outputs`: ``with Outputs() as out:`` for outputs made piece by piece: :meth:`Outputs.write` (a whole
   file), :meth:`Outputs.open` (a binary file to stream into, e.g. parquet row groups) and :meth:`Outputs.folder`
   (a folder to fill, which replaces the destination folder).
@@ -16,14 +17,17 @@ umask), not the private ones of :mod:`tempfile`.
 
 from __future__ import annotations
 
+import csv
+import io
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-__all__ = ["Outputs", "write_files"]
+__all__ = ["Outputs", "csv_text", "figure_png", "write_files"]
 
 
 def write_files(files: Mapping[str | Path, str | bytes]) -> None:
@@ -126,3 +130,37 @@ class Outputs:
             except OSError:
                 pass
         self._created = []
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """CSV with a header (``columns``, default: the first row's keys), one line per row: floats with 8 significant
+    digits, booleans as 0 / 1, None and NaN as empty cells, a missing key as an empty cell."""
+    columns = list(columns if columns is not None else (rows[0] if rows else []))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _cell(row.get(k)) for k in columns})
+    return buffer.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, float):
+        return f"{value:.8g}"
+    return value
+
+
+def figure_png(figure, *, dpi: int = 120, tight: bool = True) -> bytes:
+    """A matplotlib figure as PNG bytes (the figure is closed afterwards); ``tight``: cropped to what it draws."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight" if tight else None)
+    finally:
+        plt.close(figure)
+    return buffer.getvalue()

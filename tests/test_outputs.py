@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from echovl.outputs import Outputs, write_files
+from echovl.outputs import Outputs, csv_text, write_files
 
 
 def _names(folder):
@@ -72,3 +72,10 @@ def test_outputs_get_the_usual_permissions(tmp_path):
         os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0o600
     assert (tmp_path / "f").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0o700
+
+
+def test_csv_text_cells():
+    rows = [{"a": 0.1234567891, "b": True, "c": None}, {"a": float("nan"), "b": False, "c": "x,y"}]
+    assert csv_text(rows, ["a", "b", "c", "d"]) == 'a,b,c,d\n0.12345679,1,,\n,0,"x,y",\n'
+    assert csv_text(rows[:1]) == "a,b,c\n0.12345679,1,\n"  # the columns of the first row
+    assert csv_text([]) == "\n"

@@ -15,14 +15,12 @@ per folder:
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..cli import OptionError, command_parser, option, run_command
-from ..outputs import write_files
+from ..outputs import csv_text, write_files
 from ..traces import TraceError, list_trace_files, read_trace_file
 
 __all__ = ["ClipStepStats", "ClipStepsSettings", "clip_step_stats", "main", "remine_step"]
@@ -103,14 +101,6 @@ def _format(stats: Iterable[ClipStepStats], thresholds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
-def _csv_text(rows: list[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
 @dataclass
 class ClipStepsSettings:
     """``python -m echovl.analysis.clip_steps``'s options."""
@@ -130,7 +120,7 @@ def _report(settings: ClipStepsSettings) -> None:
     stats = [clip_step_stats(folder, settings.thresholds) for folder in settings.folders]
     print(_format(stats, settings.thresholds))
     if settings.csv:
-        write_files({settings.csv: _csv_text([s.row() for s in stats])})
+        write_files({settings.csv: csv_text([s.row() for s in stats])})
         print(f"wrote {settings.csv}")
 
 

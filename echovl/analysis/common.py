@@ -16,10 +16,7 @@ back), the teacher-forced entropy of a response split into steps, the command-li
 
 from __future__ import annotations
 
-import csv
-import io
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +46,8 @@ __all__ = [
     "AnalysisProblem",
     "Rollout",
     "analysis_main",
-    "csv_text",
     "load_problems",
     "obtain_rollouts",
-    "png_bytes",
     "rollouts_jsonl",
     "start_analysis",
 ]
@@ -410,38 +405,6 @@ class Session:
 
 
 # ------------------------------------------------------------------------------------------------------- outputs
-
-
-def csv_text(rows: Sequence[dict], columns: Sequence[str]) -> str:
-    """CSV with a header; floats written with 8 significant digits, None and NaN as empty cells."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(row.get(k)) for k in columns})
-    return buffer.getvalue()
-
-
-def _cell(value: Any) -> Any:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, float):
-        return f"{value:.8g}"
-    return value
-
-
-def png_bytes(figure) -> bytes:
-    """A matplotlib figure as PNG bytes (closed afterwards)."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(figure)
-    return buffer.getvalue()
 
 
 def pyplot():

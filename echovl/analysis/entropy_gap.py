@@ -37,14 +37,12 @@ import numpy as np
 from ..cli import option, progress_bar
 from ..eval.stats import paired_bootstrap
 from ..inference import Backend, ScoredResponse
-from ..outputs import write_files
+from ..outputs import csv_text, figure_png, write_files
 from ..reward.math import GRADER_VERSION
 from .common import (
     AnalysisConfig,
     analysis_main,
-    csv_text,
     no_verified_rollout,
-    png_bytes,
     pyplot,
     rollouts_jsonl,
     start_analysis,
@@ -142,7 +140,7 @@ def _figure(expert_tokens, rollout_tokens, expert_steps, rollout_steps, title: s
         ax.legend(fontsize=8)
     figure.suptitle(title, fontsize=10)
     figure.tight_layout()
-    return png_bytes(figure)
+    return figure_png(figure)
 
 
 def _fmt(value: float, signed: bool = False) -> str:

@@ -52,17 +52,15 @@ import numpy as np
 from ..cli import option, progress_bar
 from ..eval.stats import paired_bootstrap
 from ..inference import Backend, ScoredResponse, mix_seed
-from ..outputs import write_files
+from ..outputs import csv_text, figure_png, write_files
 from ..reward.math import GRADER_VERSION, judge
 from .common import (
     AnalysisConfig,
     AnalysisError,
     Rollout,
     analysis_main,
-    csv_text,
     generate,
     no_verified_rollout,
-    png_bytes,
     pyplot,
     rollouts_jsonl,
     start_analysis,
@@ -308,7 +306,7 @@ def _figure(rows: list[dict], config, title: str) -> bytes:
     ax.legend()
     ax.set_title(title, fontsize=9)
     figure.tight_layout()
-    return png_bytes(figure)
+    return figure_png(figure)
 
 
 def _markdown(summary: dict, rows: list[dict], config) -> str:

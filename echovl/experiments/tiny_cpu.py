@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from ..cli import OptionError, command_parser, option, progress_bar, run_command
-from ..outputs import Outputs, write_files
+from ..outputs import Outputs, csv_text, figure_png, write_files
 
 __all__ = [
     "ExperimentOptions",
@@ -452,10 +452,7 @@ def plot_metrics(rows: Sequence[dict], summary: dict) -> bytes:
         f"(seed {summary['settings']['seed']})"
     )
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return buffer.getvalue()
+    return figure_png(fig, dpi=90, tight=False)
 
 
 def _mean_where(rows, run, column, lo=None, hi=None) -> float:
@@ -778,13 +775,9 @@ def run_seeds(out: str | Path, settings: ExperimentSettings, seeds: Sequence[int
         for seed, summary in zip(seeds, summaries)
         if "warmup" in summary and summary["warmup"]["probe_accuracy"] < settings.warmup_target
     ]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=("seed", "run", "greedy", "sampled"), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     write_files(
         {
-            out / "seeds.csv": buffer.getvalue(),
+            out / "seeds.csv": csv_text(rows, ("seed", "run", "greedy", "sampled")),
             out / "seeds.json": json.dumps(comparison, indent=2, default=float) + "\n",
         }
     )
