@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from .clip import EchoClips, step_entropies
+from .images import open_image
 from .outputs import write_files
 
 __all__ = [
@@ -195,18 +196,8 @@ def build_group_records(
 
 
 def _png_bytes(image: Any) -> bytes:
-    from PIL import Image
-
-    if isinstance(image, dict) and "bytes" in image:  # the datasets / parquet image layout
-        image = image["bytes"]
-    if isinstance(image, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(image))
-    elif isinstance(image, (str, Path)):
-        image = Image.open(image)
-    if not isinstance(image, Image.Image):
-        raise TypeError(f"cannot save an image of type {type(image).__name__}")
     buffer = io.BytesIO()
-    image.convert("RGB").save(buffer, format="PNG")
+    open_image(image).convert("RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -24,6 +24,7 @@ import torch
 
 from ..config import EchoConfig
 from ..echo import EchoStep, verified_flags
+from ..images import open_image as load_image
 from ..inference import (
     EntropyScorer,
     InferenceError,
@@ -90,29 +91,21 @@ def parse_delimiters(text: str) -> tuple[str, ...]:
 
 def open_image(value: Any):
     """An RGB PIL image from a path, PIL image or array; None for no image. Bad files raise DemoError."""
-    from PIL import Image
-
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, Image.Image):
-        image = value
-    elif isinstance(value, (str, Path)):
-        path = Path(value)
-        if not path.is_file():
-            raise DemoError(f"image {path.name}: no such file")
-        try:
-            image = Image.open(path)
-            image.load()
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-            raise DemoError(f"cannot open the image {path.name}: {error}") from None
-    elif hasattr(value, "__array__"):
-        try:
-            image = Image.fromarray(value)
-        except (TypeError, ValueError) as error:
+    from PIL import Image
+
+    if isinstance(value, (str, Path)) and not Path(value).is_file():
+        raise DemoError(f"image {Path(value).name}: no such file")
+    try:
+        return load_image(value).convert("RGB")
+    except TypeError as error:
+        if hasattr(value, "__array__"):
             raise DemoError(f"cannot read the image array: {error}") from None
-    else:
-        raise DemoError(f"cannot use an image of type {type(value).__name__}")
-    return image.convert("RGB")
+        raise DemoError(f"cannot use an image of type {type(value).__name__}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        what = f"open the image {Path(value).name}" if isinstance(value, (str, Path)) else "read the image array"
+        raise DemoError(f"cannot {what}: {error}") from None
 
 
 @dataclass

@@ -24,13 +24,12 @@ EasyR1 is not needed; ``tests/test_inference_prompts.py`` checks the ids against
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from ..images import open_image
 from .loading import InferenceError
 
 __all__ = [
@@ -50,15 +49,7 @@ IMAGE_PLACEHOLDER = "<image>"
 
 def resize_image(image: Any, min_pixels: int | None, max_pixels: int | None):
     """An image (PIL image, file bytes, ``{"bytes"}`` or a path) sized as EasyR1's training sees it, in RGB."""
-    from PIL import Image
-
-    if isinstance(image, dict):
-        image = image["bytes"]
-    if isinstance(image, (bytes, bytearray)):
-        image = Image.open(io.BytesIO(image))
-    elif isinstance(image, (str, Path)):
-        image = Image.open(image)
-    image.load()
+    image = open_image(image)
     for limit, too_far in ((max_pixels, lambda area, lim: area > lim), (min_pixels, lambda area, lim: area < lim)):
         area = image.width * image.height
         if limit is not None and too_far(area, limit):
