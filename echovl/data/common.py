@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -35,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..cli import command_parser, option, progress_option, run_command
+from ..inference import is_hub_name as spelled_like_hub_name
 from ..outputs import Outputs
 
 __all__ = [
@@ -289,14 +289,11 @@ def cell_text(value: Any) -> str:
     return value.strip() if isinstance(value, str) else ""
 
 
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def is_hub_name(source: str) -> bool:
     """True for ``owner/name`` that is not a local path; a missing local-looking path raises :class:`DataError`."""
     if os.path.exists(source):
         return False
-    if _HUB_NAME.match(source) and not source.endswith(".parquet"):
+    if spelled_like_hub_name(source) and not source.endswith(".parquet"):
         return True
     raise DataError(f"source {source!r} does not exist (and is not a hub dataset name like 'owner/name')")
 

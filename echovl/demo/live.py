@@ -33,6 +33,7 @@ from ..inference import (
     PromptBuilder,
     Sampling,
     TransformersBackend,
+    is_hub_name,
 )
 from ..inference import load_model as load_inference_model
 from ..reward.math import grade
@@ -183,8 +184,7 @@ def load_model(path: str, *, device: str | None = None) -> LoadedModel:
     if not path:
         raise DemoError("no model path given")
     local = Path(path).expanduser()
-    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1  # a hub id is "owner/name"
-    if looks_local and not local.exists():
+    if not local.exists() and not is_hub_name(path):
         raise DemoError(f"model path {path} does not exist")
     source = str(local) if local.exists() else path
     try:

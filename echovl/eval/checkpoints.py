@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..inference import is_hub_name
 from .benchmarks import EvalError
 
 __all__ = ["EASYR1_MERGE_COMMAND", "ModelRef", "resolve_model"]
@@ -24,7 +25,6 @@ EASYR1_MERGE_COMMAND = "python3 scripts/model_merger.py --local_dir {actor}"
 
 _SHARD = re.compile(r"^model_world_size_(\d+)_rank_(\d+)\.pt$")
 _STEP = re.compile(r"^global_step_(\d+)$")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _NAME = re.compile(r"^[^=/\\\s][^=]*$")
 
 
@@ -80,7 +80,7 @@ def resolve_model(spec: str) -> ModelRef:
             raise EvalError(f"model name {name!r} must not be empty, start with '/' or contain '='")
     path = Path(spec).expanduser()
     if not path.exists():
-        if _HUB_ID.match(spec) and not spec.startswith((".", "~")):
+        if is_hub_name(spec):
             return ModelRef(name or spec, spec, f"hub:{spec}")
         raise EvalError(f"model {spec}: no such folder (nor a hub name like 'owner/name')")
     if not path.is_dir():

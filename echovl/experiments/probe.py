@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ..clip import all_verified_rows
+from ..echo import verified_flags
 from ..trl import EchoGRPOTrainer
 
 __all__ = ["GradientProbeTrainer"]
@@ -29,8 +31,8 @@ class GradientProbeTrainer(EchoGRPOTrainer):
 
     def _echo_mine(self, inputs, out, mine):
         super()._echo_mine(inputs, out, mine)
-        verified = self._echo_rewards[:, self._echo_success_index] >= self.echo_config.success_threshold
-        all_correct = verified.view(-1, self.num_generations).all(dim=1).repeat_interleave(self.num_generations)
+        verified = verified_flags(self._echo_rewards[:, self._echo_success_index], self.echo_config.success_threshold)
+        all_correct = all_verified_rows(verified, torch.arange(verified.numel()) // self.num_generations)
         local = out["completion_ids"].size(0)
         start = self.accelerator.process_index * local
         out["probe_all_correct"] = all_correct[start : start + local]

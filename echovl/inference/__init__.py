@@ -19,7 +19,15 @@ transformers or vLLM at import time.
 
 from .entropy_scorer import EntropyScorer, ScoredResponse, Step
 from .generation import Backend, Sampling, TransformersBackend, load_backend, mix_seed, token_budget
-from .loading import InferenceError, LoadedModel, context_length, load_model, load_processing, vision_token_ids
+from .loading import (
+    InferenceError,
+    LoadedModel,
+    context_length,
+    is_hub_name,
+    load_model,
+    load_processing,
+    vision_token_ids,
+)
 from .prompt_builder import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, Prompt, PromptBuilder, resize_image
 from .vllm_backend import VLLMBackend, build_vllm_requests, vllm_available
 
@@ -39,6 +47,7 @@ __all__ = [
     "VLLMBackend",
     "build_vllm_requests",
     "context_length",
+    "is_hub_name",
     "load_backend",
     "load_model",
     "load_processing",

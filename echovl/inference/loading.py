@@ -12,6 +12,7 @@ response holding one would read it as an image slot), and are masked out of the 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ __all__ = [
     "InferenceError",
     "LoadedModel",
     "context_length",
+    "is_hub_name",
     "load_model",
     "load_processing",
     "vision_token_ids",
@@ -31,6 +33,15 @@ class InferenceError(ValueError):
 
     The commands' own errors (``EvalError``, ``AnalysisError``) subclass it; they catch it to report one line.
     """
+
+
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_name(text: str) -> bool:
+    """Whether ``text`` is spelled like a hub repository, ``owner/name`` (a model or a dataset); a path that exists
+    locally is the caller's to prefer."""
+    return bool(_HUB_NAME.match(text))
 
 
 def context_length(config: Any) -> int | None:
