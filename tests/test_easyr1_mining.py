@@ -16,7 +16,7 @@ from verl.utils.seqlen_balancing import get_seqlen_balanced_partitions  # noqa: 
 
 from echovl import delimiter_table, group_outcomes, mine_echo_clips, special_table, step_index, text_mask  # noqa: E402
 from echovl.config import EchoConfig  # noqa: E402
-from echovl.easyr1.mining import mine_rollout_batch, trace_records, verified_flags  # noqa: E402
+from echovl.easyr1.mining import mine_rollout_batch, success_flags, trace_records  # noqa: E402
 from echovl.echo import ECHO_CLIP_WEIGHT, ECHO_WEIGHT, EchoStep, group_ids  # noqa: E402
 from echovl.testing import tiny_image  # noqa: E402
 from echovl.traces import TraceWriter, read_trace_file  # noqa: E402
@@ -122,12 +122,12 @@ def test_missing_entropy_is_a_clear_error(qwen_tokenizer):
         mine_rollout_batch(EchoStep(qwen_tokenizer, EchoConfig()), data, scores)
 
 
-def test_group_ids_and_verified_flags():
+def test_group_ids_and_success_flags():
     assert group_ids(np.array(["b", "a", "b", "c"], dtype=object)).tolist() == [1, 0, 1, 2]
     echo = EchoConfig(success_threshold=0.5)
-    assert verified_flags([0.0, 0.5, 1.0, -1.0], echo).tolist() == [False, True, True, False]
+    assert success_flags([0.0, 0.5, 1.0, -1.0], echo).tolist() == [False, True, True, False]
     with pytest.raises(ValueError, match="finite"):
-        verified_flags([float("nan")], echo)
+        success_flags([float("nan")], echo)
 
 
 def test_metrics(qwen_tokenizer):

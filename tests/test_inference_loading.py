@@ -26,4 +26,3 @@ def test_load_model_errors(tmp_path):
     with pytest.raises(InferenceError, match=f"cannot load the tokenizer/processor of {tmp_path}"):
         load_model(tmp_path)
     assert issubclass(InferenceError, ValueError)
-

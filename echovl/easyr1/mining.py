@@ -18,23 +18,22 @@ import torch
 from verl.protocol import DataProto
 
 from ..config import EchoConfig
-from ..echo import EchoStep, MinedBatch, group_ids
-from ..echo import verified_flags as core_verified_flags
+from ..echo import EchoStep, MinedBatch, group_ids, verified_flags
 from .luffy import EXPERT_ROW
 from .uft import HINT_LENGTH
 
-__all__ = ["mine_rollout_batch", "trace_records", "verified_flags"]
+__all__ = ["mine_rollout_batch", "trace_records", "success_flags"]
 
 
-def verified_flags(scores: Sequence[float], echo: EchoConfig) -> torch.Tensor:
-    """[B] bool: ``score[echo.success_key] >= echo.success_threshold``; a score that is not a finite number (a broken
-    reward function) is an error."""
+def success_flags(scores: Sequence[float], echo: EchoConfig) -> torch.Tensor:
+    """The verified flags (:func:`echovl.echo.verified_flags`) of EasyR1 reward scores: ``score[echo.success_key] >=
+    echo.success_threshold``; a score that is not a finite number (a broken reward function) is an error."""
     values = np.asarray(scores, dtype=np.float64)
     if not np.all(np.isfinite(values)):
         raise ValueError(
             f"reward scores '{echo.success_key}' must be finite numbers, got {values[~np.isfinite(values)]}"
         )
-    return core_verified_flags(torch.from_numpy(values), echo.success_threshold)
+    return verified_flags(torch.from_numpy(values), echo.success_threshold)
 
 
 def mine_rollout_batch(
@@ -55,7 +54,7 @@ def mine_rollout_batch(
         batch.batch["responses"],
         batch.batch["response_mask"],
         batch.batch["old_entropy"],
-        verified_flags(scores, step.config),
+        success_flags(scores, step.config),
         group_ids(batch.non_tensor_batch["uid"]),
         pool=pool,
     )

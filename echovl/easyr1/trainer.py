@@ -44,7 +44,7 @@ from .filtering import (
     rows_scores,
 )
 from .guidance import make_guide
-from .mining import mine_rollout_batch, trace_records, verified_flags
+from .mining import mine_rollout_batch, success_flags, trace_records
 
 __all__ = ["ECHO_SCORE", "EchoTrainer"]
 
@@ -160,14 +160,14 @@ class EchoTrainer(RayPPOTrainer):
             rows_scores([(d.non_tensor_batch["uid"], s) for d, s in rounds], uids), dtype=object
         )
         all_uids = np.concatenate([d.non_tensor_batch["uid"] for d, _ in rounds])
-        all_verified = verified_flags(np.concatenate([s for _, s in rounds]), self.echo)
+        all_verified = success_flags(np.concatenate([s for _, s in rounds]), self.echo)
         self._generated_outcomes = group_outcomes(all_verified, group_ids(all_uids))
 
         if self.echo.keep_filtered_clips == 0 or self._echo_coef(self._generated_outcomes) == 0:
             return batch
         kept, dropped = set(np.asarray(uids).astype(str)), []
         for data, scores in rounds:
-            verified = verified_flags(scores, self.echo).numpy()
+            verified = success_flags(scores, self.echo).numpy()
             for rows in dropped_correct_groups(data.non_tensor_batch["uid"], verified, kept):
                 dropped.append((data, rows, scores[rows]))
         limit = self.echo.keep_filtered_clips
@@ -231,7 +231,7 @@ class EchoTrainer(RayPPOTrainer):
         guide_metrics, pool, on_policy = self.guide.prepare(batch, scores) if self.guide else ({}, None, None)
         outcomes = self._generated_outcomes
         if outcomes is None:  # (LUFFY: a group is all-correct when its rollouts and its expert row are)
-            outcomes = group_outcomes(verified_flags(scores, self.echo), group_ids(batch.non_tensor_batch["uid"]))
+            outcomes = group_outcomes(success_flags(scores, self.echo), group_ids(batch.non_tensor_batch["uid"]))
         metrics = outcomes.metrics()
         metrics.update(guide_metrics)
         if not self.echo.active:
