@@ -8,12 +8,12 @@ its metric names the run logs (EasyR1's name first, then the CPU experiment's co
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from .charts import PALETTE, LineChart, axis_ticks, trailing_mean
+from .render import esc
 from .run_logs import RunFolder, RunLogError
 
 __all__ = [
@@ -146,10 +146,6 @@ CSS = """
 """Styles of the overview views (added to :data:`echovl.demo.render.CSS` by the app)."""
 
 
-def _e(value) -> str:
-    return html.escape(str(value), quote=True)
-
-
 @dataclass
 class Series:
     """One run's line on a chart: its points (finite values only) and their trailing mean."""
@@ -211,12 +207,12 @@ def render_overview_chart(
     (``(step, note)`` each)."""
     spec = chart.spec
     head = (
-        f'<div class="echo-card echo-overview-chart" data-chart="{spec.name}"><h4>{_e(spec.title)}</h4>'
-        f'<p class="echo-about">{_e(spec.about)}</p>'
+        f'<div class="echo-card echo-overview-chart" data-chart="{spec.name}"><h4>{esc(spec.title)}</h4>'
+        f'<p class="echo-about">{esc(spec.about)}</p>'
     )
     if not chart.series:
         keys = ", ".join(spec.keys)
-        return head + f'<p class="echo-empty">Not logged by these runs (looked for {_e(keys)}).</p></div>'
+        return head + f'<p class="echo-empty">Not logged by these runs (looked for {esc(keys)}).</p></div>'
     x_low, x_high = step_range
     values = [v for s in chart.series for v in (*s.values, *s.smoothed)]
     low, high = min(0.0, min(values)), max(values)
@@ -230,12 +226,12 @@ def render_overview_chart(
             cx = x(step)
             parts.append(
                 f'<path class="echo-trace-mark" data-step="{step}" d="M{cx:.1f},{base + 2} l-4,7 h8 z" '
-                f'fill="{TRACE_MARK}"><title>{_e(note)}</title></path>'
+                f'fill="{TRACE_MARK}"><title>{esc(note)}</title></path>'
             )
     smooth = smoothing > 1
     for series in chart.series:
         raw = frame.points(zip(series.steps, series.values))
-        group = [f'<g class="echo-run-series" data-run="{_e(series.label)}" data-key="{_e(series.key)}">']
+        group = [f'<g class="echo-run-series" data-run="{esc(series.label)}" data-key="{esc(series.key)}">']
         group.append(
             f'<polyline points="{raw}" fill="none" stroke="{series.color}" '
             + ('stroke-width="1.1" stroke-opacity="0.35"/>' if smooth else 'stroke-width="2"/>')
@@ -248,7 +244,7 @@ def render_overview_chart(
                 group.append(
                     f'<circle cx="{x(s):.1f}" cy="{y(v):.1f}" r="2.4" fill="{series.color}"'
                     + (' fill-opacity="0.5"' if smooth else "")
-                    + f"><title>{_e(series.label)}, step {s}: {_fmt(v)}</title></circle>"
+                    + f"><title>{esc(series.label)}, step {s}: {_fmt(v)}</title></circle>"
                 )
         group.append("</g>")
         parts.append("".join(group))
@@ -257,12 +253,12 @@ def render_overview_chart(
         x_ticks=[t for t in (axis_ticks(x_low, x_high) if x_high > x_low else [x_low]) if t == int(t)],
         y_ticks=ticks,
         x_label="training step",
-        y_label=_e(spec.y_label),
-        label=f"{_e(spec.title)} over training steps",
+        y_label=esc(spec.y_label),
+        label=f"{esc(spec.title)} over training steps",
     )
     legend = "".join(
         f'<span class="echo-legend-item"><span class="echo-swatch" style="border-top-color: {s.color}"></span>'
-        f"{_e(s.label)}</span>"
+        f"{esc(s.label)}</span>"
         for s in chart.series
     )
     keys = sorted({s.key for s in chart.series})
@@ -274,7 +270,7 @@ def render_overview_chart(
     if trace_marks:
         notes.append("▲ traced step")
     return (
-        head + svg + f'<div class="echo-legend">{legend}</div><p class="echo-about">{_e("; ".join(notes))}</p></div>'
+        head + svg + f'<div class="echo-legend">{legend}</div><p class="echo-about">{esc("; ".join(notes))}</p></div>'
     )
 
 
@@ -327,23 +323,23 @@ def render_run_summary(folders: Sequence[RunFolder]) -> str:
                 if (value := _halves(run, spec[chart].keys))
             ]
             halves_text = f"; first half → second half: {', '.join(halves)}" if halves else ""
-            runs.append(f"<li><b>{_e(run.label)}</b>: {steps}{_e(halves_text)}</li>")
+            runs.append(f"<li><b>{esc(run.label)}</b>: {steps}{esc(halves_text)}</li>")
         if folder.traces is not None:
             shown = ", ".join(str(s) for s in folder.trace_steps[:12]) + (
                 ", …" if len(folder.trace_steps) > 12 else ""
             )
-            traces = f"traces: {_e(folder.traces)} ({len(folder.trace_steps)} traced steps: {_e(shown)})"
+            traces = f"traces: {esc(folder.traces)} ({len(folder.trace_steps)} traced steps: {esc(shown)})"
         else:
             traces = "traces: none found (looked for echo.trace_dir in experiment_config.json, echo_traces/, traces/)"
         items.append(
-            f'<div class="echo-run-folder"><div><b>{_e(KINDS.get(folder.kind, folder.kind))}</b>: '
-            f"{_e(folder.log)}</div>"
+            f'<div class="echo-run-folder"><div><b>{esc(KINDS.get(folder.kind, folder.kind))}</b>: '
+            f"{esc(folder.log)}</div>"
             f'<ul class="echo-run-list">{"".join(runs)}</ul><div class="echo-meta">{traces}</div></div>'
         )
         problems += folder.problems
     warning = ""
     if problems:
-        shown = "".join(f"<li>{_e(p)}</li>" for p in problems[:10])
+        shown = "".join(f"<li>{esc(p)}</li>" for p in problems[:10])
         more = f"<li>… and {len(problems) - 10} more</li>" if len(problems) > 10 else ""
         warning = (
             f'<div class="echo-warning" role="alert">⚠ {len(problems)} problem(s) reading the logs; the charts show '

@@ -80,7 +80,8 @@ CSS = f"""
 """Page styles for the classes used below (passed to ``launch(css=...)``)."""
 
 
-def _e(value) -> str:
+def esc(value) -> str:
+    """``value`` as HTML text (quotes escaped too)."""
     return html.escape(str(value), quote=True)
 
 
@@ -180,7 +181,7 @@ def _weight(clip: dict) -> float:
 def _clip_table(clips: list[dict]) -> str:
     rows = "".join(
         f'<tr data-rollout="{c["rollout"]}" data-step="{c["step"]}"><td>#{c["rollout"]}</td><td>#{c["step"]}</td>'
-        f"<td>{_e(c.get('length', '?'))}</td><td>{_fmt(_finite(c.get('step_entropy')))}</td>"
+        f"<td>{esc(c.get('length', '?'))}</td><td>{_fmt(_finite(c.get('step_entropy')))}</td>"
         f"<td>{_fmt(_weight(c), 3)}</td></tr>"
         for c in sorted(clips, key=_weight, reverse=True)
     )
@@ -214,26 +215,26 @@ def render_summary(record: dict, notes: Sequence[str] = ()) -> str:
         ("chosen step", "—" if clip is None else f"#{clip['step']}"),
         ("clip length", "—" if clip is None else f"{clip.get('length', '?')} tokens"),
         ("step entropy", "—" if clip is None else f"{_fmt(_finite(clip.get('step_entropy')))} nats"),
-        ("training step", _e(record.get("train_step", "—"))),
-        ("group", _e(record.get("group", "—"))),
-        ("reference answer", _e(record.get("answer", "—"))),
+        ("training step", esc(record.get("train_step", "—"))),
+        ("group", esc(record.get("group", "—"))),
+        ("reference answer", esc(record.get("answer", "—"))),
     ]
     clips = all_clips(record)
     if len(clips) > 1:  # top_k / soft selection: every clip with its weight in J_echo
         stats.insert(5, ("clips", f"{len(clips)} (weights sum to {_fmt(sum(_weight(c) for c in clips), 3)})"))
     stat_html = "".join(
-        f'<div class="echo-stat"><span class="echo-stat-label">{_e(label)}</span>'
+        f'<div class="echo-stat"><span class="echo-stat-label">{esc(label)}</span>'
         f'<span class="echo-stat-value">{value}</span></div>'
         for label, value in stats
     )
-    notes_html = "".join(f"<li>{_e(note)}</li>" for note in notes)
+    notes_html = "".join(f"<li>{esc(note)}</li>" for note in notes)
     prompt = record.get("prompt") or ""
     return (
         f'<div class="echo-card echo-summary echo-{kind}" data-kind="{kind}">'
-        f'<div class="echo-verdict">{_e(verdict)}</div>'
+        f'<div class="echo-verdict">{esc(verdict)}</div>'
         f'<div class="echo-stats">{stat_html}</div>'
         + (_clip_table(clips) if len(clips) > 1 else "")
-        + f'<details class="echo-prompt"><summary>prompt as the model saw it</summary><pre>{_e(prompt)}</pre></details>'
+        + f'<details class="echo-prompt"><summary>prompt as the model saw it</summary><pre>{esc(prompt)}</pre></details>'
         + (f'<ul class="echo-notes">{notes_html}</ul>' if notes else "")
         + "</div>"
     )
@@ -351,7 +352,7 @@ def _rollout_html(index: int, rollout: dict, clip: dict | None, top: float, othe
     for number, step in enumerate(steps):
         start, end = step["chars"]
         if start > position:  # text outside any step (should not happen): shown unshaded
-            pieces.append(_e(text[position:start]))
+            pieces.append(esc(text[position:start]))
         entropy = _finite(step.get("entropy"))
         classes = "echo-step" + (" echo-chosen-step" if chosen and number == clip["step"] else "")
         title = f"step {number}: " + (
@@ -363,19 +364,19 @@ def _rollout_html(index: int, rollout: dict, clip: dict | None, top: float, othe
         body = piece.rstrip("\n") if closes_clip else piece
         pieces.append(
             f'<span class="{classes}" data-step="{number}" style="background: {step_shade(entropy, top)}" '
-            f'title="{_e(title)}">{_e(body)}</span>'
+            f'title="{esc(title)}">{esc(body)}</span>'
         )
         position = max(position, end)
         if closes_clip:
             clip_open = False
             pieces.append(
                 f'</span><span class="echo-clip-end">◀ EchoClip ends: step {number}, {_fmt(entropy)} nats</span>'
-                + _e(piece[len(body) :])
+                + esc(piece[len(body) :])
             )
     if clip_open:
         pieces.append("</span>")
     if position < len(text):
-        pieces.append(_e(text[position:]))
+        pieces.append(esc(text[position:]))
     verified = bool(rollout.get("verified"))
     badge = (
         '<span class="echo-badge echo-ok">✓ verified</span>'
@@ -392,14 +393,14 @@ def _rollout_html(index: int, rollout: dict, clip: dict | None, top: float, othe
     if chosen:
         head += (
             f'<span class="echo-badge echo-clip-badge">EchoClip: steps 0–{clip["step"]}, '
-            f"{_e(clip.get('length', '?'))} tokens"
+            f"{esc(clip.get('length', '?'))} tokens"
             + (f", weight {_weight(clip):.3f}" if others or clip.get("weight", 1) != 1 else "")
             + "</span>"
         )
     for other in others:  # top_k / soft: the further clips in this rollout (nested prefixes of the text)
         head += (
             f'<span class="echo-badge echo-clip-badge echo-other-clip-badge">also an EchoClip: steps 0–{other["step"]}, '
-            f"{_e(other.get('length', '?'))} tokens, weight {_weight(other):.3f}</span>"
+            f"{esc(other.get('length', '?'))} tokens, weight {_weight(other):.3f}</span>"
         )
     return (
         f'<div class="echo-rollout{" echo-chosen" if chosen or others else ""}" data-rollout="{index}" '
@@ -450,4 +451,4 @@ def render_group(record: dict, notes: Sequence[str] = ()) -> GroupView:
 
 def render_error(message: str) -> str:
     """A visible error box (the demo never shows only a stack trace)."""
-    return f'<div class="echo-error" role="alert">⚠ {_e(message)}</div>'
+    return f'<div class="echo-error" role="alert">⚠ {esc(message)}</div>'
