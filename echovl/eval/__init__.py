@@ -7,33 +7,24 @@
 - :mod:`echovl.eval.report`: accuracies, averages, differences; ``results.json``, ``results.csv``, the Markdown table.
 - :mod:`echovl.eval.run`: :class:`EvalConfig` and :func:`evaluate`, the whole run.
 
-Prompts and generation are the inference layer's (:mod:`echovl.inference`: :class:`PromptBuilder`, prompts exactly as
-EasyR1's ``RLHFDataset`` builds them; :func:`load_backend`, vLLM or batched transformers ``generate``), re-exported
-here. Grading is :func:`echovl.reward.judge`, the training reward's own verdict. Nothing here imports EasyR1, vLLM or
-torch at import time.
+Prompts and generation are the inference layer's (:mod:`echovl.inference`: ``PromptBuilder``, prompts exactly as
+EasyR1's ``RLHFDataset`` builds them; ``load_backend``, vLLM or batched transformers ``generate``). Grading is
+:func:`echovl.reward.judge`, the training reward's own verdict. Nothing here imports EasyR1 or vLLM at import time.
 """
 
-from ..inference import Backend, Prompt, PromptBuilder, Sampling, TransformersBackend, VLLMBackend, load_backend
 from .benchmarks import Benchmark, EvalError, Problem, load_benchmarks
 from .checkpoints import ModelRef, resolve_model
 from .run import EvalConfig, evaluate
 from .stats import Interval, paired_bootstrap
 
 __all__ = [
-    "Backend",
     "Benchmark",
     "EvalConfig",
     "EvalError",
     "Interval",
     "ModelRef",
     "Problem",
-    "Prompt",
-    "PromptBuilder",
-    "Sampling",
-    "TransformersBackend",
-    "VLLMBackend",
     "evaluate",
-    "load_backend",
     "load_benchmarks",
     "paired_bootstrap",
     "resolve_model",
