@@ -15,7 +15,7 @@ from .clip import SCOPES, SELECTIONS
 from .schedule import COEF_SCHEDULES, echo_coef
 from .uft import HINT_SPLITS
 
-__all__ = ["METHODS", "ConfigSection", "EchoConfig", "GuidanceConfig", "reject_unknown_keys"]
+__all__ = ["METHODS", "ConfigSection", "EchoConfig", "GuidanceConfig", "reject_unknown_keys", "unescape"]
 
 
 def reject_unknown_keys(cls, values: dict[str, Any], section: str) -> None:
@@ -59,7 +59,9 @@ class ConfigSection:
 _ESCAPES = {"\\n": "\n", "\\r": "\r", "\\t": "\t"}
 
 
-def _unescape(text: str) -> str:
+def unescape(text: str) -> str:
+    """A delimiter as typed on a command line, in single-quoted YAML or in the demo's form: ``\\n`` newline, ``\\r``
+    carriage return, ``\\t`` tab (nobody means a backslash and an ``n``: it would split ``\\neq``)."""
     for escaped, char in _ESCAPES.items():
         text = text.replace(escaped, char)
     return text
@@ -158,7 +160,7 @@ class EchoConfig(ConfigSection):
         if isinstance(self.delimiters, str):
             raise bad("delimiters", "must be a list of strings, e.g. ['\\n']")
         # a shell or single-quoted YAML passes a backslash and an "n": nobody means that (it would split "\\neq")
-        self.delimiters = [_unescape(d) if isinstance(d, str) else d for d in self.delimiters]
+        self.delimiters = [unescape(d) if isinstance(d, str) else d for d in self.delimiters]
         if not self.delimiters or any(not isinstance(d, str) or not d for d in self.delimiters):
             raise bad("delimiters", "must be a non-empty list of non-empty strings")
         if any("\ufffd" in d for d in self.delimiters):

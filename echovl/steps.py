@@ -27,6 +27,7 @@ __all__ = [
     "delimiter_table",
     "special_table",
     "step_index",
+    "step_spans",
     "text_mask",
     "vision_table",
 ]
@@ -169,6 +170,16 @@ def step_index(
         after_delimiter = delim.gather(1, previous.clamp(min=0)) & (previous >= 0)
     starts = valid & ~delim & after_delimiter
     return starts.long().cumsum(dim=1).masked_fill_(~valid, -1)
+
+
+def step_spans(row_steps: Sequence[int]) -> list[tuple[int, int]]:
+    """The ``[start, end)`` token span of each step of one response, from its row of :func:`step_index`: entry ``s``
+    is step ``s`` (steps are contiguous runs of tokens numbered from 0); positions marked -1 belong to no step."""
+    spans: dict[int, list[int]] = {}
+    for position, step in enumerate(row_steps):
+        if step >= 0:
+            spans.setdefault(step, [position, position + 1])[1] = position + 1
+    return [(spans[step][0], spans[step][1]) for step in sorted(spans)]
 
 
 def text_mask(response_ids: torch.Tensor, response_mask: torch.Tensor, non_text: torch.Tensor) -> torch.BoolTensor:

@@ -55,6 +55,7 @@ import torch
 from .clip import EchoClips, step_entropies
 from .images import open_image
 from .outputs import write_files
+from .steps import step_spans
 
 __all__ = [
     "TRACE_SCHEMA",
@@ -77,14 +78,8 @@ class TraceError(ValueError):
 
 def _rollout_record(tokenizer, ids: list[int], steps: list[int], counts: list[int], means: list[float]) -> dict:
     """Decode one response step by step; steps are contiguous runs of tokens (as step_index makes them)."""
-    spans: dict[int, list[int]] = {}
-    for position, step in enumerate(steps):
-        if step >= 0:
-            span = spans.setdefault(step, [position, position + 1])
-            span[1] = position + 1
     text, records = "", []
-    for step in sorted(spans):
-        start, end = spans[step]
+    for step, (start, end) in enumerate(step_spans(steps)):
         piece = tokenizer.decode(ids[start:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
         count = counts[step] if step < len(counts) else 0
         records.append(

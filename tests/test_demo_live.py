@@ -35,7 +35,7 @@ def tiny_vl(tiny_vl_dir):
 
 def test_parse_delimiters():
     assert parse_delimiters("\\n") == ("\n",)
-    assert parse_delimiters("\\n\n.\n\n\\t\n\\\\") == ("\n", ".", "\t", "\\")
+    assert parse_delimiters("\\n\n.\n\n\\t\n\\r") == ("\n", ".", "\t", "\r")  # EchoConfig's escapes
     with pytest.raises(DemoError, match="at least one step delimiter"):
         parse_delimiters("")
 

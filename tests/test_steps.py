@@ -260,3 +260,11 @@ def test_step_index_matches_reference(case):
     )
     assert got.dtype == torch.long
     assert got.tolist() == expected
+
+
+def test_step_spans_of_one_row():
+    from echovl.steps import step_spans
+
+    assert step_spans([0, 0, 0, 1, 1, 2, -1, -1]) == [(0, 3), (3, 5), (5, 6)]
+    assert step_spans([-1, 0, 0, -1, 0, 1]) == [(1, 5), (5, 6)]  # a masked position inside a step stays inside
+    assert step_spans([-1, -1]) == [] and step_spans([]) == []

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..config import EchoConfig
+from ..config import EchoConfig, unescape
 from ..echo import EchoStep, verified_flags
 from ..images import open_image as load_image
 from ..inference import (
@@ -71,23 +71,12 @@ def _no_progress(fraction: float, desc: str | None = None) -> None:
 
 
 def parse_delimiters(text: str) -> tuple[str, ...]:
-    """Delimiters typed one per line with escapes: ``\\n`` newline, ``\\t`` tab, ``\\\\`` backslash."""
-    out = []
-    for line in (text or "").splitlines():
-        if not line:
-            continue
-        value, i = "", 0
-        while i < len(line):
-            if line[i] == "\\" and i + 1 < len(line) and line[i + 1] in "nt\\":
-                value += {"n": "\n", "t": "\t", "\\": "\\"}[line[i + 1]]
-                i += 2
-            else:
-                value += line[i]
-                i += 1
-        out.append(value)
+    """Delimiters typed one per line, with the ``echo.delimiters`` escapes (:func:`echovl.config.unescape`: ``\\n``
+    newline, ``\\t`` tab, ``\\r`` carriage return)."""
+    out = tuple(unescape(line) for line in (text or "").splitlines() if line)
     if not out:
         raise DemoError("give at least one step delimiter (one per line; \\n is a newline)")
-    return tuple(out)
+    return out
 
 
 def open_image(value: Any):

@@ -125,7 +125,7 @@ class EntropyScorer:
         import torch
 
         from ..clip import step_entropies
-        from ..steps import step_index, text_mask
+        from ..steps import step_index, step_spans, text_mask
 
         ids = self.tokenizer.encode(response, add_special_tokens=False)
         truncated = 0
@@ -138,12 +138,8 @@ class EntropyScorer:
         steps = step_index(tensor, mask, self.is_delimiter)
         text = text_mask(tensor, mask, self.non_text)
         means, counts = step_entropies(entropy.unsqueeze(0), steps, text)
-        spans: dict[int, list[int]] = {}
-        for position, step in enumerate(steps[0].tolist()):
-            spans.setdefault(step, [position, position])[1] = position + 1
         records = []
-        for index in sorted(spans):
-            start, end = spans[index]
+        for index, (start, end) in enumerate(step_spans(steps[0].tolist())):
             piece = self.tokenizer.decode(ids[start:end], skip_special_tokens=True, clean_up_tokenization_spaces=False)
             count = int(counts[0, index])
             records.append(Step(index, start, end, piece, count, float(means[0, index]) if count else math.nan))
