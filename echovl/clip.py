@@ -187,7 +187,7 @@ def mine_echo_clips(
     verified = verified.to(device).bool()
     groups, row_group = torch.unique(group.to(device), sorted=True, return_inverse=True)
     if {"all": False, "degenerate": True}[scope]:
-        verified = verified & all_verified_rows(verified, row_group)
+        verified = verified & _all_per_group(verified, row_group, groups.numel())[row_group]
 
     # the candidates, ranked within their group: highest entropy, then lowest row, then earliest step (nonzero gives
     # them by row, then step; the stable sorts keep that order among equals)

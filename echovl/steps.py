@@ -160,8 +160,8 @@ def step_index(
     # A token starts a new step when it is not a delimiter and the valid token before it is one; the step of a
     # token is the number of starts up to it. With right padding (the usual layout) the valid token before t is
     # t - 1; where a masked position lies inside a response, it is the last valid position before t.
-    after_delimiter = torch.zeros_like(delim)
     if not bool((valid[:, 1:] & ~valid[:, :-1]).any()):
+        after_delimiter = torch.zeros_like(delim)
         after_delimiter[:, 1:] = delim[:, :-1]
     else:
         positions = torch.arange(response_ids.shape[1], device=response_ids.device)
